@@ -1,0 +1,68 @@
+"""Builds the MCP server: one ``MCPServer`` whose tools come from ``server/surface_*.py``.
+
+Each ``surface_*`` module has ``register(app, state)``; this file only lists them.
+The server module imports nothing heavy (a test checks it), so it starts fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import import_module
+
+from mcp.server.mcpserver import MCPServer
+
+from runners.config import Config, load_config
+from server.state import AppState
+
+__all__ = ["SURFACES", "build_server"]
+
+SURFACES = [
+    "server.surface_info",
+]
+
+INSTRUCTIONS = (
+    "llm-ops-mcp plans and runs LLM work on the user's GPU hosts. Start with list_hosts and "
+    "estimate_memory; long work (fine-tunes, quantization, servers, downloads) returns a job_id at "
+    "once: follow it with get_job_status, get_job_logs (by offset) and wait_for_job."
+)
+
+
+def _configure_logging() -> None:
+    """Logs go to stderr only: on stdio, stdout carries the protocol."""
+    root = logging.getLogger("llm_ops_mcp")
+    if not root.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(h)
+        root.setLevel(logging.INFO)
+
+
+def build_server(config: Config | None = None, state: AppState | None = None) -> MCPServer:
+    _configure_logging()
+    if state is None:
+        state = AppState(config=config or load_config())
+
+    @asynccontextmanager
+    async def lifespan(_app: MCPServer) -> AsyncIterator[AppState]:
+        try:
+            yield state
+        finally:
+            for svc in list(state.services.values()):
+                close = getattr(svc, "aclose", None)
+                if close is not None:
+                    await close()
+            state.services.clear()
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("llm-ops-mcp")
+    except PackageNotFoundError:
+        ver = "0.0.0"
+    app = MCPServer("llm-ops-mcp", version=ver, instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING")
+    for mod in SURFACES:
+        import_module(mod).register(app, state)
+    return app

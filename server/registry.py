@@ -1,0 +1,120 @@
+"""The single bridge between our plain tool functions and the MCP surface.
+
+Each tool is a plain function ``fn(params: InputModel[, ctx]) -> OutputModel`` in
+``tools/`` (testable without MCP). :func:`add_tool` exposes it with *flat*
+arguments derived from the input model's fields (an agent calls
+``estimate_memory(model=..., task=...)``, not ``estimate_memory(params={...})``),
+re-validates the whole model so cross-field rules apply, and turns every
+:class:`~runners.errors.OpsError` into a tool error whose text says what to do next.
+Unexpected exceptions are logged with their traceback to stderr; the agent gets one
+sentence.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import ToolAnnotations
+from pydantic import BaseModel, ValidationError
+
+from runners.errors import OpsError
+
+__all__ = ["ToolSpec", "add_tool", "format_validation_error"]
+
+log = logging.getLogger("llm_ops_mcp")
+
+InT = TypeVar("InT", bound=BaseModel)
+OutT = TypeVar("OutT", bound=BaseModel)
+
+
+def format_validation_error(e: ValidationError) -> str:
+    """One line per problem, field first, no pydantic URLs (the agent only needs what to change)."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "arguments"
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+    return "Invalid arguments: " + "; ".join(parts) + "."
+
+
+class ToolSpec:
+    """What the server needs to know about one tool besides its function."""
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        *,
+        read_only: bool = False,
+        destructive: bool = False,
+        idempotent: bool = False,
+        open_world: bool = False,
+        title: str | None = None,
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.annotations = ToolAnnotations(
+            title=title,
+            read_only_hint=read_only,
+            destructive_hint=destructive,
+            idempotent_hint=idempotent,
+            open_world_hint=open_world,
+        )
+
+
+def add_tool(
+    app: MCPServer,
+    spec: ToolSpec,
+    input_model: type[InT],
+    fn: Callable[[InT, Context], Awaitable[Any]] | Callable[[InT], Awaitable[Any]],
+    output: type[OutT] | Any,
+) -> None:
+    """Expose ``fn`` as MCP tool ``spec.name`` with flat arguments taken from ``input_model``.
+
+    ``fn`` is async and takes the validated model (and the MCP ``Context`` when it
+    declares a second parameter, for progress notifications).
+    """
+    wants_ctx = len(inspect.signature(fn).parameters) >= 2
+
+    async def wrapper(ctx: Context, **kwargs: Any) -> Any:
+        try:
+            params = input_model.model_validate(kwargs)
+        except ValidationError as e:
+            raise ToolError(format_validation_error(e)) from e
+        try:
+            if wants_ctx:
+                return await fn(params, ctx)  # type: ignore[call-arg]
+            return await fn(params)  # type: ignore[call-arg]
+        except OpsError as e:
+            raise ToolError(str(e)) from e
+        except ToolError:
+            raise
+        except ValidationError as e:  # a model built inside the tool from host data
+            log.exception("tool %s: validation failed inside the tool", spec.name)
+            raise ToolError(format_validation_error(e)) from e
+        except Exception as e:
+            log.exception("tool %s failed unexpectedly", spec.name)
+            raise ToolError(
+                f"Internal error in {spec.name}: {type(e).__name__}: {e}. "
+                "The full traceback is in the server log (stderr); report it if it repeats."
+            ) from e
+
+    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Context)]
+    for fname, finfo in input_model.model_fields.items():
+        default = inspect.Parameter.empty if finfo.is_required() else finfo.get_default(call_default_factory=True)
+        params.append(
+            inspect.Parameter(
+                fname,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=Annotated[finfo.annotation, finfo],
+            )
+        )
+    wrapper.__signature__ = inspect.Signature(params, return_annotation=output)  # type: ignore[attr-defined]
+    wrapper.__name__ = spec.name
+    wrapper.__doc__ = spec.description
+    app.add_tool(wrapper, name=spec.name, description=spec.description, annotations=spec.annotations)
