@@ -1,0 +1,51 @@
+# The two commands of the README: `make demo` and `make test`. Both bootstrap what
+# they need on a fresh Debian machine with Python 3.11: a .venv with the controller
+# and the local worker stack (CPU torch, transformers, trl, peft, datasets,
+# bitsandbytes), and, for the tests, the system parts they use for real
+# (openssh-server, SLURM, munge) installed with apt when missing.
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SYS_STAMP := .venv/.sysdeps
+APT_PKGS := openssh-server openssh-client slurmd slurmctld slurm-client munge git
+
+.PHONY: demo test lint bench sysdeps venv clean
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+test: $(STAMP) $(SYS_STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check server tools runners tests bench examples
+	$(VENV)/bin/ruff format --check server tools runners tests bench examples
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[worker,dev]'
+	touch $(STAMP)
+
+sysdeps: $(SYS_STAMP)
+
+$(SYS_STAMP):
+	@mkdir -p $(VENV)
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing (run as root or install them)"; exit 1; fi; \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	touch $(SYS_STAMP)
+
+bench: $(STAMP)
+	$(PY) bench/startup.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
