@@ -1,0 +1,694 @@
+#!/usr/bin/env python
+"""Fine-tune payload: LoRA, QLoRA or full fine-tuning with Unsloth, or TRL + PEFT as the fallback.
+
+Runs on the GPU host in the host's own Python, so it is self-contained: stdlib plus torch,
+transformers, peft, trl, datasets, bitsandbytes and (optionally) unsloth, and one sibling
+file, ``dataset_formats.py``, which the controller also imports (without torch) to refuse a
+malformed dataset before submission; the engine copies both into the job directory.
+
+    python finetune.py --config job_config.json --job-dir DIR
+
+Reports only through files, because the controller may be gone while this runs:
+  DIR/metrics.jsonl      {"event": "start"}, one {"event": "log"} per logging step, then
+                         {"event": "end"} or {"event": "error", "kind": ...}
+  DIR/outputs/           adapter (or full model) + tokenizer, optional merged/, manifest.json,
+                         checkpoints/checkpoint-N (resumable with resume_from)
+  stdout                 human-readable progress (the launcher sends it to DIR/output.log)
+Exit codes: 0 done, 1 unexpected failure, 2 bad config or dataset, 3 CUDA out of memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dataset_formats as dsf
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_OOM = 0, 1, 2, 3
+
+DEFAULTS: dict[str, Any] = {
+    "model": None,
+    "dataset": None,
+    "dataset_format": "auto",
+    "dataset_split": "train",
+    "method": "lora",
+    "backend": "auto",
+    "max_seq_length": 2048,
+    "lora_r": 16,
+    "lora_alpha": 16,
+    "lora_dropout": 0.0,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "num_epochs": 1.0,
+    "max_steps": None,
+    "learning_rate": 2e-4,
+    "lr_scheduler": "linear",
+    "warmup_steps": 0,
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "optim": "adamw_torch",
+    "per_device_batch_size": 2,
+    "gradient_accumulation_steps": 4,
+    "packing": False,
+    "eval_fraction": 0.0,
+    "eval_steps": None,
+    "save_steps": 200,
+    "save_total_limit": 2,
+    "logging_steps": 1,
+    "resume_from": None,
+    "save_merged": False,
+    "chat_template": None,
+    "seed": 3407,
+    "wandb_project": None,
+    "wandb_mode": None,
+    "gradient_checkpointing": True,
+    "output_dir": "outputs",
+    "estimated_peak_gib": None,
+}
+# Keys the controller may leave in the job config that only matter on its side.
+CONTROLLER_KEYS = {
+    "host",
+    "gpus",
+    "time_limit",
+    "idempotency_key",
+    "dry_run",
+    "output_name",
+    "job_id",
+    "plan",
+}
+METHODS, BACKENDS = ("lora", "qlora", "full"), ("auto", "unsloth", "trl")
+
+# Used when the tokenizer has none (base models, the tests' tiny tokenizer). Plain-text
+# role markers, and the assistant turn ends with EOS so a served model learns to stop.
+SIMPLE_TEMPLATE = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+CHATML_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+NAMED_TEMPLATES = {"simple": SIMPLE_TEMPLATE, "chatml": CHATML_TEMPLATE}
+
+
+class BadInput(Exception):
+    """Config or dataset the user must change; the message is one line for a person."""
+
+
+class Metrics:
+    """Appends JSON lines to metrics.jsonl, flushed at once so the controller can tail them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.t0 = time.time()
+
+    def write(self, row: dict[str, Any]) -> None:
+        row = {"time": round(time.time() - self.t0, 4), **row}
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, default=str) + "\n")
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """Merge the job config over DEFAULTS; unknown keys are errors, so typos never pass silently."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BadInput(f"cannot read config {path}: {exc}") from exc
+    unknown = sorted(set(raw) - set(DEFAULTS) - CONTROLLER_KEYS)
+    if unknown:
+        raise BadInput(f"unknown config keys: {', '.join(unknown)}")
+    cfg = {**DEFAULTS, **{k: v for k, v in raw.items() if k in DEFAULTS and v is not None}}
+    for key in ("model", "dataset"):
+        if not cfg[key]:
+            raise BadInput(f"config needs {key!r}")
+    if cfg["method"] not in METHODS:
+        raise BadInput(f"method must be one of {', '.join(METHODS)}, not {cfg['method']!r}")
+    if cfg["backend"] not in BACKENDS:
+        raise BadInput(f"backend must be one of {', '.join(BACKENDS)}, not {cfg['backend']!r}")
+    if cfg["dataset_format"] != "auto" and cfg["dataset_format"] not in dsf.FORMATS:
+        raise BadInput(f"dataset_format must be auto or one of {', '.join(dsf.FORMATS)}")
+    if cfg["per_device_batch_size"] == "auto":
+        cfg["per_device_batch_size"] = DEFAULTS["per_device_batch_size"]
+    if cfg["gradient_accumulation_steps"] == "auto":
+        cfg["gradient_accumulation_steps"] = DEFAULTS["gradient_accumulation_steps"]
+    if not 0 <= float(cfg["eval_fraction"]) < 0.5:
+        raise BadInput("eval_fraction must be in [0, 0.5)")
+    return cfg
+
+
+def choose_backend(requested: str) -> str:
+    """Unsloth when asked for, or for ``auto`` when it imports and a CUDA GPU is present.
+
+    Unsloth must be imported before transformers/trl/peft so its patches apply, which is
+    why this runs before any of them is imported.
+    """
+    import torch
+
+    if requested == "trl":
+        return "trl"
+    if not torch.cuda.is_available():
+        if requested == "unsloth":
+            raise BadInput("backend=unsloth needs a CUDA GPU; use backend=trl or auto on this host")
+        return "trl"
+    try:
+        import unsloth  # noqa: F401
+    except Exception as exc:
+        if requested == "unsloth":
+            raise BadInput(f"backend=unsloth, but unsloth does not import here: {exc}") from exc
+        print(f"unsloth unavailable ({type(exc).__name__}: {exc}); using TRL + PEFT", flush=True)
+        return "trl"
+    return "unsloth"
+
+
+def versions() -> dict[str, str]:
+    """Library versions for the manifest: what produced these weights, for reproducing them."""
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "unsloth"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def load_dataset_rows(cfg: dict[str, Any]) -> Any:
+    """A local file (checked row by row by the stdlib checker first), a saved dataset, or a Hub id."""
+    import datasets
+
+    spec, fmt = str(cfg["dataset"]), cfg["dataset_format"]
+    path = Path(spec).expanduser()
+    if path.is_file():
+        kind = {
+            ".jsonl": "json",
+            ".ndjson": "json",
+            ".json": "json",
+            ".csv": "csv",
+            ".parquet": "parquet",
+        }.get(path.suffix.lower())
+        if kind is None:
+            raise BadInput(f"cannot read {path.name}: dataset files are .jsonl, .json, .csv or .parquet")
+        if kind != "parquet":
+            dsf.check_file(path, fmt)
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    elif path.is_dir() and (path / "dataset_info.json").exists():
+        ds = datasets.load_from_disk(str(path))
+    else:
+        ds = datasets.load_dataset(str(path) if path.is_dir() else spec, split=cfg["dataset_split"])
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds[cfg["dataset_split"]]
+    checked = dsf.check_rows(iter(ds), fmt)
+    return ds, checked.format
+
+
+def setup_chat_template(tokenizer: Any, choice: str | None) -> None:
+    """Named or Jinja template from the config, else the tokenizer's own, else SIMPLE_TEMPLATE."""
+    if choice:
+        tokenizer.chat_template = NAMED_TEMPLATES.get(choice, choice)
+        if "{%" not in tokenizer.chat_template and "{{" not in tokenizer.chat_template:
+            raise BadInput(
+                f"chat_template {choice!r} is neither {'/'.join(NAMED_TEMPLATES)} nor a Jinja template"
+            )
+    elif not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = SIMPLE_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def format_dataset(ds: Any, fmt: str, tokenizer: Any, seed: int) -> Any:
+    """Render rows through the chat template into what TRL trains on.
+
+    alpaca / prompt_completion become prompt + completion columns, so TRL computes the loss
+    on the answer only; chat formats become one ``text`` per conversation; ``text`` is kept.
+    A leading BOS the template writes is dropped because tokenizing adds it again.
+    """
+    bos = tokenizer.bos_token
+    adds_bos = bool(bos) and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]
+
+    def strip_bos(s: str) -> str:
+        return s[len(bos) :] if adds_bos and s.startswith(bos) else s
+
+    def render(row: dict[str, Any]) -> dict[str, str]:
+        if fmt == "text":
+            return {"text": row["text"]}
+        messages = dsf.to_messages(row, fmt)
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        if fmt in ("alpaca", "prompt_completion"):
+            prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+            if full.startswith(prompt):
+                return {"prompt": strip_bos(prompt), "completion": full[len(prompt) :]}
+        return {"text": strip_bos(full)}
+
+    out = ds.map(render, remove_columns=ds.column_names)
+    if "prompt" in out.column_names and "text" in out.column_names:
+        raise BadInput("the chat template does not render prompts as a prefix of the conversation")
+    return out.shuffle(seed=seed)
+
+
+def load_model(cfg: dict[str, Any], backend: str) -> tuple[Any, Any]:
+    """Model (wrapped with LoRA unless full) and tokenizer for the chosen backend."""
+    import torch
+
+    method, gc = cfg["method"], bool(cfg["gradient_checkpointing"])
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=cfg["model"],
+            max_seq_length=cfg["max_seq_length"],
+            dtype=None,
+            load_in_4bit=method == "qlora",
+            full_finetuning=method == "full",
+        )
+        if method != "full":
+            model = FastLanguageModel.get_peft_model(
+                model,
+                r=cfg["lora_r"],
+                target_modules=cfg["target_modules"],
+                lora_alpha=cfg["lora_alpha"],
+                lora_dropout=cfg["lora_dropout"],
+                bias="none",
+                random_state=cfg["seed"],
+                use_gradient_checkpointing="unsloth" if gc else False,
+            )
+        return model, tokenizer
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cuda = torch.cuda.is_available()
+    dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if cuda:
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    if method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
+    model = AutoModelForCausalLM.from_pretrained(cfg["model"], **kwargs)
+    if method == "full":
+        return model, tokenizer
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if method == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    lora = LoraConfig(
+        r=cfg["lora_r"],
+        lora_alpha=cfg["lora_alpha"],
+        lora_dropout=cfg["lora_dropout"],
+        target_modules=cfg["target_modules"],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora), tokenizer
+
+
+def find_checkpoint(spec: str) -> str:
+    """A checkpoint dir, or the newest ``checkpoint-N`` in a dir, its checkpoints/ or outputs/checkpoints/."""
+    path = Path(spec).expanduser()
+    if (path / "trainer_state.json").exists():
+        return str(path)
+    for base in (path, path / "checkpoints", path / "outputs" / "checkpoints"):
+        found = (
+            [p for p in base.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()] if base.is_dir() else []
+        )
+        if found:
+            return str(max(found, key=lambda p: int(p.name.split("-")[-1])))
+    raise BadInput(f"resume_from {spec}: no checkpoint-N directory with trainer_state.json there")
+
+
+def gpu_memory() -> dict[str, float]:
+    """Allocator counters only (no device sync), so logging every step costs nothing measurable."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    gib = 2**30
+    return {
+        "gpu_mem_allocated_gib": round(torch.cuda.memory_allocated() / gib, 3),
+        "gpu_mem_reserved_gib": round(torch.cuda.memory_reserved() / gib, 3),
+        "gpu_mem_peak_allocated_gib": round(torch.cuda.max_memory_allocated() / gib, 3),
+        "gpu_mem_peak_reserved_gib": round(torch.cuda.max_memory_reserved() / gib, 3),
+    }
+
+
+def make_callback(metrics: Metrics, tokens_per_sample: float, samples_per_step: int) -> Any:
+    """A TrainerCallback that turns the Trainer's log dicts into metrics.jsonl rows and progress lines.
+
+    Rates come from wall time between logs and the dataset's mean tokens per sample, which
+    needs no device sync (counting tokens per batch on the GPU would stall the pipeline).
+    """
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.last_t = self.begin_t = time.time()
+            self.last_step = self.begin_step = 0
+            self.last_loss: float | None = None
+            self.last_eval_loss: float | None = None
+            self.eval_step = -1
+            self.step = 0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.last_t = self.begin_t = time.time()
+            self.last_step = self.begin_step = state.global_step
+            print(f"training: {state.max_steps} steps from step {state.global_step}", flush=True)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.step = state.global_step
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+        ) -> None:
+            logs = logs or {}
+            if "train_runtime" in logs:  # the Trainer's closing summary, not a step
+                return
+            now, step = time.time(), state.global_step
+            row: dict[str, Any] = {
+                "event": "log",
+                "step": step,
+                "total_steps": state.max_steps,
+                "epoch": round(state.epoch or 0.0, 4),
+            }
+            for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
+                if key in logs:
+                    row[key] = float(logs[key])
+            if "loss" in logs:
+                self.last_loss = row["loss"]
+                dsteps, dt = step - self.last_step, max(now - self.last_t, 1e-9)
+                if dsteps > 0:
+                    row["samples_per_s"] = round(dsteps * samples_per_step / dt, 3)
+                    row["tokens_per_s"] = round(dsteps * samples_per_step * tokens_per_sample / dt, 1)
+                done = step - self.begin_step
+                if done > 0:
+                    row["eta_s"] = round((state.max_steps - step) * (now - self.begin_t) / done, 1)
+                self.last_t, self.last_step = now, step
+            if "eval_loss" in logs:
+                self.last_eval_loss, self.eval_step = row["eval_loss"], step
+            row.update(gpu_memory())
+            metrics.write(row)
+            parts = [f"step {step}/{state.max_steps}"]
+            parts += [f"{k} {row[k]:.4g}" for k in ("loss", "eval_loss", "learning_rate") if k in row]
+            parts += [f"{row['tokens_per_s']:.0f} tok/s"] if "tokens_per_s" in row else []
+            parts += [f"eta {row['eta_s']:.0f}s"] if "eta_s" in row else []
+            print("  ".join(parts), flush=True)
+
+    return MetricsCallback()
+
+
+def oom_suggestion(cfg: dict[str, Any]) -> str:
+    """What to change, most effective first, so the agent can resubmit without guessing."""
+    tips = []
+    if cfg["method"] != "qlora":
+        tips.append("method=qlora")
+    if cfg["per_device_batch_size"] > 1:
+        tips.append(
+            f"per_device_batch_size={cfg['per_device_batch_size'] // 2} with "
+            f"gradient_accumulation_steps={cfg['gradient_accumulation_steps'] * 2}"
+        )
+    if cfg["max_seq_length"] > 512:
+        tips.append(f"max_seq_length={cfg['max_seq_length'] // 2}")
+    if not cfg["gradient_checkpointing"]:
+        tips.append("gradient_checkpointing=true")
+    return "try " + ", or ".join(tips) if tips else "use a GPU with more memory or a smaller model"
+
+
+def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str, Any]) -> dict[str, Any]:
+    """The run itself; returns the manifest. ``state`` tells the error handlers how far it got."""
+    backend = choose_backend(cfg["backend"])  # before transformers is imported (unsloth patches it)
+    state["backend"] = backend
+    import datasets
+    import torch
+    import transformers
+    from trl import SFTConfig, SFTTrainer
+
+    datasets.disable_progress_bars()  # output.log is for people: no tqdm bars
+    transformers.utils.logging.disable_progress_bar()
+
+    transformers.set_seed(cfg["seed"])
+    out_dir = (job_dir / cfg["output_dir"]).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available()
+    metrics.write(
+        {
+            "event": "start",
+            "backend": backend,
+            "method": cfg["method"],
+            "model": cfg["model"],
+            "device": torch.cuda.get_device_name() if cuda else "cpu",
+            "pid": os.getpid(),
+            "host": platform.node(),
+            "config": cfg,
+            "versions": versions(),
+        }
+    )
+    print(
+        f"fine-tune {cfg['model']} ({cfg['method']}, backend {backend}) on "
+        f"{torch.cuda.get_device_name() if cuda else 'cpu'}",
+        flush=True,
+    )
+
+    ds, fmt = load_dataset_rows(cfg)
+    state["phase"] = "model"
+    model, tokenizer = load_model(cfg, backend)
+    setup_chat_template(tokenizer, cfg["chat_template"])
+    ds = format_dataset(ds, fmt, tokenizer, cfg["seed"])
+    eval_ds = None
+    if float(cfg["eval_fraction"]) > 0:
+        split = ds.train_test_split(test_size=float(cfg["eval_fraction"]), seed=cfg["seed"])
+        ds, eval_ds = split["train"], split["test"]
+    print(f"dataset: {len(ds)} train rows{f', {len(eval_ds)} eval' if eval_ds else ''} ({fmt})", flush=True)
+
+    if cfg["wandb_project"]:
+        os.environ["WANDB_PROJECT"] = str(cfg["wandb_project"])
+        if cfg["wandb_mode"]:
+            os.environ["WANDB_MODE"] = str(cfg["wandb_mode"])
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    save_steps = int(cfg["save_steps"] or 0)
+    args: dict[str, Any] = dict(
+        output_dir=str(out_dir / "checkpoints"),
+        per_device_train_batch_size=int(cfg["per_device_batch_size"]),
+        gradient_accumulation_steps=int(cfg["gradient_accumulation_steps"]),
+        learning_rate=float(cfg["learning_rate"]),
+        lr_scheduler_type=cfg["lr_scheduler"],
+        warmup_steps=int(cfg["warmup_steps"]),
+        weight_decay=float(cfg["weight_decay"]),
+        max_grad_norm=float(cfg["max_grad_norm"]),
+        optim=cfg["optim"],
+        seed=int(cfg["seed"]),
+        num_train_epochs=float(cfg["num_epochs"]),
+        max_steps=int(cfg["max_steps"] or -1),
+        logging_steps=int(cfg["logging_steps"]),
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        save_total_limit=cfg["save_total_limit"],
+        bf16=bf16,
+        fp16=cuda and not bf16,
+        max_length=int(cfg["max_seq_length"]),
+        packing=bool(cfg["packing"]),
+        report_to=["wandb"] if cfg["wandb_project"] else "none",
+        disable_tqdm=True,
+        dataset_num_proc=1,
+    )
+    if backend == "trl":  # Unsloth runs its own checkpointing; HF's is set on the SFTConfig
+        args["gradient_checkpointing"] = bool(cfg["gradient_checkpointing"])
+        args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    if eval_ds is not None:
+        args.update(eval_strategy="steps", eval_steps=int(cfg["eval_steps"] or save_steps or 50))
+    trainer = SFTTrainer(
+        model=model,
+        args=SFTConfig(**args),
+        train_dataset=ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+    )
+    lengths = [
+        len(x)
+        for x in trainer.train_dataset.select(range(min(len(trainer.train_dataset), 4096)))["input_ids"]
+    ]
+    tokens_per_sample = sum(lengths) / max(len(lengths), 1)
+    samples_per_step = int(cfg["per_device_batch_size"]) * int(cfg["gradient_accumulation_steps"])
+    callback = make_callback(metrics, tokens_per_sample, samples_per_step * trainer.args.world_size)
+    trainer.add_callback(callback)
+    trainer.remove_callback(transformers.PrinterCallback)
+    state.update(phase="train", callback=callback)
+
+    resume = find_checkpoint(str(cfg["resume_from"])) if cfg["resume_from"] else None
+    if resume:
+        print(f"resuming from {resume}", flush=True)
+    t_train = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    train_s = time.time() - t_train
+    if eval_ds is not None and callback.eval_step != trainer.state.global_step:
+        trainer.evaluate()  # the final eval loss, unless the schedule just took it
+    memory = gpu_memory()
+
+    state["phase"] = "save"
+    paths: dict[str, str] = {}
+    final = out_dir / ("model" if cfg["method"] == "full" else "adapter")
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(str(final))
+    paths["model" if cfg["method"] == "full" else "adapter"] = str(final)
+    if cfg["save_merged"] and cfg["method"] != "full":
+        paths["merged"] = str(save_merged(cfg, backend, model, tokenizer, final, out_dir / "merged"))
+    manifest = {
+        "status": "succeeded",
+        "backend": backend,
+        "method": cfg["method"],
+        "model": cfg["model"],
+        "dataset": cfg["dataset"],
+        "dataset_format": fmt,
+        "train_rows": len(ds),
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "final_loss": callback.last_loss,
+        "train_loss": result.training_loss,
+        "final_eval_loss": callback.last_eval_loss,
+        "resumed_from": resume,
+        "paths": paths,
+        "checkpoints": str(out_dir / "checkpoints"),
+        "train_s": round(train_s, 2),
+        "wall_time_s": round(time.time() - metrics.t0, 2),
+        "tokens_per_sample": round(tokens_per_sample, 1),
+        **memory,
+        "versions": versions(),
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+    return manifest
+
+
+def save_merged(
+    cfg: dict[str, Any], backend: str, model: Any, tokenizer: Any, adapter: Path, dest: Path
+) -> Path:
+    """The 16-bit merged model that a server loads without PEFT.
+
+    For QLoRA the merge must go into 16-bit base weights, not the 4-bit ones, so the TRL
+    path reloads the base in bf16 (fp32 base on CPU is saved as bf16 too) and merges there.
+    """
+    if backend == "unsloth":
+        model.save_pretrained_merged(str(dest), tokenizer, save_method="merged_16bit")
+        return dest
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.bfloat16)
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged.save_pretrained(str(dest))
+    tokenizer.save_pretrained(str(dest))
+    return dest
+
+
+def is_oom(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError, or the RuntimeError text some kernels (and bnb) raise instead."""
+    return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse args, run, and turn every failure into a metrics record plus a distinct exit code."""
+    parser = argparse.ArgumentParser(description="LoRA/QLoRA/full fine-tune payload (Unsloth or TRL + PEFT)")
+    parser.add_argument(
+        "--config", required=True, type=Path, help="job config JSON (submit_finetune arguments)"
+    )
+    parser.add_argument("--job-dir", required=True, type=Path, help="job directory: metrics.jsonl, outputs/")
+    ns = parser.parse_args(argv)
+    job_dir: Path = ns.job_dir.resolve()
+    job_dir.mkdir(parents=True, exist_ok=True)
+    metrics = Metrics(job_dir / "metrics.jsonl")
+    state: dict[str, Any] = {"phase": "setup", "backend": None, "callback": None}
+    cfg: dict[str, Any] = {}
+    try:
+        cfg = load_config(ns.config)
+        manifest = train(cfg, job_dir, metrics, state)
+    except (BadInput, dsf.DatasetFormatError) as exc:
+        metrics.write({"event": "error", "kind": "bad_input", "message": str(exc), "phase": state["phase"]})
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        print(f"error: {exc}", flush=True)
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        cb = state["callback"]
+        step = cb.step if cb is not None else 0
+        if is_oom(exc):
+            import torch
+
+            total = (
+                torch.cuda.get_device_properties(0).total_memory / 2**30
+                if torch.cuda.is_available()
+                else None
+            )
+            tip = oom_suggestion(cfg) if cfg else "reduce the batch size"
+            est = cfg.get("estimated_peak_gib")
+            msg = (
+                f"CUDA out of memory at step {step} ({state['phase']})"
+                + (f": estimate said {est} GiB" if est else "")
+                + (f" on a {total:.0f} GiB GPU" if total else "")
+                + f"; {tip}"
+            )
+            metrics.write(
+                {
+                    "event": "error",
+                    "kind": "cuda_oom",
+                    "message": msg,
+                    "step": step,
+                    "suggestion": tip,
+                    "estimated_peak_gib": est,
+                    "gpu_total_gib": total,
+                    "phase": state["phase"],
+                    "backend": state["backend"],
+                    **gpu_memory(),
+                }
+            )
+            print(f"error: {msg}", file=sys.stderr, flush=True)
+            return EXIT_OOM
+        traceback.print_exc()
+        msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        metrics.write(
+            {
+                "event": "error",
+                "kind": "exception",
+                "message": msg,
+                "step": step,
+                "phase": state["phase"],
+                "backend": state["backend"],
+            }
+        )
+        return EXIT_FAILED
+    metrics.write(
+        {
+            "event": "end",
+            "status": "succeeded",
+            "backend": manifest["backend"],
+            "steps": manifest["steps"],
+            "final_loss": manifest["final_loss"],
+            "final_eval_loss": manifest["final_eval_loss"],
+            "train_s": manifest["train_s"],
+            "wall_time_s": manifest["wall_time_s"],
+            "outputs": manifest["paths"],
+            **{k: v for k, v in manifest.items() if k.startswith("gpu_mem")},
+        }
+    )
+    print(
+        f"done: {manifest['steps']} steps, final loss {manifest['final_loss']}, outputs in "
+        f"{job_dir / cfg['output_dir']}",
+        flush=True,
+    )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
