@@ -80,7 +80,8 @@ class HostConfig(_Strict):
     gpu_memory_gib: float | None = Field(None, gt=0, description="Override the tier's memory per GPU.")
     workdir: str = "~/llm-ops"
     python: str | None = Field(
-        None, description="The host's interpreter for payloads (default: this server's own on a local host, python3 over SSH)."
+        None,
+        description="The host's interpreter for payloads (default: this server's own on a local host, python3 over SSH).",
     )
     env: dict[str, str] = Field(default_factory=dict)
     secrets: list[str] = Field(default_factory=list, description="Names of controller env vars to pass.")
@@ -124,7 +125,7 @@ class HostConfig(_Strict):
         if self.transport == "local" and self.address:
             raise ValueError("'address' applies to ssh hosts only")
         if self.slurm is not None and self.launcher != "slurm":
-            raise ValueError("a [slurm] table needs launcher = \"slurm\"")
+            raise ValueError('a [slurm] table needs launcher = "slurm"')
         return self
 
     @property
@@ -175,8 +176,11 @@ class Config(_Strict):
         return self.hosts[key]
 
     @classmethod
-    def embedded_default(cls) -> Config:
-        return cls(hosts={"local": HostConfig(name="local")}, default_host="local", source=None)
+    def embedded_default(cls, environ: dict[str, str] | None = None) -> Config:
+        """One local host; ``$LLM_OPS_MCP_DEFAULT_WORKDIR`` moves its workdir (the demo uses a temp dir)."""
+        env = os.environ if environ is None else environ
+        workdir = env.get("LLM_OPS_MCP_DEFAULT_WORKDIR") or "~/llm-ops"
+        return cls(hosts={"local": HostConfig(name="local", workdir=workdir)}, default_host="local", source=None)
 
 
 def default_config_path() -> Path:
@@ -194,8 +198,10 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
     p = Path(path if path is not None else env.get("LLM_OPS_MCP_CONFIG") or default_config_path()).expanduser()
     if not p.exists():
         if explicit:
-            raise ConfigError(f"Config file {p} does not exist.", "Create it (see examples/config.toml) or drop --config.")
-        return Config.embedded_default()
+            raise ConfigError(
+                f"Config file {p} does not exist.", "Create it (see examples/config.toml) or drop --config."
+            )
+        return Config.embedded_default(env)
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:

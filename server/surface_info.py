@@ -32,8 +32,12 @@ async def list_gpu_tiers(params: ListGpuTiersInput) -> ListGpuTiersOutput:
 def register(app: MCPServer, state: AppState) -> None:
     add_tool(
         app,
-        ToolSpec("list_gpu_tiers", "GPU tiers with memory, bf16/fp8/fp4 support, bandwidth and TFLOPS.",
-                 read_only=True, idempotent=True),
+        ToolSpec(
+            "list_gpu_tiers",
+            "GPU tiers with memory, bf16/fp8/fp4 support, bandwidth and TFLOPS.",
+            read_only=True,
+            idempotent=True,
+        ),
         ListGpuTiersInput,
         list_gpu_tiers,
         ListGpuTiersOutput,
@@ -45,10 +49,14 @@ def register(app: MCPServer, state: AppState) -> None:
 
     add_tool(
         app,
-        ToolSpec("list_hosts", "Configured hosts (transport, launcher, GPUs, workdir); check=true probes them.",
-                 read_only=True, idempotent=True, open_world=True),
+        ToolSpec(
+            "list_hosts",
+            "Configured hosts (transport, launcher, GPUs, workdir); check=true probes them.",
+            read_only=True,
+            idempotent=True,
+            open_world=True,
+        ),
         ListHostsInput,
         _list_hosts,
         ListHostsOutput,
     )
-

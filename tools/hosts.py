@@ -51,8 +51,11 @@ async def probe_local_gpus(timeout_s: float = 10.0) -> tuple[list[tuple[str, flo
     if exe is None:
         return [], "nvidia-smi not found: no NVIDIA GPU on this host (CPU jobs still run)."
     proc = await asyncio.create_subprocess_exec(
-        exe, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        exe,
+        "--query-gpu=name,memory.total",
+        "--format=csv,noheader,nounits",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
@@ -112,7 +115,9 @@ async def list_hosts(cfg: Config, params: ListHostsInput, prober: object | None 
 
         await asyncio.gather(*(check(i, cfg.hosts[i.name]) for i in infos))
     n = len(infos)
-    desc = ", ".join(f"{i.name} ({i.transport}+{i.launcher}, {i.gpu_count}x{i.gpu_type or 'no GPU'})" for i in infos)
-    return ListHostsOutput(
-        hosts=infos, config_source=cfg.source, summary=f"{n} host{'s' if n != 1 else ''}: {desc}."
-    )
+
+    def gpus(i: HostInfo) -> str:
+        return f"{i.gpu_count}x {i.gpu_type}" if i.gpu_type else "no GPU"
+
+    desc = ", ".join(f"{i.name} ({i.transport}+{i.launcher}, {gpus(i)})" for i in infos)
+    return ListHostsOutput(hosts=infos, config_source=cfg.source, summary=f"{n} host{'s' if n != 1 else ''}: {desc}.")

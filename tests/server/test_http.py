@@ -27,13 +27,19 @@ def _free_port() -> int:
 @pytest.fixture
 def http_server(tmp_path):
     port = _free_port()
-    env = {**os.environ, "LLM_OPS_MCP_TOKEN": TOKEN, "LLM_OPS_MCP_STATE_DIR": str(tmp_path / "state"),
-           "LLM_OPS_MCP_CONFIG": ""}
+    env = {
+        **os.environ,
+        "LLM_OPS_MCP_TOKEN": TOKEN,
+        "LLM_OPS_MCP_STATE_DIR": str(tmp_path / "state"),
+        "LLM_OPS_MCP_CONFIG": "",
+    }
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[hosts.local]\nworkdir = "{tmp_path / "w"}"\n')
     proc = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "--http", "--port", str(port), "--config", str(cfg)],
-        env=env, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -50,34 +56,50 @@ def http_server(tmp_path):
 
 
 async def test_right_token_works(http_server):
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-        async with Client(streamable_http_client(http_server, http_client=http)) as c:
-            r = await c.call_tool("list_gpu_tiers", {})
-            assert not r.is_error and r.structured_content["tiers"]
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as http,
+        Client(streamable_http_client(http_server, http_client=http)) as c,
+    ):
+        r = await c.call_tool("list_gpu_tiers", {})
+        assert not r.is_error and r.structured_content["tiers"]
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-token-xxxxxxxxxxxx"},
-                                     {"Authorization": f"Basic {TOKEN}"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong-token-xxxxxxxxxxxx"}, {"Authorization": f"Basic {TOKEN}"}]
+)
 async def test_missing_or_wrong_token_is_401(http_server, headers):
     async with httpx2.AsyncClient() as http:
-        r = await http.post(http_server, headers={**headers, "content-type": "application/json",
-                                                  "accept": "application/json, text/event-stream"},
-                            content=b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}')
+        r = await http.post(
+            http_server,
+            headers={**headers, "content-type": "application/json", "accept": "application/json, text/event-stream"},
+            content=b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
+        )
         assert r.status_code == 401
 
 
 async def test_foreign_host_header_is_refused(http_server):
     async with httpx2.AsyncClient() as http:
-        r = await http.post(http_server, headers={"Authorization": f"Bearer {TOKEN}", "Host": "evil.example:80",
-                                                  "content-type": "application/json",
-                                                  "accept": "application/json, text/event-stream"},
-                            content=b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}')
+        r = await http.post(
+            http_server,
+            headers={
+                "Authorization": f"Bearer {TOKEN}",
+                "Host": "evil.example:80",
+                "content-type": "application/json",
+                "accept": "application/json, text/event-stream",
+            },
+            content=b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
+        )
         assert r.status_code in (400, 403, 421)
 
 
 def test_non_loopback_bind_without_token_is_refused(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "LLM_OPS_MCP_TOKEN"}
-    p = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--http", "--host", "0.0.0.0", "--port", "1"],
-                       env=env, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--http", "--host", "0.0.0.0", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 2
     assert "Refusing to bind 0.0.0.0 without a token" in p.stderr
