@@ -610,8 +610,10 @@ class SSHTransport:
         return fwd
 
     async def aclose(self) -> None:
-        """Nothing to release per view: the pooled connection outlives transports (see :func:`close_all`)."""
-        return None
+        """Close the host's pooled connection (its owner is shutting down); any later call reconnects."""
+        slot = _pool().slots.get(_pool_key(self.host))
+        if slot is not None:
+            await slot.close()
 
 
 class PortForward:

@@ -1,0 +1,3 @@
+"""Shared pytest setup. Fixture plugins are listed here so every test directory sees them."""
+
+pytest_plugins = ["tests.fixtures.sshd"]
