@@ -618,7 +618,6 @@ def main(argv: list[str] | None = None) -> int:
     except (BadInput, dsf.DatasetFormatError) as exc:
         metrics.write({"event": "error", "kind": "bad_input", "message": str(exc), "phase": state["phase"]})
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        print(f"error: {exc}", flush=True)
         return EXIT_BAD_INPUT
     except Exception as exc:
         cb = state["callback"]
