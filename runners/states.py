@@ -39,7 +39,8 @@ ACTIVE: frozenset[JobState] = frozenset({JobState.QUEUED, JobState.RUNNING, JobS
 _ENDS = {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.LOST}
 LEGAL: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.READY, *_ENDS}),
-    JobState.RUNNING: frozenset({JobState.READY, *_ENDS}),
+    # A scheduler may requeue a running job (node failure, preemption): running -> queued is legal.
+    JobState.RUNNING: frozenset({JobState.QUEUED, JobState.READY, *_ENDS}),
     # A server can stop answering its health check and come back: ready -> running is legal.
     JobState.READY: frozenset({JobState.RUNNING, *_ENDS}),
     JobState.SUCCEEDED: frozenset(),
