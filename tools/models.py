@@ -22,7 +22,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from runners.errors import InvalidInput, NotFound
 
@@ -79,6 +79,7 @@ class ModelArch(BaseModel):
     checkpoint_params: int | None = Field(None, description="Exact element count from safetensors, if read.")
     checkpoint_bytes: int | None = Field(None, description="Exact tensor bytes from safetensors, if read.")
     notes: str = ""
+    _counts: tuple[int, int, int] | None = PrivateAttr(None)
 
     # --- derived, cheap ---------------------------------------------------------------
     @property
@@ -126,7 +127,12 @@ class ModelArch(BaseModel):
         return self.num_experts * expert + shared + router, self.experts_per_token * expert + shared + router
 
     def param_counts(self) -> tuple[int, int, int]:
-        """(total, active per token, linear-layer) parameter counts from the architecture."""
+        """(total, active per token, linear-layer) parameter counts from the architecture (cached)."""
+        if self._counts is None:
+            self._counts = self._param_counts()
+        return self._counts
+
+    def _param_counts(self) -> tuple[int, int, int]:
         emb = self.vocab_size * self.hidden_size
         head = 0 if self.tie_embeddings else emb
         attn = self.attn_params()
