@@ -144,8 +144,7 @@ def translate_errors(host: HostConfig, what: str) -> Iterator[None]:
     except asyncssh.KeyImportError as e:
         raise AuthError(
             f"Cannot load the SSH key for {host.name}: {e}.",
-            "identity_file must be an unencrypted OpenSSH private key; "
-            "or leave it unset to use the SSH agent.",
+            "identity_file must be an unencrypted OpenSSH private key; or leave it unset to use the SSH agent.",
         ) from e
     except ConnectionRefusedError as e:
         raise HostUnreachable(
@@ -158,9 +157,7 @@ def translate_errors(host: HostConfig, what: str) -> Iterator[None]:
             "Check 'address' (a typo?) and this machine's DNS / VPN.",
         ) from e
     except asyncssh.ProcessError as e:  # asyncssh.TimeoutError of a command; before TimeoutError (a subclass)
-        raise CommandFailed(
-            f"{what} on {host.name} did not finish in time.", "The host may be overloaded."
-        ) from e
+        raise CommandFailed(f"{what} on {host.name} did not finish in time.", "The host may be overloaded.") from e
     except TimeoutError as e:  # asyncio.TimeoutError is TimeoutError; also asyncssh's connect_timeout
         raise HostUnreachable(
             f"{host.name} ({where}) did not answer within {host.connect_timeout_s:g} s ({what}).",
@@ -180,9 +177,7 @@ def translate_errors(host: HostConfig, what: str) -> Iterator[None]:
             "Retry: the next call reconnects. Jobs already started keep running on the host.",
         ) from e
     except asyncssh.SFTPError as e:
-        raise HostError(
-            f"{what} on {host.name} failed: {e.reason}.", "Check the path and its permissions."
-        ) from e
+        raise HostError(f"{what} on {host.name} failed: {e.reason}.", "Check the path and its permissions.") from e
     except OSError as e:
         if isinstance(e, FileNotFoundError) and e.filename:
             raise ConfigError(
@@ -221,9 +216,7 @@ def _parse_jump(spec: str, via: HostConfig) -> HostConfig:
     if spec in _HOSTS:
         jump = _HOSTS[spec]
         if jump.transport != "ssh":
-            raise ConfigError(
-                f"Host {via.name}: proxy_jump {spec!r} is not an ssh host.", "Name an ssh host."
-            )
+            raise ConfigError(f"Host {via.name}: proxy_jump {spec!r} is not an ssh host.", "Name an ssh host.")
         return jump
     user, _, rest = spec.rpartition("@")
     addr, port = rest, 22
@@ -447,9 +440,7 @@ class SSHTransport:
                         _is_unstarted(e)
                         or (
                             idempotent
-                            and isinstance(
-                                e, asyncssh.DisconnectError | asyncssh.SFTPConnectionLost | ConnectionError
-                            )
+                            and isinstance(e, asyncssh.DisconnectError | asyncssh.SFTPConnectionLost | ConnectionError)
                         )
                     )
                     if not retry:
@@ -459,9 +450,7 @@ class SSHTransport:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- commands ----------------------------------------------------------------
-    async def run(
-        self, argv: Sequence[str], *, input: bytes | None = None, timeout: float = 60.0
-    ) -> CommandResult:
+    async def run(self, argv: Sequence[str], *, input: bytes | None = None, timeout: float = 60.0) -> CommandResult:
         """Run argv on the host. The remote side is a shell, so argv is ``shlex.join``-ed, never pasted."""
         args = tuple(str(a) for a in argv)
         command = shlex.join(args)
@@ -592,9 +581,7 @@ class SSHTransport:
         await self._retrying(f"removing {path}", op, idempotent=True)
 
     # -- port forwarding -----------------------------------------------------------
-    async def forward_local_port(
-        self, remote_host: str, remote_port: int, local_port: int = 0
-    ) -> PortForward:
+    async def forward_local_port(self, remote_host: str, remote_port: int, local_port: int = 0) -> PortForward:
         """Listen on 127.0.0.1:``local_port`` (0 = any), tunnel to ``remote_host:remote_port`` (host-side).
 
         ``remote_host`` is resolved *on the host*: ``127.0.0.1`` is the host itself,

@@ -22,6 +22,7 @@ __all__ = ["SURFACES", "build_server"]
 SURFACES = [
     "server.surface_info",
     "server.surface_memory",
+    "server.surface_gpu",
     "server.surface_jobs",
 ]
 
