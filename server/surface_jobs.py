@@ -84,7 +84,9 @@ class GetJobLogsInput(BaseModel):
 
 class GetJobLogsOutput(LogChunk):
     job_id: str = Field(description="The job.")
-    state: JobState = Field(description="The job's state when the log was read.")
+    state: JobState = Field(
+        description="The job's state just before the read; terminal + eof means the whole log was read."
+    )
     summary: str = Field(description="One line an agent can quote.")
 
 
@@ -151,10 +153,11 @@ def register(app: MCPServer, state: AppState) -> None:
 
     async def get_job_logs(p: GetJobLogsInput) -> GetJobLogsOutput:
         engine = await get_engine(state)
+        # State first, log second: a job that was finished before the read has nothing left to
+        # write, so eof + a terminal state means the log is drained (a follower can stop).
+        st = (await engine.status(p.job_id, with_details=False)).state
         chunk = await engine.read_log(p.job_id, offset=p.offset, max_bytes=p.max_bytes, tail_lines=p.tail_lines,
                                       grep=p.grep)
-        rec = engine.catalog.get(p.job_id)
-        st = rec.state if rec else JobState.LOST
         more = "more to read" if not chunk.eof else ("end of log" if st.terminal else "end of log so far")
         return GetJobLogsOutput(
             **chunk.model_dump(), job_id=p.job_id, state=st,
