@@ -5,7 +5,7 @@ source) and ``bench/data/memory_gpu.jsonl`` (our own, written by
 ``bench/measure_memory_gpu.py`` on a GPU). For every scored row it prints, per
 backend and task, the mean absolute percentage error (MAPE) and the worst
 under-estimate of: our estimator; weights only (accelerate's ``estimate-memory``);
-and the "18x / 8x / 2x / x / x÷2 GB per billion parameters" rule of thumb.
+and the "18x / 8x / 2x / x / x/2 GB per billion parameters" rule of thumb.
 Unscored rows (settings unstated, other software versions) are listed with their
 errors but kept out of the scores. Finally: the median time of one
 ``estimate_memory`` call for a catalog model (target < 5 ms).
@@ -26,8 +26,8 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tools.memory import GIB, MemoryInput, breakdown_bytes, estimate_memory, resolve_settings  # noqa: E402
-from tools.models import resolve_model  # noqa: E402
+from tools.memory import GIB, MemoryInput, breakdown_bytes, estimate_memory, resolve_settings
+from tools.models import resolve_model
 
 __all__ = ["anchors", "load_rows", "main", "predict"]
 

@@ -6,9 +6,9 @@ gradients, optimizer states, saved activations, logits, the KV cache) plus the
 allocator's own slack. Each term is physics from the architecture (GQA, head_dim,
 tied embeddings, MoE, sliding windows, MLA) and the software's known behaviour:
 
-* vLLM: KV memory = total × gpu_memory_utilization − (weights + profile-run peak
-  activations + non-torch memory); bytes per token = 2 × layers × kv_heads ×
-  head_dim × dtype ÷ TP; CUDA graphs are captured outside that budget
+* vLLM: KV memory = total x gpu_memory_utilization - (weights + profile-run peak
+  activations + non-torch memory); bytes per token = 2 x layers x kv_heads x
+  head_dim x dtype / TP; CUDA graphs are captured outside that budget
   (vllm/v1/worker/gpu_worker.py ``determine_available_memory``).
 * HF (transformers + PEFT + TRL): fp32 upcast of the logits and their gradient;
   RMSNorm's fp32 upcast; PEFT's fp32 adapters (``autocast_adapter_dtype``) whose
@@ -132,7 +132,7 @@ class MemoryResult(BaseModel):
     params: ParamCounts
     fits: dict[str, TierFit]
     max_kv_tokens: int | None = Field(None, description="vLLM's KV cache size in tokens (inference with a gpu).")
-    max_concurrency: float | None = Field(None, description="max_kv_tokens ÷ seq_len.")
+    max_concurrency: float | None = Field(None, description="max_kv_tokens / seq_len.")
     recommendation: dict | None = Field(None, description="A plan (tools/plan.py) that fits the workload.")
     assumptions: list[str]
     summary: str
@@ -291,7 +291,7 @@ def _weight_bytes(arch: ModelArch, s: Settings) -> float:
 
 
 def _lora_params(arch: ModelArch, s: Settings) -> int:
-    """Trainable LoRA parameters: r × (in + out) per adapted module; routed experts are not targeted."""
+    """Trainable LoRA parameters: r x (in + out) per adapted module; routed experts are not targeted."""
     h, r = arch.hidden_size, s.lora_r
     dims = {"q_proj": (h, arch.q_dim), "k_proj": (h, arch.kv_dim), "v_proj": (h, arch.kv_dim),
             "o_proj": (arch.q_dim, h)}
@@ -490,7 +490,7 @@ def _assumptions(arch: ModelArch, s: Settings, tier: GpuTier | None) -> list[str
     if s.task == "inference" and s.backend == "vllm":
         a.append(f"vLLM profile run with max_num_batched_tokens={s.mnbt} and {VLLM_MAX_NUM_SEQS} sequences; "
                  f"non-torch memory {VLLM_NON_TORCH_GIB[s.tp > 1]} GiB and CUDA graphs {VLLM_CUDA_GRAPHS_GIB} GiB.")
-        a.append("KV bytes per token = 2 × layers × KV heads × head_dim × dtype bytes ÷ TP "
+        a.append("KV bytes per token = 2 x layers x KV heads x head_dim x dtype bytes / TP "
                  "(the MLA latent for DeepSeek).")
     if arch.sliding_window:
         a.append(f"{arch.sliding_fraction:.0%} of layers use a {arch.sliding_window}-token sliding window; "
@@ -511,7 +511,7 @@ def _assumptions(arch: ModelArch, s: Settings, tier: GpuTier | None) -> list[str
             a.append(f"LoRA r={s.lora_r} on {', '.join(s.targets)}; adapters, gradients and Adam states in fp32"
                      + ("; routed experts are not adapted." if arch.is_moe else "."))
         if s.task == "qlora":
-            a.append("NF4 with double quantization (≈0.516 bytes per linear weight)"
+            a.append("NF4 with double quantization (~0.516 bytes per linear weight)"
                      + ("; prepare_model_for_kbit_training keeps embeddings, lm_head and norms in fp32."
                         if s.backend == "hf" else "."))
         if s.optimizer == "paged_adamw_8bit":
@@ -534,7 +534,7 @@ def estimate_memory(p: MemoryInput, *, with_plan: bool = True) -> MemoryResult:
     if p.gpu:
         acc = parse_accelerator(p.gpu)
         tier = acc.tier
-        if p.num_gpus is None and ":" in p.gpu or (p.num_gpus is None and acc.count > 1):
+        if (p.num_gpus is None and ":" in p.gpu) or (p.num_gpus is None and acc.count > 1):
             p = p.model_copy(update={"num_gpus": acc.count})
     s = resolve_settings(p, arch)
     parts = breakdown_bytes(arch, s, gpu_gib=tier.memory_gib if tier else None)
@@ -557,10 +557,10 @@ def estimate_memory(p: MemoryInput, *, with_plan: bool = True) -> MemoryResult:
         rec = _plan.recommend(arch, s, tier, fits).model_dump()
     where = f" on {tier.id}" if tier else ""
     summary = (f"{arch.name} {s.task} ({s.backend}, {s.quantization if s.quantization != 'none' else s.dtype}, "
-               f"seq {s.seq_len} × batch {s.batch_size}{', TP ' + str(s.tp) if s.tp > 1 else ''}): "
+               f"seq {s.seq_len} x batch {s.batch_size}{', TP ' + str(s.tp) if s.tp > 1 else ''}): "
                f"{total_gib:.1f} GiB per GPU{where}")
     if max_kv is not None:
-        summary += f"; KV cache {max_kv:,} tokens (≈{conc:g} sequences of {s.seq_len})"
+        summary += f"; KV cache {max_kv:,} tokens (~{conc:g} sequences of {s.seq_len})"
     if tier is not None:
         f = fits[tier.id]
         summary += f"; fits {tier.id}: {'yes' if f.fits else 'no'}" + (

@@ -68,7 +68,7 @@ def plan_inference(arch: ModelArch, s: Settings, tier: GpuTier, max_gpus: int | 
             ok, head = fits_on(arch, qs, tier, tp)
             if ok:
                 if quant != s.quantization:
-                    notes.append(f"Quantized to {quant}: the 16-bit weights don't fit {max_gpus}× {tier.id}.")
+                    notes.append(f"Quantized to {quant}: the 16-bit weights don't fit {max_gpus}x {tier.id}.")
                 return _inf_plan(arch, qs, tier, tp, s.seq_len, head, True, notes)
     # Nothing fits at this context: keep the best layout and shorten max_model_len.
     qs = replace(s, quantization=_inference_quants(s, tier)[-1])
@@ -79,7 +79,7 @@ def plan_inference(arch: ModelArch, s: Settings, tier: GpuTier, max_gpus: int | 
         mml = int(per_seq // 16 * 16)
         notes.append(f"max_model_len cut from {s.seq_len} to {mml} to fit {qs.batch_size} sequence(s).")
         return _inf_plan(arch, replace(qs, seq_len=mml), tier, tp, mml, 0.0, True, notes)
-    notes.append(f"Does not fit {max_gpus}× {tier.id} even at {qs.quantization}; use a larger tier or more nodes.")
+    notes.append(f"Does not fit {max_gpus}x {tier.id} even at {qs.quantization}; use a larger tier or more nodes.")
     return _inf_plan(arch, qs, tier, tp, s.seq_len, -(parts.non_kv - tier.memory_gib * GIB * qs.util) / GIB,
                      False, notes)
 
@@ -89,7 +89,7 @@ def _inf_plan(arch: ModelArch, s: Settings, tier: GpuTier, tp: int, mml: int, he
     parts = breakdown_bytes(arch, s, tp=tp, num_gpus=tp, gpu_gib=tier.memory_gib)
     est = parts.total() / GIB
     kv_tokens = int(parts.kv_cache // parts.kv_per_token) if parts.kv_per_token else 0
-    summary = (f"{tp}× {tier.id}, TP {tp}, {s.quantization if s.quantization != 'none' else s.dtype}, "
+    summary = (f"{tp}x {tier.id}, TP {tp}, {s.quantization if s.quantization != 'none' else s.dtype}, "
                f"max_model_len {mml}: KV {kv_tokens:,} tokens ({kv_tokens / mml:.1f} sequences)"
                + ("" if ok else " — does not fit"))
     return Plan(gpu=tier.id, num_gpus=tp, tensor_parallel_size=tp, quantization=s.quantization,
@@ -136,8 +136,8 @@ def plan_training(arch: ModelArch, s: Settings, tier: GpuTier, target_batch: int
 def _train_plan(s: Settings, tier: GpuTier, n: int, zero: int, mb: int, target: int, tot: float, mem: float,
                 ok: bool, notes: list[str]) -> Plan:
     ga = max(1, math.ceil(target / (mb * n)))
-    summary = (f"{n}× {tier.id}, {s.task} {s.quantization if s.quantization != 'none' else s.dtype}, micro-batch "
-               f"{mb} × GA {ga} (effective {mb * ga * n}), seq {s.seq_len}, checkpointing "
+    summary = (f"{n}x {tier.id}, {s.task} {s.quantization if s.quantization != 'none' else s.dtype}, micro-batch "
+               f"{mb} x GA {ga} (effective {mb * ga * n}), seq {s.seq_len}, checkpointing "
                f"{'on' if s.gradient_checkpointing else 'off'}: {tot / GIB:.1f} of {mem / GIB:.0f} GiB"
                + ("" if ok else " — does not fit"))
     return Plan(gpu=tier.id, num_gpus=n, quantization=s.quantization, micro_batch_size=mb,
@@ -159,6 +159,6 @@ def recommend(arch: ModelArch, s: Settings, tier: GpuTier | None, fits: dict[str
             mem = tier.memory_gib * GIB
             return Plan(gpu=tier.id, num_gpus=1, quantization=s.quantization, max_model_len=s.seq_len,
                         task=s.task, estimated_gib=round(tot / GIB, 2), headroom_gib=round((mem - tot) / GIB, 2),
-                        fits=tot <= mem, summary=f"1× {tier.id}: {tot / GIB:.1f} GiB of {mem / GIB:.0f}")
+                        fits=tot <= mem, summary=f"1x {tier.id}: {tot / GIB:.1f} GiB of {mem / GIB:.0f}")
         return plan_inference(arch, s, tier, max_gpus=max(s.num_gpus, tier.typical_max_per_node))
     return plan_training(arch, s, tier)
