@@ -409,6 +409,27 @@ def _is_unstarted(e: BaseException) -> bool:
     return isinstance(e, asyncssh.ChannelOpenError | asyncssh.SFTPNoConnection)
 
 
+async def _makedirs(sftp: asyncssh.SFTPClient, path: str, attrs: asyncssh.SFTPAttrs) -> None:
+    """mkdir -p from the leaf up: one request when the parent exists (asyncssh's walks from /)."""
+    try:
+        await sftp.mkdir(path, attrs)
+        return
+    except asyncssh.SFTPNoSuchFile:
+        parent = posixpath.dirname(path.rstrip("/"))
+        if not parent or parent == path:
+            raise
+        await _makedirs(sftp, parent, attrs)
+    except asyncssh.SFTPError:  # EEXIST arrives as a generic failure in SFTP v3
+        if await sftp.isdir(path):
+            return
+        raise
+    try:
+        await sftp.mkdir(path, attrs)
+    except asyncssh.SFTPError:
+        if not await sftp.isdir(path):  # another process made it meanwhile: fine
+            raise
+
+
 class SSHTransport:
     """:class:`runners.transport.Transport` over SSH. Cheap to create: the connection is pooled.
 
@@ -481,10 +502,14 @@ class SSHTransport:
             sftp = await self._sftp()
             try:
                 attrs = asyncssh.SFTPAttrs(permissions=mode & 0o600)  # narrow first, widen after the write
-                async with sftp.open(tmp, "wb", attrs) as f:
-                    await f.write(data)
-                    await f.chmod(mode)
-                await sftp.posix_rename(tmp, path)
+                f = await sftp.open(tmp, "wb", attrs)
+                # Pipelined: sftp-server answers in order, so each pair costs one round trip, not two.
+                try:
+                    await asyncio.gather(f.write(data), f.chmod(mode))
+                except BaseException:
+                    await f.close()
+                    raise
+                await asyncio.gather(f.close(), sftp.posix_rename(tmp, path))
             except BaseException:
                 with contextlib.suppress(Exception):
                     await sftp.remove(tmp)
@@ -561,7 +586,7 @@ class SSHTransport:
             sftp = await self._sftp()
             attrs = asyncssh.SFTPAttrs(permissions=mode)
             if parents:
-                await sftp.makedirs(path, attrs, exist_ok=True)
+                await _makedirs(sftp, path, attrs)
             else:
                 await sftp.mkdir(path, attrs)
 
