@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 MAX_LINE_SCAN = 1 << 20  # how far back a tail looks for line breaks at most
-_TOKEN_SHAPES = [re.compile(r"\bhf_[A-Za-z0-9]{20,}\b"), re.compile(r"\bsk-[A-Za-z0-9_-]{20,}\b")]
+_TOKEN_SHAPES = [("hf_", re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")), ("sk-", re.compile(r"\bsk-[A-Za-z0-9_-]{20,}\b"))]
 
 
 class LogChunk(BaseModel):
@@ -60,8 +60,9 @@ def make_redactor(secrets: Mapping[str, str]) -> Callable[[str], str]:
         for value, name in pairs:
             if value in text:
                 text = text.replace(value, f"[REDACTED:{name}]")
-        for rx in _TOKEN_SHAPES:
-            text = rx.sub("[REDACTED]", text)
+        for prefix, rx in _TOKEN_SHAPES:
+            if prefix in text:  # a substring test is far cheaper than the regex on 64 KiB
+                text = rx.sub("[REDACTED]", text)
         return text
 
     return redact

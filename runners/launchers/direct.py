@@ -63,6 +63,8 @@ is_alive() {
 }
 group_alive() {
   local g=$1 f line st pg
+  kill -0 -- "-$g" 2>/dev/null || return 1
+  # Some member exists; it only counts if it is not a zombie (scan /proc, builtins only).
   if [ -r /proc/self/stat ]; then
     for f in /proc/[0-9]*/stat; do
       { read -r line < "$f"; } 2>/dev/null || continue
@@ -71,7 +73,7 @@ group_alive() {
     done
     return 1
   fi
-  kill -0 -- "-$g" 2>/dev/null
+  return 0
 }
 read_pid() {
   pid=
@@ -129,7 +131,12 @@ read_pid {PID}
 [ -z "$pid" ] && {{ echo not-started; exit 0; }}
 is_alive "$pid" "$2" || {{ group_alive "$pid" || {{ echo gone; exit 0; }}; }}
 kill -TERM -- "-$pid" 2>/dev/null
-i=0
+# Poll fast first (most jobs stop within milliseconds), then every 0.1 s until the grace is over.
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  group_alive "$pid" || {{ echo terminated; exit 0; }}
+  sleep 0.01
+done
+i=1
 while [ $i -lt "$3" ]; do
   group_alive "$pid" || {{ echo terminated; exit 0; }}
   sleep 0.1

@@ -146,7 +146,7 @@ async def test_two_engines_on_one_catalog_submit_once(job_config, tmp_path: Path
         ids = {r.job_id for r in results}
         assert len(ids) == 3
         assert sum(r.created for r in results) == 3
-        jobs_dir = Path(job_config.hosts["local"].workdir) / "jobs"
+        jobs_dir = Path(job_config.hosts[job_config.default].workdir) / "jobs"
         assert len(list(jobs_dir.iterdir())) == 3  # nothing started twice
         for j in ids:
             await finish(engines[2], j)
