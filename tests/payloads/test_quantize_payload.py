@@ -1,0 +1,141 @@
+"""Real CPU quantizations of a tiny random-init Llama through the quantize payload.
+
+Why a subprocess fed a job.json: that is exactly how the engine runs it on a host
+(``python quantize.py job.json``), reporting only through metrics.jsonl, outputs/ and
+its exit code. bitsandbytes NF4 and INT8 run on the CPU here; llm-compressor pins
+transformers <= 5.17.0, so its methods run only where ``LLMCOMPRESSOR_PYTHON`` names an
+interpreter that has it (docs/workflow.md says how to build one beside this venv).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.tiny_model import build_tiny_model, make_dataset
+
+pytest.importorskip("bitsandbytes")
+
+PAYLOAD = Path(__file__).resolve().parents[2] / "runners" / "payloads" / "quantize.py"
+LLMC_PYTHON = os.environ.get("LLMCOMPRESSOR_PYTHON")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def run_payload(job_dir: Path, python: str = sys.executable, **settings: Any) -> subprocess.CompletedProcess[str]:
+    """Write job.json as the engine does (settings under payload_config) and run the payload on the CPU."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "job.json").write_text(json.dumps({"job_id": "quantize-test", "payload_config": settings}))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for k in ("LLM_OPS_JOB_DIR", "LLM_OPS_OUTPUTS", "LLM_OPS_METRICS"):
+        env.pop(k, None)
+    return subprocess.run(
+        [python, str(PAYLOAD), "job.json"], cwd=job_dir, capture_output=True, text=True, timeout=240, env=env
+    )
+
+
+def read_metrics(job_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def check_ok(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 0, f"payload failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def check_manifest(job: Path, method: str) -> dict[str, Any]:
+    manifest = json.loads((job / "outputs" / "manifest.json").read_text())
+    assert manifest["method"] == method
+    assert 0 < manifest["size_after_bytes"] < manifest["size_before_bytes"]
+    assert manifest["forward_check"]["ok"] and manifest["forward_check"]["finite"]
+    before, after = manifest["perplexity_before"], manifest["perplexity_after"]
+    assert before > 1 and after > 1
+    # Random weights: perplexity is near the vocabulary size; quantization must not wreck it.
+    assert abs(after / before - 1) < 0.25, manifest
+    assert manifest["eval_tokens"] > 100
+    assert (Path(manifest["output_dir"]) / "config.json").is_file()
+    assert (Path(manifest["output_dir"]) / "tokenizer.json").is_file()
+    end = read_metrics(job)[-1]
+    assert end["event"] == "end" and end["perplexity_after"] == after
+    return manifest
+
+
+@pytest.mark.parametrize("method", ["bnb-nf4", "bnb-int8"])
+def test_bitsandbytes_checkpoint_is_saved_reloaded_and_measured(tmp_path: Path, tiny_model: Path, method: str) -> None:
+    job = tmp_path / "job"
+    proc = run_payload(job, model=str(tiny_model), method=method, output_name="q")
+    check_ok(proc)
+    manifest = check_manifest(job, method)
+    cfg = json.loads((job / "outputs" / "q" / "config.json").read_text())
+    qc = cfg["quantization_config"]
+    assert qc["quant_method"] == "bitsandbytes"
+    assert qc["load_in_4bit" if method == "bnb-nf4" else "load_in_8bit"] is True
+    assert manifest["format"] == f"bitsandbytes-{method.removeprefix('bnb-')}"
+    assert "reloaded and ran a forward pass" in proc.stdout
+    phases = [m.get("phase") for m in read_metrics(job) if m["event"] == "phase"]
+    assert phases == ["eval_before", "quantize", "reload", "eval_after"]
+
+
+def test_calibrated_method_without_data_is_refused(tmp_path: Path, tiny_model: Path) -> None:
+    job = tmp_path / "job"
+    proc = run_payload(job, model=str(tiny_model), method="gptq")
+    assert proc.returncode == 2
+    assert "needs a calibration_dataset" in proc.stdout.splitlines()[-1]
+    assert read_metrics(job)[-1]["kind"] == "bad_input"
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    proc = run_payload(job, model=str(tmp_path / "nope"), method="bnb-nf4")
+    assert proc.returncode == 2
+    assert "does not exist on this host" in proc.stdout
+
+
+def test_llmcompressor_missing_is_reported_as_such(tmp_path: Path, tiny_model: Path) -> None:
+    try:
+        import llmcompressor  # noqa: F401
+
+        pytest.skip("llmcompressor is installed in this interpreter")
+    except ImportError:
+        pass
+    job = tmp_path / "job"
+    proc = run_payload(job, model=str(tiny_model), method="fp8-dynamic", skip_eval=True)
+    assert proc.returncode == 4, proc.stdout[-2000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("MissingDependency:") and "'llmcompressor'" in last
+    assert read_metrics(job)[-1]["kind"] == "missing_dependency"
+
+
+@pytest.mark.skipif(not LLMC_PYTHON, reason="set LLMCOMPRESSOR_PYTHON to an interpreter with llmcompressor")
+@pytest.mark.parametrize("method", ["fp8-dynamic", "fp8"])
+def test_llmcompressor_fp8_runs_on_cpu(tmp_path: Path, tiny_model: Path, method: str) -> None:
+    assert LLMC_PYTHON is not None
+    data = make_dataset(tmp_path / "calib.jsonl", "text", n=16)
+    job = tmp_path / "job"
+    extra = {"calibration_dataset": str(data), "num_calibration_samples": 8} if method == "fp8" else {}
+    proc = run_payload(job, python=LLMC_PYTHON, model=str(tiny_model), method=method, output_name="q", **extra)
+    check_ok(proc)
+    manifest = check_manifest(job, method)
+    assert manifest["format"].startswith("compressed-tensors")
+    cfg = json.loads((job / "outputs" / "q" / "config.json").read_text())
+    assert cfg["quantization_config"]["quant_method"] == "compressed-tensors"
+
+
+@pytest.mark.skipif(not LLMC_PYTHON, reason="set LLMCOMPRESSOR_PYTHON to an interpreter with llmcompressor")
+def test_gptq_refuses_a_model_too_narrow_for_its_groups(tmp_path: Path, tiny_model: Path) -> None:
+    assert LLMC_PYTHON is not None
+    data = make_dataset(tmp_path / "calib.jsonl", "text", n=8)
+    job = tmp_path / "job"
+    proc = run_payload(job, python=LLMC_PYTHON, model=str(tiny_model), method="gptq", calibration_dataset=str(data))
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    assert "not a multiple of the group size 128" in proc.stdout
