@@ -37,6 +37,7 @@ import contextlib
 import logging
 import posixpath
 import shlex
+import signal
 import socket
 import time
 import weakref
@@ -478,12 +479,13 @@ class SSHTransport:
         slot = self._slot
 
         async def op() -> CommandResult:
-            conn = await slot.connection()
-            async with slot.sem:
+            async with slot.sem:  # a session channel: sshd caps them per connection (MaxSessions)
+                conn = await slot.connection()
                 res = await conn.run(command, input=input, encoding=None, check=False, timeout=timeout)
-            rc = res.exit_status if res.exit_status is not None else -1
-            if res.exit_signal:  # killed by a signal: mirror the shell's 128+N where we can
-                rc = rc if rc >= 0 else 255
+            rc = res.exit_status if res.exit_status is not None and res.exit_status >= 0 else -1
+            if res.exit_signal:  # killed by a signal: -N, as LocalTransport (subprocess) reports it
+                sig = getattr(signal.Signals, f"SIG{res.exit_signal[0]}", None)
+                rc = -int(sig) if sig is not None else -1
             out = res.stdout if isinstance(res.stdout, bytes) else (res.stdout or "").encode()
             err = res.stderr if isinstance(res.stderr, bytes) else (res.stderr or "").encode()
             return CommandResult(args, rc, out, err)
@@ -657,21 +659,22 @@ class PortForward:
             self._tasks.add(task)
         slot = self.transport._slot
         try:
+            # direct-tcpip channels are not sessions (MaxSessions does not count them), so a
+            # busy forwarded endpoint never takes a slot that job commands need.
             conn = await slot.connection()
-            async with slot.sem:
-                rreader, rwriter = await conn.open_connection(self.remote_host, self.remote_port)
+            rreader, rwriter = await conn.open_connection(self.remote_host, self.remote_port)
 
-                async def pump(src: Any, dst: Any) -> None:
-                    try:
-                        while data := await src.read(65536):
-                            dst.write(data)
-                            await dst.drain()
-                    finally:
-                        with contextlib.suppress(Exception):
-                            dst.write_eof()
+            async def pump(src: Any, dst: Any) -> None:
+                try:
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
+                finally:
+                    with contextlib.suppress(Exception):
+                        dst.write_eof()
 
-                await asyncio.gather(pump(reader, rwriter), pump(rreader, writer), return_exceptions=True)
-                rwriter.close()
+            await asyncio.gather(pump(reader, rwriter), pump(rreader, writer), return_exceptions=True)
+            rwriter.close()
         except asyncio.CancelledError:
             pass  # aclose() ends our own handler tasks; nothing to report
         except (asyncssh.Error, OSError, HostError) as e:

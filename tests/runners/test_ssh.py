@@ -86,6 +86,10 @@ async def test_argv_reaches_the_host_verbatim(host: HostConfig) -> None:
     assert res.out.splitlines() == nasty
     res = await t.run(["sh", "-c", "exit 7"])
     assert res.rc == 7
+    res = await t.run(["sh", "-c", "kill -TERM $$"])
+    assert res.rc == -15  # as LocalTransport reports a signal
+    res = await t.run(["cat"], input=b"stdin \x00 bytes")
+    assert res.stdout == b"stdin \x00 bytes"
     await close_all()
 
 
@@ -407,3 +411,23 @@ async def test_proxy_jump_host_key_is_verified_too(host: HostConfig, sshd: SSHD,
         await SSHTransport(target).run(["true"])
     assert "login-bad" in str(ei.value)
     await close_all()
+
+
+async def test_open_forwards_do_not_take_command_slots(host: HostConfig) -> None:
+    server, port = await _echo_server()
+    t = SSHTransport(host.model_copy(update={"max_channels": 1}))
+    fwd = await t.forward_local_port("127.0.0.1", port)
+    held = [await asyncio.open_connection("127.0.0.1", fwd.local_port) for _ in range(3)]
+    try:
+        for reader, writer in held:
+            writer.write(b"x")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(16), 5) == b"echo:x"
+        res = await asyncio.wait_for(t.run(["true"]), 5)  # three open tunnels, one command slot: still free
+        assert res.rc == 0
+    finally:
+        for _, writer in held:
+            writer.close()
+        await fwd.aclose()
+        server.close()
+        await close_all()
