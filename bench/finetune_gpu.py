@@ -25,6 +25,7 @@ limit still returns what it measured.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -148,6 +149,12 @@ def throughput(times: list[tuple[int, float]], tokens_per_step: float, warmup: i
     return tokens_per_step * (s1 - s0) / (t1 - t0), (t1 - t0) / (s1 - s0)
 
 
+def step_times(times: list[tuple[int, float]], warmup: int) -> list[float]:
+    """Seconds of each logged step after warmup, kept in the row to show the spread (VM neighbours, offload)."""
+    kept = [(s, t) for s, t in times if s >= warmup]
+    return [round((t1 - t0) / (s1 - s0), 4) for (s0, t0), (s1, t1) in itertools.pairwise(kept)]
+
+
 def run_one(args: argparse.Namespace, shape: str, method: str, runner: str, ckpt: Path, data: Path,
             extra: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """One setting in its own process; returns the JSONL row (with ``error`` if it failed)."""
@@ -194,6 +201,8 @@ def run_one(args: argparse.Namespace, shape: str, method: str, runner: str, ckpt
             mem = rows[-1]
         row["tokens_per_sample"] = tps
         row["tokens_per_s"], row["s_per_step"] = (round(x, 3) for x in throughput(times, tps * batch, args.warmup))
+        row["step_s"] = step_times(times, args.warmup)
+        row["tokens_per_s_median"] = round(tps * batch / sorted(row["step_s"])[len(row["step_s"]) // 2], 1)
         row["peak_allocated_gib"] = mem.get("gpu_mem_peak_allocated_gib")
         row["peak_reserved_gib"] = mem.get("gpu_mem_peak_reserved_gib")
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -227,7 +236,8 @@ def main() -> int:
     p.add_argument("--shapes", default="llama-3.2-1b,llama-3.1-8b")
     p.add_argument("--methods", default="lora,qlora")
     p.add_argument("--runners", default="payload,unsloth,hf")
-    p.add_argument("--extra", default="", help="extra settings: shape:method:runner:batch:gc, comma-separated")
+    p.add_argument("--extra", default="", help="more runs after the grid: shape:method:runner[:batch:gc], comma-separated")
+    p.add_argument("--items", default="", help="run only these, in this order (same syntax as --extra)")
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--warmup", type=int, default=4)
@@ -241,7 +251,7 @@ def main() -> int:
     start = time.time()
     env = environment()
     data = build_dataset(args.work, words=max(64, args.seq * 2))
-    shapes = args.shapes.split(",")
+    shapes = [x for x in args.shapes.split(",") if x]
     ckpts = {s: build_checkpoint(args.work, s) for s in shapes}
     print(f"checkpoints built in {time.time() - start:.0f}s on {env['device']}", flush=True)
     if args.build_only:
@@ -249,10 +259,14 @@ def main() -> int:
     plan: list[tuple[str, str, str, dict[str, Any]]] = [
         (s, m, r, {}) for s in shapes for m in args.methods.split(",") for r in args.runners.split(",")
     ]
-    for item in filter(None, args.extra.split(",")):
-        s, m, r, b, gc = item.split(":")
-        ckpts.setdefault(s, build_checkpoint(args.work, s))
-        plan.append((s, m, r, {"per_device_batch_size": int(b), "gradient_checkpointing": gc == "1"}))
+    if args.items:
+        plan = []
+    for item in filter(None, (args.items or args.extra).split(",")):
+        s, m, r, *rest = item.split(":")
+        if s not in ckpts:
+            ckpts[s] = build_checkpoint(args.work, s)
+        extra = {"per_device_batch_size": int(rest[0]), "gradient_checkpointing": rest[1] == "1"} if rest else {}
+        plan.append((s, m, r, extra))
     out = args.out / "finetune_gpu.jsonl"
     for shape, method, runner, extra in plan:
         if time.time() - start > args.deadline_s:
