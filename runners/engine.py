@@ -132,10 +132,23 @@ class JobEngine:
             self._transports[host] = self._transport_factory(self.config.host(host))
         return self._transports[host]
 
-    def launcher(self, host: str) -> Launcher:
-        if host not in self._launchers:
-            self._launchers[host] = self._launcher_factory(self.config.host(host))
-        return self._launchers[host]
+    def launcher(self, host: str, override: str | None = None) -> Launcher:
+        """The host's launcher, or the one a spec's ``launcher`` names (a SLURM host's login node runs
+        ``direct`` jobs over the same transport)."""
+        key = f"{host}\x00{override}" if override else host
+        if key not in self._launchers:
+            cfg = self.config.host(host)
+            if override and override != cfg.launcher:
+                cfg = cfg.model_copy(update={"launcher": override, "slurm": None})
+            self._launchers[key] = self._launcher_factory(cfg)
+        return self._launchers[key]
+
+    @staticmethod
+    def _override(rec: JobRecord) -> str | None:
+        try:
+            return json.loads(rec.spec_json).get("launcher")  # type: ignore[no-any-return]
+        except (ValueError, AttributeError):
+            return None
 
     async def workdir(self, host: str) -> str:
         if host not in self._workdirs:
@@ -212,7 +225,7 @@ class JobEngine:
         """Start ``spec`` on ``host``; the same ``idempotency_key`` returns the same job."""
         await self.ensure_started()
         job, secrets = await self.prepare(spec, host)
-        launcher = self.launcher(job.host.name)
+        launcher = self.launcher(job.host.name, spec.launcher)
         script = launcher.render_script(job)
         if dry_run:
             return SubmitResult(
@@ -245,7 +258,7 @@ class JobEngine:
 
     async def _launch(self, job: PreparedJob, secrets: dict[str, str], script: str) -> None:
         t = self.transport(job.host.name)
-        launcher = self.launcher(job.host.name)
+        launcher = self.launcher(job.host.name, job.spec.launcher)
         try:
             await t.mkdir(f"{job.job_dir}/{OUTPUTS}")
             await t.write_file(job.path(ENV_FILE), render_env({**job.env, **secrets}).encode(), 0o600)
@@ -262,7 +275,7 @@ class JobEngine:
         try:
             pid = await launcher.start(t, job)
         except OpsError as e:
-            obs = await self._observe(job.host.name, [self._ref(self._record(job.job_id))])
+            obs = await self._observe(job.host.name, [self._ref(self._record(job.job_id))], job.spec.launcher)
             o = obs.get(job.job_id) if obs else None
             if o is None or (o.native_id is None and o.exit_code is None):
                 self._fail(job.job_id, f"the job did not start: {e.message}")
@@ -283,9 +296,11 @@ class JobEngine:
     def _ref(rec: JobRecord) -> JobRef:
         return JobRef(rec.job_id, rec.token, rec.job_dir, rec.native_id)
 
-    async def _observe(self, host: str, refs: list[JobRef]) -> dict[str, Observation] | None:
+    async def _observe(
+        self, host: str, refs: list[JobRef], override: str | None = None
+    ) -> dict[str, Observation] | None:
         try:
-            return await self.launcher(host).observe(self.transport(host), refs)
+            return await self.launcher(host, override).observe(self.transport(host), refs)
         except OpsError as e:
             log.warning("cannot read job states on %s: %s", host, e)
             return None
@@ -293,28 +308,29 @@ class JobEngine:
     async def refresh(self, recs: Iterable[JobRecord]) -> tuple[list[JobRecord], dict[str, str]]:
         """Reconcile ``recs`` with their hosts (one round trip per host); returns new records and
         a note per host that could not be asked."""
-        by_host: dict[str, list[JobRecord]] = defaultdict(list)
+        by_host: dict[tuple[str, str | None], list[JobRecord]] = defaultdict(list)
         order: list[str] = []
         fresh: dict[str, JobRecord] = {}
         for r in recs:
             order.append(r.job_id)
             fresh[r.job_id] = r
             if r.state in ACTIVE or r.state is JobState.LOST:
-                by_host[r.host].append(r)
+                by_host[(r.host, self._override(r))].append(r)  # one round trip per host and launcher
         notes: dict[str, str] = {}
 
-        async def one(host: str, items: list[JobRecord]) -> None:
+        async def one(key: tuple[str, str | None], items: list[JobRecord]) -> None:
+            host, override = key
             if host not in self.config.hosts:
                 notes[host] = f"host {host!r} is no longer in the configuration"
                 return
-            obs = await self._observe(host, [self._ref(r) for r in items])
+            obs = await self._observe(host, [self._ref(r) for r in items], override)
             if obs is None:
                 notes[host] = f"host {host!r} did not answer"
                 return
             for r in items:
                 fresh[r.job_id] = self._apply(r, obs.get(r.job_id))
 
-        await asyncio.gather(*(one(h, items) for h, items in by_host.items()))
+        await asyncio.gather(*(one(k, items) for k, items in by_host.items()))
         return [fresh[j] for j in order], notes
 
     def _apply(self, rec: JobRecord, obs: Observation | None) -> JobRecord:
@@ -489,7 +505,8 @@ class JobEngine:
         self.catalog.update(job_id, cancel_requested=True)
         if rec.phase == "launched" or rec.native_id is not None:
             grace = self.cancel_grace_s if grace_s is None else grace_s
-            what = await self.launcher(rec.host).cancel(self.transport(rec.host), self._ref(rec), grace)
+            launcher = self.launcher(rec.host, self._override(rec))
+            what = await launcher.cancel(self.transport(rec.host), self._ref(rec), grace)
             log.info("cancel %s: %s", job_id, what)
         else:  # the submit has not written the directory yet; it will see cancel_requested
             self.catalog.update(job_id, expect_state=JobState.QUEUED, state=JobState.CANCELLED,

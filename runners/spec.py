@@ -125,6 +125,11 @@ class JobSpec(BaseModel):
     secrets: list[str] = Field(default_factory=list, description="Names of controller env vars passed as secrets.")
     resources: Resources = Field(default_factory=Resources)
     endpoint_port: int | None = Field(None, ge=1, le=65535, description="Port a 'serve' job listens on.")
+    launcher: Literal["direct"] | None = Field(
+        None,
+        description="Run with this launcher instead of the host's own: 'direct' on a SLURM host runs the job "
+        "on the login node over the same transport (downloads: compute nodes are offline).",
+    )
 
     @field_validator("argv")
     @classmethod
