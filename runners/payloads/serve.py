@@ -1,0 +1,371 @@
+#!/usr/bin/env python
+"""Serve payload: runs ``vllm serve`` on the GPU host and decides, *on the host*, when it is ready.
+
+Why a wrapper at all: ``/health`` answers before the model can serve a request, the
+controller may be gone (or behind SSH / a login node) while the server starts, and a
+start-up failure must show as a failed job with its cause, not as a time-out. So
+this script, run by the job engine like any payload (``python serve.py job.json``),
+
+1. picks the port (``auto``) or refuses a busy one at once, writes ``endpoint.json``
+   (host name, port) so the controller can build its tunnel to this node;
+2. puts the API key into the environment of vLLM only: ``auto`` makes one and
+   appends it to the job's 0600 ``env`` file (the controller reads it from there),
+   ``env:NAME`` takes it from a secret the engine passed; it is never printed;
+3. starts vLLM with its output piped through, scanning each line for the known
+   start-up failures (CUDA OOM, KV cache too small, unsupported architecture, port
+   in use, model not found...);
+4. probes ``/health``, then ``/v1/models`` (every served name listed), then a
+   one-token completion; only then it creates the ``ready`` marker the launcher
+   reports (the job becomes ``ready``). Afterwards ``/health`` is checked now and
+   then; the marker goes away while it fails and comes back when it answers;
+5. exits with vLLM's exit code, or with its own code after a diagnosed failure,
+   writing ``{"event": "error", "kind", "message", "hint"}`` to metrics.jsonl.
+
+Stdlib only: it runs in the host's Python, next to vllm. ``classify_line`` is also
+used by the controller (tools/serve.py) to read logs of servers that never got here.
+Exit codes: vLLM's own; 3 CUDA out of memory; 4 port in use; 5 start-up time-out;
+6 a known start-up failure while vLLM did not exit by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FAILURES", "classify_line", "main"]
+
+EXIT_OOM, EXIT_PORT, EXIT_TIMEOUT, EXIT_DIAGNOSED = 3, 4, 5, 6
+FATAL_GRACE_S = 20.0  # after a fatal line, how long vLLM may take to exit by itself
+UNHEALTHY_AFTER = 3  # failed health checks in a row before the ready marker goes
+
+# (kind, pattern, hint). Order matters: the first match of a line wins, and the most
+# specific causes come first. Hints name the start_vllm_server parameter to change.
+FAILURES: list[tuple[str, re.Pattern[str], str]] = [
+    ("kv_cache_too_small",
+     re.compile(r"larger than the available KV cache memory|No available memory for the cache blocks|"
+                r"is larger than the maximum number of tokens that can be stored in KV cache"),
+     "The weights fit but too little memory is left for the KV cache: lower max_model_len (the log gives "
+     "an estimated maximum), raise gpu_memory_utilization, use kv_cache_dtype='fp8', or more GPUs "
+     "(tensor_parallel_size)."),
+    ("cuda_oom",
+     re.compile(r"CUDA out of memory|torch\.OutOfMemoryError|OutOfMemoryError: CUDA|CUDA error: out of memory|"
+                r"CUBLAS_STATUS_ALLOC_FAILED"),
+     "The GPU ran out of memory while loading or profiling: use more GPUs (tensor_parallel_size), a "
+     "quantization (fp8 on Hopper/Ada, else bitsandbytes), a smaller max_model_len or max_num_seqs, or check "
+     "that no other process holds the GPU (nvidia-smi)."),
+    ("port_in_use",
+     re.compile(r"^(?!.*Retrying).*(?:Address already in use|\[Errno 98\])"),
+     "The port is taken on the host: use port='auto', or stop what listens there."),
+    ("unsupported_architecture",
+     re.compile(r"Model architectures? .* (?:are|is) not supported|are failed to be inspected|"
+                r"is not supported in-tree anymore"),
+     "This vLLM does not support the model's architecture: upgrade vLLM on the host, or serve a supported "
+     "model (vLLM's docs list them)."),
+    ("trust_remote_code",
+     re.compile(r"trust_remote_code=True|requires you to execute the configuration file"),
+     "The model ships its own code: pass extra_args={'trust_remote_code': true} if you trust it."),
+    ("model_not_found",
+     re.compile(r"Repository Not Found|is not a local folder and is not a valid model identifier|"
+                r"401 Client Error|GatedRepoError|Cannot access gated repo|We couldn't connect to|"
+                r"LocalEntryNotFoundError|offline mode is enabled"),
+     "The model could not be found or downloaded on the host: check the id or path, set HF_TOKEN (host "
+     "secrets) for gated models, or download it first (HF_HUB_OFFLINE hosts need it in HF_HOME)."),
+    ("max_model_len_too_long",
+     re.compile(r"max_model_len.* is greater than the derived max_model_len|"
+                r"User-specified max_model_len .* is greater than"),
+     "max_model_len exceeds the model's context: lower it, or leave max_model_len='auto'."),
+    ("quantization_unsupported",
+     re.compile(r"quantization method .* is not supported for the current GPU|"
+                r"Unknown quantization method|bitsandbytes.* (?:not installed|is required)"),
+     "This quantization can't run on this GPU or install: choose another (fp8 needs compute capability "
+     ">= 8.9) or install its package on the host."),
+    ("dtype_unsupported",
+     re.compile(r"Bfloat16 is only supported on GPUs with compute capability"),
+     "The GPU has no bfloat16: pass dtype='float16'."),
+    ("no_gpu",
+     re.compile(r"No CUDA GPUs are available|Failed to infer device type|CUDA driver initialization failed|"
+                r"Found no NVIDIA driver"),
+     "vLLM found no usable GPU: check nvidia-smi on the host and CUDA_VISIBLE_DEVICES (gpus parameter)."),
+    ("nccl",
+     re.compile(r"NCCL error|ncclSystemError|ncclInternalError|ncclUnhandledCudaError"),
+     "Multi-GPU start failed in NCCL: check that every GPU is visible and healthy; try NCCL_P2P_DISABLE=1 "
+     "in the host's env on PCIe machines."),
+    ("missing_vllm",
+     re.compile(r"No module named '?vllm'?(?:\.|\s|$)|vllm: command not found"),
+     "vLLM is not installed in the host's interpreter: install it there (pip install vllm), or set the "
+     "host's `python` to an environment that has it."),
+]
+_FATAL_KINDS = {"kv_cache_too_small", "cuda_oom", "port_in_use", "unsupported_architecture", "missing_vllm"}
+
+
+def classify_line(line: str) -> tuple[str, str] | None:
+    """(kind, hint) of a known start-up failure shown by this log line, or None."""
+    for kind, rx, hint in FAILURES:
+        if rx.search(line):
+            return kind, hint
+    return None
+
+
+class _Metrics:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+
+    def write(self, **event: Any) -> None:
+        event.setdefault("time", round(time.time(), 3))
+        with self.lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(event) + "\n")
+
+
+def _touch_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _free_port(bind: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((bind, 0))
+        return int(s.getsockname()[1])
+
+
+def _port_busy(bind: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((bind, port))
+        except OSError:
+            return True
+    return False
+
+
+def _append_secret(env_file: Path, name: str, value: str) -> None:
+    """Add ``export NAME=value`` to the job's 0600 env file (atomically, keeping its mode)."""
+    old = env_file.read_text(encoding="utf-8") if env_file.exists() else ""
+    lines = [ln for ln in old.splitlines() if not ln.startswith(f"export {name}=")]
+    lines.append(f"export {name}={shlex.quote(value)}")
+    tmp = env_file.with_name(env_file.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, env_file)
+
+
+def _http(url: str, key: str | None, body: dict[str, Any] | None = None, timeout: float = 5.0) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+            try:
+                return r.status, json.loads(raw) if raw else None
+            except ValueError:
+                return r.status, None
+    except urllib.error.HTTPError as e:
+        return e.code, None
+    except (urllib.error.URLError, OSError, TimeoutError):
+        return 0, None
+
+
+def probe(base: str, key: str | None, names: list[str], probe_model: str) -> tuple[bool, str]:
+    """(ready, what is missing): /health, then /v1/models lists ``names``, then a one-token completion."""
+    code, _ = _http(f"{base}/health", None)
+    if code != 200:
+        return False, "health"
+    code, doc = _http(f"{base}/v1/models", key)
+    if code != 200 or not isinstance(doc, dict):
+        return False, f"models (HTTP {code})"
+    listed = {m.get("id") for m in doc.get("data", []) if isinstance(m, dict)}
+    missing = [n for n in names if n not in listed]
+    if missing:
+        return False, f"models (not yet listed: {', '.join(missing)})"
+    body = {"model": probe_model, "prompt": "Hello", "max_tokens": 1, "temperature": 0.0}
+    code, doc = _http(f"{base}/v1/completions", key, body, timeout=120.0)
+    if code != 200 or not isinstance(doc, dict) or not doc.get("choices"):
+        return False, f"completion (HTTP {code})"
+    return True, ""
+
+
+def _resolve_program(argv: list[str]) -> list[str]:
+    """``vllm`` next to this interpreter beats the one on PATH (the host's venv may not be on PATH)."""
+    if argv and argv[0] == "vllm":
+        here = Path(sys.executable).parent / "vllm"
+        if here.exists():
+            return [str(here), *argv[1:]]
+    return argv
+
+
+def main(argv: list[str]) -> int:
+    job_path = Path(argv[1] if len(argv) > 1 else "job.json").resolve()
+    job = json.loads(job_path.read_text(encoding="utf-8"))
+    cfg: dict[str, Any] = job["payload_config"]
+    job_dir = Path(job.get("job_dir") or job_path.parent)
+    metrics = _Metrics(job_dir / "metrics.jsonl")
+    ready_mark = job_dir / "ready"
+    ready_mark.unlink(missing_ok=True)
+    t0 = time.monotonic()
+
+    def fail(kind: str, message: str, hint: str, code: int) -> int:
+        ready_mark.unlink(missing_ok=True)
+        metrics.write(event="error", kind=kind, message=message[:500], hint=hint)
+        print(f"[llm-ops] serve failed ({kind}): {message[:300]}\n[llm-ops] hint: {hint}", flush=True)
+        return code
+
+    bind = str(cfg.get("bind_host") or "127.0.0.1")
+    port_cfg = cfg.get("port", "auto")
+    if port_cfg == "auto":
+        port = _free_port(bind)
+    else:
+        port = int(port_cfg)
+        if _port_busy(bind, port):
+            return fail("port_in_use", f"port {port} on {bind} is already in use on {socket.gethostname()}",
+                        "Use port='auto', or stop what listens there.", EXIT_PORT)
+    cmd = _resolve_program([str(port) if a == "{port}" else str(a) for a in cfg["argv"]])
+
+    env = dict(os.environ)
+    mode = str(cfg.get("api_key", "auto"))
+    key: str | None = None
+    if mode == "auto":
+        key = env.get("VLLM_API_KEY") or secrets.token_urlsafe(32)
+        if env.get("VLLM_API_KEY") != key:
+            _append_secret(job_dir / "env", "VLLM_API_KEY", key)
+        env["VLLM_API_KEY"] = key
+    elif mode.startswith("env:"):
+        key = env.get(mode[4:])
+        if not key:
+            return fail("api_key_missing", f"the secret {mode[4:]} is not in the job's environment",
+                        "Set it where the MCP server runs, or use api_key='auto'.", 2)
+        env["VLLM_API_KEY"] = key
+    else:
+        env.pop("VLLM_API_KEY", None)
+    names = [str(n) for n in cfg.get("served_names") or []]
+    probe_model = str(cfg.get("probe_model") or (names[0] if names else ""))
+    probe_host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
+    base = f"http://{probe_host}:{port}"
+    _touch_atomic(job_dir / "endpoint.json", json.dumps({
+        "host": socket.gethostname(), "bind": bind, "port": port, "pid": os.getpid(),
+        "api_key": key is not None, "served_names": names,
+    }) + "\n")
+    metrics.write(event="starting", port=port, host=socket.gethostname())
+    print(f"[llm-ops] starting on {socket.gethostname()}:{port}: {shlex.join(cmd)}", flush=True)
+
+    try:
+        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=env, cwd=str(job_dir))
+    except OSError as e:
+        kind, hint = ("missing_vllm", FAILURES[-1][2]) if isinstance(e, FileNotFoundError) else ("start", str(e))
+        return fail(kind, f"cannot start {cmd[0]}: {e.strerror}", hint, 127)
+
+    fatal: list[tuple[str, str, str, float]] = []  # (kind, line, hint, when)
+
+    def pump() -> None:
+        assert child.stdout is not None
+        for raw in iter(child.stdout.readline, b""):
+            line = raw.decode("utf-8", errors="replace")
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if not fatal:
+                hit = classify_line(line)
+                if hit and hit[0] in _FATAL_KINDS:
+                    fatal.append((hit[0], line.strip(), hit[1], time.monotonic()))
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    stopping = threading.Event()
+
+    def on_term(signum: int, _frame: Any) -> None:
+        stopping.set()
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+    timeout_s = float(cfg.get("startup_timeout_s") or 3600)
+    interval = float(cfg.get("health_interval_s") or 5.0)
+    ready = False
+    fails = 0
+    last_probe = 0.0
+    why = ""
+    while child.poll() is None:
+        now = time.monotonic()
+        if stopping.is_set():
+            time.sleep(0.2)
+            continue
+        if fatal and now - fatal[0][3] > FATAL_GRACE_S:
+            kind, line, hint, _ = fatal[0]
+            child.terminate()
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+            reader.join(5)
+            return fail(kind, line, hint, EXIT_OOM if kind == "cuda_oom" else EXIT_DIAGNOSED)
+        if not ready and now - t0 > timeout_s:
+            child.terminate()
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+            return fail("startup_timeout", f"not ready after {timeout_s:.0f} s (waiting for {why or 'health'})",
+                        "Read the log (get_job_logs); large models take long to download and load.", EXIT_TIMEOUT)
+        if now - last_probe >= (0.5 if not ready else interval):
+            last_probe = now
+            if not ready:
+                ok, why = probe(base, key, names, probe_model)
+                if ok:
+                    ready = True
+                    _touch_atomic(ready_mark, f"{time.time():.3f}\n")
+                    took = round(time.monotonic() - t0, 2)
+                    metrics.write(event="ready", time_to_ready_s=took, port=port)
+                    print(f"[llm-ops] ready after {took} s: {', '.join(names)} on port {port}", flush=True)
+            else:
+                code, _ = _http(f"{base}/health", None)
+                if code == 200:
+                    if fails >= UNHEALTHY_AFTER:
+                        _touch_atomic(ready_mark, f"{time.time():.3f}\n")
+                        metrics.write(event="healthy")
+                    fails = 0
+                else:
+                    fails += 1
+                    if fails == UNHEALTHY_AFTER:
+                        ready_mark.unlink(missing_ok=True)
+                        metrics.write(event="unhealthy", http_status=code)
+        time.sleep(0.1)
+    reader.join(10)
+    ready_mark.unlink(missing_ok=True)
+    rc = child.returncode
+    if stopping.is_set():
+        metrics.write(event="stopped", exit_code=rc)
+        return 143
+    if fatal:
+        kind, line, hint, _ = fatal[0]
+        return fail(kind, line, hint, EXIT_OOM if kind == "cuda_oom" else (rc or EXIT_DIAGNOSED))
+    if rc != 0:
+        metrics.write(event="error", kind="exit_code", message=f"vLLM exited with code {rc}",
+                      hint="Read the end of the log (get_job_logs) for the cause.")
+        return rc if rc > 0 else 128 - rc
+    metrics.write(event="stopped", exit_code=0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

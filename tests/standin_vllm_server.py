@@ -1,0 +1,280 @@
+#!/usr/bin/env python
+"""A STAND-IN for ``vllm serve``: an OpenAI-compatible HTTP server with no model behind it.
+
+Why it exists: CI has no GPU and real vLLM can't run there, yet the serving tools
+must be tested end to end through the real job engine (locally and over SSH). This
+script is started exactly where ``vllm serve`` would be (tests put a ``vllm``
+program that execs it on the host's PATH), answers the same endpoints with the
+same shapes, and can be told to misbehave the ways real vLLM does. It is never used
+outside tests/, and the same flow runs against real vLLM on a GPU (gpu/README.md).
+
+    standin_vllm_server.py serve MODEL [--port N] [--host H] [--served-model-name A B]
+                                       [--lora-modules name=path ...] [any other vLLM flag]
+    standin_vllm_server.py serve --help=all     # prints the recorded vLLM 0.26.0 help
+
+Endpoints: GET /health, GET /v1/models, POST /v1/completions, POST
+/v1/chat/completions (both with ``stream: true`` as server-sent events, and
+``stream_options.include_usage``). ``VLLM_API_KEY`` is enforced on /v1/* like vLLM.
+
+Switches (environment variables, so the command line stays vLLM's):
+  STANDIN_VLLM_START_DELAY_S   sleep this long before listening (slow start)
+  STANDIN_VLLM_CRASH=oom       print vLLM 0.26's CUDA OOM traceback and exit 1
+  STANDIN_VLLM_CRASH=arch      print the unsupported-architecture error and exit 1
+  STANDIN_VLLM_HANG_AFTER_OOM  with CRASH=oom: print it but keep running (a hung engine)
+  STANDIN_VLLM_READY_LAG_S     /health answers at once, /v1/models and completions only after this
+  STANDIN_VLLM_TOKEN_DELAY_S   seconds between streamed tokens (default 0.002)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+HELP_FILE = Path(__file__).parent / "data" / "vllm" / "serve-help-all-0.26.0.txt"
+
+OOM_TRACEBACK = """\
+(EngineCore_DP0 pid=41187) ERROR 11-26 20:41:07 [core.py:1021] EngineCore failed to start.
+(EngineCore_DP0 pid=41187) ERROR 11-26 20:41:07 [core.py:1021] Traceback (most recent call last):
+(EngineCore_DP0 pid=41187) ERROR 11-26 20:41:07 [core.py:1021]   File "/opt/venv/lib/python3.12/site-packages/vllm/v1/engine/core.py", line 1012, in run_engine_core
+(EngineCore_DP0 pid=41187) ERROR 11-26 20:41:07 [core.py:1021]     engine_core = EngineCoreProc(*args, **kwargs)
+(EngineCore_DP0 pid=41187) ERROR 11-26 20:41:07 [core.py:1021]   File "/opt/venv/lib/python3.12/site-packages/vllm/model_executor/layers/linear.py", line 412, in create_weights
+(EngineCore_DP0 pid=41187) ERROR 11-26 20:41:07 [core.py:1021]     weight = Parameter(torch.empty(sum(output_partition_sizes), input_size_per_partition, dtype=params_dtype), requires_grad=False)
+(EngineCore_DP0 pid=41187) ERROR 11-26 20:41:07 [core.py:1021] torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 448.00 MiB. GPU 0 has a total capacity of 79.19 GiB of which 301.06 MiB is free. Including non-PyTorch memory, this process has 78.88 GiB memory in use. Of the allocated memory 78.21 GiB is allocated by PyTorch, and 19.92 MiB is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {'EngineCore_DP0': 1}
+"""
+ARCH_ERROR = """\
+ValueError: Model architectures ['StandinForCausalLM'] are not supported for now. Supported architectures: dict_keys(['LlamaForCausalLM', 'Qwen2ForCausalLM'])
+"""
+
+
+def _words(n: int) -> list[str]:
+    return [f" tok{i}" for i in range(n)]
+
+
+def _prompt_tokens(prompt: Any) -> int:
+    if isinstance(prompt, str):
+        return max(1, len(prompt.split()))
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+        return len(prompt)
+    if isinstance(prompt, list) and prompt:
+        return _prompt_tokens(prompt[0])
+    return 1
+
+
+class StandinState:
+    def __init__(self, names: list[str], max_model_len: int, ready_at: float, api_key: str | None,
+                 token_delay: float, lora: dict[str, str], base: str) -> None:
+        self.names = names
+        self.max_model_len = max_model_len
+        self.ready_at = ready_at
+        self.api_key = api_key
+        self.token_delay = token_delay
+        self.lora = lora
+        self.base = base
+        self.requests = 0
+        self.lock = threading.Lock()
+
+
+def make_handler(st: StandinState) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            sys.stdout.write("(APIServer) INFO: " + (fmt % args) + "\n")
+            sys.stdout.flush()
+
+        def _json(self, code: int, doc: Any) -> None:
+            body = json.dumps(doc).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _error(self, code: int, msg: str, typ: str = "BadRequestError") -> None:
+            self._json(code, {"error": {"message": msg, "type": typ, "param": None, "code": code}})
+
+        def _authorized(self) -> bool:
+            if st.api_key is None:
+                return True
+            if self.headers.get("Authorization") == f"Bearer {st.api_key}":
+                return True
+            self._json(401, {"error": "Unauthorized"})
+            return False
+
+        def _lagging(self) -> bool:
+            if time.time() < st.ready_at:
+                self._error(503, "The model is still loading.", "ServiceUnavailableError")
+                return True
+            return False
+
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if self.path == "/v1/models":
+                if not self._authorized():
+                    return
+                if time.time() < st.ready_at:
+                    self._json(200, {"object": "list", "data": []})
+                    return
+                data = []
+                for n in st.names:
+                    data.append({"id": n, "object": "model", "created": int(time.time()), "owned_by": "vllm",
+                                 "root": st.lora.get(n, st.base), "parent": st.names[0] if n in st.lora else None,
+                                 "max_model_len": st.max_model_len})
+                self._json(200, {"object": "list", "data": data})
+                return
+            self._error(404, "Not Found", "NotFoundError")
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                req = json.loads(self.rfile.read(length) or b"{}")
+            except ValueError:
+                self._error(400, "Invalid JSON")
+                return
+            if self.path not in ("/v1/completions", "/v1/chat/completions"):
+                self._error(404, "Not Found", "NotFoundError")
+                return
+            if not self._authorized() or self._lagging():
+                return
+            model = req.get("model")
+            if model not in st.names:
+                self._error(404, f"The model `{model}` does not exist.", "NotFoundError")
+                return
+            chat = self.path.endswith("chat/completions")
+            if chat:
+                msgs = req.get("messages") or []
+                prompt_tokens = sum(max(1, len(str(m.get("content", "")).split())) for m in msgs) + 3 * len(msgs)
+            else:
+                prompt_tokens = _prompt_tokens(req.get("prompt", ""))
+            n_out = int(req.get("max_completion_tokens") or req.get("max_tokens") or 16)
+            if prompt_tokens + n_out > st.max_model_len:
+                self._error(400, f"This model's maximum context length is {st.max_model_len} tokens.")
+                return
+            with st.lock:
+                st.requests += 1
+            words = _words(n_out)
+            rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n_out,
+                     "total_tokens": prompt_tokens + n_out}
+            finish = "length"
+            if not req.get("stream"):
+                text = "".join(words)
+                if chat:
+                    choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                              "finish_reason": finish}
+                else:
+                    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+                time.sleep(st.token_delay * n_out)
+                self._json(200, {"id": rid, "object": "chat.completion" if chat else "text_completion",
+                                 "created": int(time.time()), "model": model, "choices": [choice], "usage": usage})
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+            obj = "chat.completion.chunk" if chat else "text_completion"
+
+            def send(doc: Any) -> None:
+                self.wfile.write(b"data: " + json.dumps(doc).encode() + b"\n\n")
+                self.wfile.flush()
+
+            for i, w in enumerate(words):
+                time.sleep(st.token_delay)
+                last = i == len(words) - 1
+                if chat:
+                    delta: dict[str, Any] = {"content": w} if i else {"role": "assistant", "content": w}
+                    ch: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish if last else None}
+                else:
+                    ch = {"index": 0, "text": w, "logprobs": None, "finish_reason": finish if last else None}
+                send({"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [ch]})
+            if include_usage:
+                send({"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [],
+                      "usage": usage})
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+            self.close_connection = True
+
+    return Handler
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[1] != "serve":
+        print("usage: standin_vllm_server.py serve MODEL [flags]", file=sys.stderr)
+        return 2
+    rest = argv[2:]
+    if any(a in ("--help=all", "-h=all") for a in rest):
+        sys.stdout.write(HELP_FILE.read_text(encoding="utf-8"))
+        return 0
+    p = argparse.ArgumentParser(prog="vllm serve (stand-in)")
+    p.add_argument("model")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default=None)
+    p.add_argument("--served-model-name", nargs="+", default=None)
+    p.add_argument("--lora-modules", nargs="+", default=[])
+    p.add_argument("--max-model-len", type=int, default=4096)
+    args, unknown = p.parse_known_args(rest)
+    print(f"(APIServer) INFO: stand-in vLLM server (not vLLM) for {args.model}; ignoring {len(unknown)} "
+          "other argument(s)", flush=True)
+    crash = os.environ.get("STANDIN_VLLM_CRASH", "")
+    delay = float(os.environ.get("STANDIN_VLLM_START_DELAY_S") or 0)
+    if delay:
+        time.sleep(delay)
+    if crash == "oom":
+        sys.stdout.write(OOM_TRACEBACK)
+        sys.stdout.flush()
+        if os.environ.get("STANDIN_VLLM_HANG_AFTER_OOM"):
+            time.sleep(3600)
+        return 1
+    if crash == "arch":
+        sys.stdout.write(ARCH_ERROR)
+        return 1
+    names = args.served_model_name or [args.model]
+    lora: dict[str, str] = {}
+    for item in args.lora_modules:
+        if item.startswith("{"):
+            doc = json.loads(item)
+            lora[doc["name"]] = doc["path"]
+        else:
+            n, _, path = item.partition("=")
+            lora[n] = path
+    lag = float(os.environ.get("STANDIN_VLLM_READY_LAG_S") or 0)
+    st = StandinState(names + list(lora), args.max_model_len, time.time() + lag,
+                      os.environ.get("VLLM_API_KEY") or None,
+                      float(os.environ.get("STANDIN_VLLM_TOKEN_DELAY_S") or 0.002), lora, args.model)
+    try:
+        srv = ThreadingHTTPServer((args.host or "0.0.0.0", args.port), make_handler(st))
+    except OSError as e:
+        print(f"OSError: [Errno {e.errno}] {e.strerror}", flush=True)
+        return 1
+    srv.daemon_threads = True
+    print(f"(APIServer) INFO: Starting vLLM API server 0 on http://{args.host or '0.0.0.0'}:{args.port}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        srv.serve_forever(poll_interval=0.1)
+    return 0
+
+
+def _on_term(*_: Any) -> None:
+    raise KeyboardInterrupt  # like vLLM: SIGTERM is a graceful shutdown
+
+
+if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_term)
+    sys.exit(main(sys.argv))

@@ -1,0 +1,302 @@
+"""query_model and benchmark_server: talk to a server job through the OpenAI client library.
+
+Why the ``openai`` library and not hand-rolled HTTP: vLLM's server *is* the OpenAI
+API, the library handles streaming (server-sent events), retries and error types
+the way every other client of that server does. The server is found by its job id:
+:class:`~tools.serve_host.ServeRuntime` gives a URL reachable from here (an SSH
+forward or the login node's tunnel for remote hosts) and the API key from the job's
+env file; neither the key nor the tunnel is part of any result.
+
+The benchmark sends streaming completions with a bounded number of prompts, a
+bounded concurrency and a wall-clock budget (a tool call must stay under the
+client's time-out), and measures per request the time to first token and the gaps
+between tokens, as vLLM's own ``bench serve`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import statistics
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from runners.engine import JobEngine
+from runners.errors import Conflict, HostError, InvalidInput, OpsError
+from runners.states import JobState
+from tools.serve_host import ServeRuntime
+
+__all__ = [
+    "BenchmarkInput",
+    "BenchmarkOutput",
+    "ChatMessage",
+    "QueryInput",
+    "QueryOutput",
+    "benchmark_server",
+    "query_model",
+    "server_connection",
+]
+
+JOB_ID_PATTERN = r"^[a-z][a-z0-9-]{2,79}$"
+_WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wise", "owls", "watch", "from", "old", "oak", "trees", "and", "count", "every", "star", "in", "the", "silent", "night", "sky"]
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"] = "user"
+    content: str = Field(max_length=200_000)
+
+
+class QueryInput(BaseModel):
+    server_job_id: str = Field(description="The server's job_id (from start_vllm_server).", pattern=JOB_ID_PATTERN)
+    messages: list[ChatMessage] | None = Field(None, description="Chat messages (uses the chat template).")
+    prompt: str | None = Field(None, max_length=200_000, description="Plain completion prompt (no template).")
+    model: str | None = Field(None, description="Served name (an adapter's name); default: the base model.")
+    max_tokens: int = Field(256, ge=1, le=32_768)
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: list[str] | None = Field(None, max_length=8)
+    seed: int | None = None
+    timeout_s: float = Field(100.0, gt=0, le=110.0)
+
+    @model_validator(mode="after")
+    def _one(self) -> QueryInput:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("give exactly one of 'messages' or 'prompt'")
+        if self.messages is not None and not self.messages:
+            raise ValueError("messages must not be empty")
+        return self
+
+
+class QueryOutput(BaseModel):
+    text: str = Field(description="The generated text.")
+    model: str
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float
+    summary: str
+
+
+class BenchmarkInput(BaseModel):
+    server_job_id: str = Field(description="The server's job_id.", pattern=JOB_ID_PATTERN)
+    model: str | None = Field(None, description="Served name to load; default: the base model.")
+    num_prompts: int = Field(64, ge=1, le=2000)
+    input_len: int = Field(256, ge=1, le=32_768, description="Prompt length in words (≈ tokens; measured).")
+    output_len: int = Field(128, ge=1, le=8192, description="Tokens generated per request (EOS ignored).")
+    concurrency: int = Field(8, ge=1, le=512, description="Requests in flight at once.")
+    time_budget_s: float = Field(90.0, gt=0, le=105.0, description="Stop sending after this; report what finished.")
+
+
+class Percentiles(BaseModel):
+    mean: float | None = None
+    p50: float | None = None
+    p99: float | None = None
+
+
+class BenchmarkOutput(BaseModel):
+    completed: int
+    failed: int
+    duration_s: float
+    requests_per_s: float
+    output_tokens_per_s: float
+    total_output_tokens: int
+    mean_input_tokens: float | None = Field(None, description="As the server counted them.")
+    ttft_ms: Percentiles = Field(description="Time to first token.")
+    itl_ms: Percentiles = Field(description="Inter-token latency (gaps between streamed chunks).")
+    errors: list[str] = Field(default_factory=list, description="Distinct error messages (at most 5).")
+    summary: str
+
+
+async def server_connection(engine: JobEngine, runtime: ServeRuntime, job_id: str) -> tuple[str, str | None, list[str]]:
+    """(base URL reachable from here, API key or None, served names) of a ready or running server job."""
+    view = await engine.status(job_id, with_details=True)
+    if view.kind != "serve":
+        raise InvalidInput(f"Job {job_id} is a {view.kind} job, not a server.", "Give a start_vllm_server job_id.")
+    if view.terminal:
+        err = view.error.line if view.error else view.reason
+        m = view.metrics or {}
+        if m.get("event") == "error" and m.get("hint"):
+            raise Conflict(f"Server job {job_id} is {view.state.value}: {m.get('message') or err}.", str(m["hint"]))
+        raise Conflict(f"Server job {job_id} is {view.state.value}" + (f": {err}." if err else "."),
+                       "Start it again with start_vllm_server (get_job_logs shows vLLM's output).")
+    if view.state is not JobState.READY:
+        raise Conflict(f"Server job {job_id} is {view.state.value}, not ready yet.",
+                       f"wait_for_job(job_id='{job_id}', until='ready') first.")
+    host = engine.config.host(view.host)
+    doc = await runtime.endpoint_doc(view.host, view.job_dir)
+    if doc is None or not isinstance(doc.get("port"), int):
+        raise HostError(f"Server job {job_id} has no endpoint.json yet.", "Wait a moment and retry.")
+    bind = str(doc.get("bind") or "127.0.0.1")
+    node = str(doc.get("host")) if host.launcher == "slurm" else ("127.0.0.1" if bind in ("0.0.0.0", "::") else bind)
+    url = await runtime.url_for(host, node, int(doc["port"]))
+    rec = engine.catalog.get(job_id)
+    mode = "auto"
+    if rec is not None:
+        with contextlib.suppress(ValueError):
+            mode = str(json.loads(rec.spec_json).get("payload_config", {}).get("api_key", "auto"))
+    key = None
+    if mode == "auto":
+        key = await runtime.api_key(view.host, job_id, view.job_dir)
+    elif mode.startswith("env:"):
+        key = await runtime.api_key(view.host, job_id, view.job_dir, name=mode[4:])
+    names = [str(n) for n in doc.get("served_names") or []]
+    return url, key, names
+
+
+def _client(url: str, key: str | None, timeout: float) -> Any:
+    from openai import AsyncOpenAI  # imported on use: keeps the server's start-up light
+
+    return AsyncOpenAI(base_url=f"{url}/v1", api_key=key or "EMPTY", timeout=timeout, max_retries=0)
+
+
+def _translate(e: Exception, url: str) -> OpsError:
+    import openai
+
+    if isinstance(e, openai.NotFoundError):
+        return InvalidInput(f"The server does not serve that model: {getattr(e, 'message', e)}",
+                            "Use one of the served_models of start_vllm_server.")
+    if isinstance(e, openai.AuthenticationError):
+        return Conflict("The server refused the API key.", "Restart the server; its env file holds the key.")
+    if isinstance(e, openai.BadRequestError):
+        return InvalidInput(f"The server refused the request: {getattr(e, 'message', e)}",
+                            "Shorten the prompt or max_tokens (max_model_len bounds both).")
+    if isinstance(e, openai.APITimeoutError):
+        return HostError("The server did not answer in time.", "Lower max_tokens or raise timeout_s (<= 110).")
+    if isinstance(e, openai.APIConnectionError):
+        return HostError(f"Cannot reach the server at {url}.", "get_job_status shows whether it is still ready.")
+    if isinstance(e, openai.APIStatusError):
+        return HostError(f"The server answered HTTP {e.status_code}: {getattr(e, 'message', e)}",
+                         "Read the server's log with get_job_logs.")
+    return HostError(f"Request failed: {type(e).__name__}: {e}", "Read the server's log with get_job_logs.")
+
+
+async def query_model(engine: JobEngine, runtime: ServeRuntime, p: QueryInput) -> QueryOutput:
+    """One completion (chat or plain) from a ready server job."""
+    import openai
+
+    url, key, names = await server_connection(engine, runtime, p.server_job_id)
+    model = p.model or (names[0] if names else None)
+    if model is None:
+        raise InvalidInput("The server lists no model names.", "Pass model=... explicitly.")
+    if names and model not in names:
+        raise InvalidInput(f"{model!r} is not served by {p.server_job_id}.", f"Use one of: {', '.join(names)}.")
+    client = _client(url, key, p.timeout_s)
+    t0 = time.perf_counter()
+    try:
+        common: dict[str, Any] = {"model": model, "max_tokens": p.max_tokens, "temperature": p.temperature,
+                                  "top_p": p.top_p}
+        if p.stop:
+            common["stop"] = p.stop
+        if p.seed is not None:
+            common["seed"] = p.seed
+        if p.messages is not None:
+            r = await client.chat.completions.create(
+                messages=[m.model_dump() for m in p.messages], **common)  # type: ignore[arg-type]
+            text = r.choices[0].message.content or "" if r.choices else ""
+        else:
+            r = await client.completions.create(prompt=p.prompt, **common)
+            text = r.choices[0].text if r.choices else ""
+    except openai.OpenAIError as e:
+        raise _translate(e, url) from e
+    finally:
+        await client.close()
+    dt = time.perf_counter() - t0
+    finish = r.choices[0].finish_reason if r.choices else None
+    usage = r.usage
+    toks = f", {usage.completion_tokens} tokens" if usage else ""
+    return QueryOutput(text=text, model=model, finish_reason=finish,
+                       prompt_tokens=usage.prompt_tokens if usage else None,
+                       completion_tokens=usage.completion_tokens if usage else None, latency_s=round(dt, 3),
+                       summary=f"{model} answered in {dt:.2f} s{toks} (finish: {finish}).")
+
+
+def _pct(values: list[float]) -> Percentiles:
+    if not values:
+        return Percentiles()
+    s = sorted(values)
+
+    def q(x: float) -> float:
+        return round(s[min(len(s) - 1, max(0, round(x * (len(s) - 1))))], 3)
+
+    return Percentiles(mean=round(statistics.fmean(s), 3), p50=q(0.5), p99=q(0.99))
+
+
+async def benchmark_server(engine: JobEngine, runtime: ServeRuntime, p: BenchmarkInput) -> BenchmarkOutput:
+    """Streaming load test: throughput, requests/s, TTFT and ITL p50/p99 (bounded in count and time)."""
+    import openai
+
+    url, key, names = await server_connection(engine, runtime, p.server_job_id)
+    model = p.model or (names[0] if names else None)
+    if model is None:
+        raise InvalidInput("The server lists no model names.", "Pass model=... explicitly.")
+    client = _client(url, key, p.time_budget_s + 5)
+    ttfts: list[float] = []
+    itls: list[float] = []
+    in_tokens: list[int] = []
+    out_tokens = 0
+    completed = failed = 0
+    errors: list[str] = []
+    sem = asyncio.Semaphore(p.concurrency)
+    start = time.perf_counter()
+    deadline = start + p.time_budget_s
+
+    async def one(i: int) -> None:
+        nonlocal out_tokens, completed, failed
+        async with sem:
+            if time.perf_counter() >= deadline:
+                return
+            words = [_WORDS[(i + k) % len(_WORDS)] for k in range(p.input_len)]
+            t0 = time.perf_counter()
+            first: float | None = None
+            last = t0
+            chunks = 0
+            usage_out: int | None = None
+            try:
+                stream = await client.completions.create(
+                    model=model, prompt=" ".join(words), max_tokens=p.output_len, temperature=0.0, stream=True,
+                    stream_options={"include_usage": True},
+                    extra_body={"ignore_eos": True, "min_tokens": p.output_len})
+                async for ev in stream:
+                    now = time.perf_counter()
+                    if ev.choices and ev.choices[0].text:
+                        if first is None:
+                            first = now
+                            ttfts.append((now - t0) * 1000)
+                        else:
+                            itls.append((now - last) * 1000)
+                        last = now
+                        chunks += 1
+                    if ev.usage is not None:
+                        usage_out = ev.usage.completion_tokens
+                        in_tokens.append(ev.usage.prompt_tokens)
+            except openai.OpenAIError as e:
+                failed += 1
+                msg = str(_translate(e, url))
+                if msg not in errors and len(errors) < 5:
+                    errors.append(msg)
+                return
+            completed += 1
+            out_tokens += usage_out if usage_out is not None else chunks
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(p.num_prompts)))
+    finally:
+        await client.close()
+    dur = max(time.perf_counter() - start, 1e-9)
+    if completed == 0 and failed:
+        raise HostError(f"Every benchmark request failed: {errors[0]}", "Check the server with query_model first.")
+    out = BenchmarkOutput(
+        completed=completed, failed=failed, duration_s=round(dur, 3), requests_per_s=round(completed / dur, 3),
+        output_tokens_per_s=round(out_tokens / dur, 2), total_output_tokens=out_tokens,
+        mean_input_tokens=round(statistics.fmean(in_tokens), 1) if in_tokens else None,
+        ttft_ms=_pct(ttfts), itl_ms=_pct(itls), errors=errors, summary="")
+    skipped = p.num_prompts - completed - failed
+    out.summary = (f"{completed}/{p.num_prompts} requests at concurrency {p.concurrency} in {dur:.1f} s: "
+                   f"{out.output_tokens_per_s:.1f} output tok/s, {out.requests_per_s:.2f} req/s, TTFT p50 "
+                   f"{out.ttft_ms.p50} ms / p99 {out.ttft_ms.p99} ms, ITL p50 {out.itl_ms.p50} ms / p99 "
+                   f"{out.itl_ms.p99} ms" + (f"; {skipped} not sent (time budget)" if skipped else "")
+                   + (f"; {failed} failed" if failed else "") + ".")
+    return out

@@ -1,0 +1,272 @@
+"""What serving needs to know about, and do on, a host: its vLLM, its ports, tunnels, keys, GPUs.
+
+Kept apart from tools/serve.py (which plans and submits) because every function
+here touches a host through the engine's :class:`~runners.transport.Transport`:
+the same code runs for a local host, an SSH host and a SLURM login node.
+
+* :func:`detect_vllm` asks the host's interpreter for vLLM's version and where its
+  ``vllm`` program is, then (once per host and version, cached in the state dir)
+  parses ``vllm serve --help=all``.
+* :class:`ServeRuntime` resolves a server job's endpoint *from the controller*:
+  direct on a local host, through an SSH port forward for SSH hosts, through the
+  login node to the compute node for SLURM (the node name comes from the job's
+  ``endpoint.json``, written by the serve payload on the node). Forwards live as
+  long as the MCP server and are rebuilt lazily after a restart.
+* The API key is read from the job's 0600 env file when a request needs it; it is
+  never returned, logged or stored elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from runners.config import HostConfig
+from runners.engine import JobEngine
+from runners.errors import CommandFailed, Conflict, HostError, NotFound
+from runners.transport import Transport
+from tools.vllm_args import FlagCache, KnownFlags, parse_help
+
+__all__ = [
+    "GpuRelease",
+    "ServeRuntime",
+    "VllmInstall",
+    "check_gpu_release",
+    "check_port",
+    "detect_vllm",
+    "host_command",
+]
+
+_PROBE = r"""
+import json, os, shutil, sys
+out = {"python": sys.executable, "version": None, "program": None, "error": None}
+try:
+    from importlib.metadata import version
+    out["version"] = version("vllm")
+except Exception:
+    try:
+        import vllm
+        out["version"] = vllm.__version__
+    except Exception as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+p = os.path.join(os.path.dirname(sys.executable), "vllm")
+out["program"] = p if os.path.exists(p) else shutil.which("vllm")
+print(json.dumps(out))
+"""
+
+# argv: bind port ("auto" prints a free port; a number prints free|busy)
+_PORT = r"""
+import socket, sys
+bind, port = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind((bind, 0 if port == "auto" else int(port)))
+    print(s.getsockname()[1] if port == "auto" else "free")
+except OSError:
+    print("busy")
+finally:
+    s.close()
+"""
+
+# $1 job id. Lines: "JOB pid MiB" for GPU processes of that job (found by LLM_OPS_JOB_ID in
+# their environment, which every child inherits), "GPU index used total", or NO_SMI.
+_GPU_SCRIPT = r"""
+command -v nvidia-smi >/dev/null 2>&1 || { echo NO_SMI; exit 0; }
+nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2>/dev/null |
+while IFS=', ' read -r pid mem; do
+  [ -r "/proc/$pid/environ" ] || continue
+  if tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "LLM_OPS_JOB_ID=$1"; then echo "JOB $pid $mem"; fi
+done
+nvidia-smi --query-gpu=index,memory.used,memory.total --format=csv,noheader,nounits 2>/dev/null |
+while IFS=', ' read -r i used total; do echo "GPU $i $used $total"; done
+"""
+
+
+def host_command(host: HostConfig, argv: list[str]) -> list[str]:
+    """``argv`` with the host's configured env applied (``env K=V ... argv``), as jobs see it."""
+    if not host.env:
+        return argv
+    return ["env", *(f"{k}={v}" for k, v in host.env.items()), *argv]
+
+
+class VllmInstall(BaseModel):
+    """vLLM as one host has it."""
+
+    host: str
+    version: str
+    python: str = Field(description="The host interpreter that has it.")
+    program: str | None = Field(None, description="The `vllm` program next to it or on PATH.")
+    flags_cached: bool = Field(description="True when the flag list came from the state dir's cache.")
+    flags: KnownFlags = Field(exclude=True)
+
+
+async def detect_vllm(engine: JobEngine, host: HostConfig, cache: FlagCache) -> VllmInstall:
+    """The host's vLLM version and the flags its ``vllm serve`` accepts (cached per host and version)."""
+    t = engine.transport(host.name)
+    res = await t.run(host_command(host, [host.interpreter, "-c", _PROBE]), timeout=120)
+    try:
+        doc = json.loads(res.out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        doc = {"version": None, "error": (res.err.strip().splitlines() or ["no output"])[-1]}
+    if not doc.get("version"):
+        raise NotFound(
+            f"vLLM is not installed for {host.interpreter} on host {host.name!r} ({doc.get('error')}).",
+            f"Install it there ({host.interpreter} -m pip install vllm), or set `python` in [hosts.{host.name}] "
+            "to an interpreter that has it.",
+        )
+    version = str(doc["version"])
+    cached = cache.get(host.name, version)
+    if cached is not None:
+        return VllmInstall(host=host.name, version=version, python=doc.get("python") or host.interpreter,
+                           program=doc.get("program"), flags_cached=True, flags=cached)
+    program = doc.get("program")
+    cmd = [program, "serve", "--help=all"] if program else \
+        [host.interpreter, "-m", "vllm.entrypoints.cli.main", "serve", "--help=all"]
+    res = await t.run(host_command(host, cmd), timeout=300)
+    if res.rc != 0:
+        tail = " | ".join(res.err.strip().splitlines()[-2:]) or "no error output"
+        raise CommandFailed(
+            f"`vllm serve --help=all` failed on host {host.name!r} (exit {res.rc}): {tail}.",
+            "vLLM is installed but does not start: run that command on the host to see why.",
+        )
+    flags = parse_help(res.out, version, source=f"host {host.name}: {shlex.join(cmd)}")
+    cache.put(host.name, flags)
+    return VllmInstall(host=host.name, version=version, python=doc.get("python") or host.interpreter,
+                       program=program, flags_cached=False, flags=flags)
+
+
+async def check_port(engine: JobEngine, host: HostConfig, bind: str, port: int | None) -> int:
+    """A free port on the host (``port=None``), or ``port`` itself after checking nobody listens there."""
+    t = engine.transport(host.name)
+    res = await t.run([host.interpreter, "-c", _PORT, bind, "auto" if port is None else str(port)], timeout=60)
+    res.check(f"Checking port {port or 'auto'} on {host.name}")
+    out = res.out.strip()
+    if port is None:
+        if not out.isdigit():
+            raise CommandFailed(f"No free port found on {host.name} ({out!r}).", "Pass an explicit port.")
+        return int(out)
+    if out == "busy":
+        raise Conflict(f"Port {port} is already in use on host {host.name!r} ({bind}).",
+                       "Use port='auto', or stop the process that listens there (a server of yours? "
+                       "list_jobs kind='serve').")
+    return port
+
+
+class GpuRelease(BaseModel):
+    """What nvidia-smi shows after a server stopped."""
+
+    checked: bool = Field(description="False when nvidia-smi is not there (or SLURM frees the node itself).")
+    released: bool | None = Field(None, description="True when no GPU process of the job is left.")
+    leftover_pids: list[int] = Field(default_factory=list, description="GPU processes of the job still alive.")
+    gpu_memory_used_mib: dict[str, int] = Field(default_factory=dict, description="Per GPU index, after the stop.")
+    note: str | None = None
+
+
+def parse_gpu_lines(text: str) -> GpuRelease:
+    """Parse _GPU_SCRIPT's output (a pure function)."""
+    if "NO_SMI" in text:
+        return GpuRelease(checked=False, note="nvidia-smi is not on this host: GPU memory not checked.")
+    pids: list[int] = []
+    used: dict[str, int] = {}
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 3 and f[0] == "JOB" and f[1].isdigit():
+            pids.append(int(f[1]))
+        elif len(f) >= 4 and f[0] == "GPU" and f[2].isdigit():
+            used[f[1]] = int(f[2])
+    return GpuRelease(checked=True, released=not pids, leftover_pids=pids, gpu_memory_used_mib=used)
+
+
+async def check_gpu_release(engine: JobEngine, host: HostConfig, job_id: str, wait_s: float = 15.0) -> GpuRelease:
+    """Poll nvidia-smi until no process of ``job_id`` holds GPU memory (or ``wait_s`` passes)."""
+    import asyncio
+    import time
+
+    if host.launcher == "slurm":
+        return GpuRelease(checked=False, note="On SLURM the scheduler frees the node's GPUs when the job ends.")
+    t = engine.transport(host.name)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            res = await t.run(["bash", "-c", _GPU_SCRIPT, "llm-ops-gpu", job_id], timeout=60)
+        except HostError as e:
+            return GpuRelease(checked=False, note=f"GPU check failed: {e.message}")
+        rel = parse_gpu_lines(res.out)
+        if not rel.checked or rel.released or time.monotonic() >= deadline:
+            if rel.checked and not rel.released:
+                rel.note = (f"{len(rel.leftover_pids)} GPU process(es) of the job still hold memory after "
+                            f"{wait_s:.0f} s: pids {rel.leftover_pids}.")
+            return rel
+        await asyncio.sleep(1.0)
+
+
+@dataclass
+class _Endpoint:
+    url: str
+    forward: Any | None = None
+
+
+class ServeRuntime:
+    """Per-server-process state of serving: tunnels and API keys, keyed by job (lives in state.services)."""
+
+    def __init__(self, engine: JobEngine) -> None:
+        self.engine = engine
+        self._endpoints: dict[tuple[str, str, int], _Endpoint] = {}
+        self._keys: dict[str, str | None] = {}
+
+    async def endpoint_doc(self, host: str, job_dir: str) -> dict[str, Any] | None:
+        """The job's endpoint.json (host name, port), once the payload has written it."""
+        t = self.engine.transport(host)
+        data = await t.read_range(f"{job_dir}/endpoint.json", 0, 65536)
+        if not data:
+            return None
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    async def url_for(self, host: HostConfig, node: str, port: int) -> str:
+        """A URL the controller can open for ``node:port`` as seen from ``host`` (tunnelled if needed)."""
+        key = (host.name, node, port)
+        ep = self._endpoints.get(key)
+        if ep is not None:
+            return ep.url
+        t: Transport = self.engine.transport(host.name)
+        if host.transport == "local":
+            ep = _Endpoint(url=f"http://{node}:{port}")
+        else:
+            forward = getattr(t, "forward_local_port", None)
+            if forward is None:
+                raise HostError(f"The transport of host {host.name!r} cannot forward ports.",
+                                "Use an SSH host (runners/ssh.py) for remote servers.")
+            fwd = await forward(node, port)
+            ep = _Endpoint(url=fwd.url, forward=fwd)
+        self._endpoints[key] = ep
+        return ep.url
+
+    async def api_key(self, host: str, job_id: str, job_dir: str, name: str = "VLLM_API_KEY") -> str | None:
+        """The key (``VLLM_API_KEY``, or the secret ``name``) from the job's 0600 env file; None if absent."""
+        if job_id in self._keys:
+            return self._keys[job_id]
+        data = await self.engine.transport(host).read_range(f"{job_dir}/env", 0, 1 << 20)
+        key = None
+        for line in data.decode("utf-8", errors="replace").splitlines():
+            if line.startswith(f"export {name}="):
+                parts = shlex.split(line[len("export "):])
+                key = parts[0].split("=", 1)[1] if parts else None
+        if key is not None:
+            self._keys[job_id] = key
+        return key
+
+    async def aclose(self) -> None:
+        for ep in self._endpoints.values():
+            if ep.forward is not None:
+                await ep.forward.aclose()
+        self._endpoints.clear()
+        self._keys.clear()
