@@ -283,6 +283,9 @@ class JobEngine:
             log.warning("start of %s reported %s, but the host shows it started", job.job_id, e)
             return
         now = self._clock()
+        if getattr(launcher, "queues_jobs", False):  # SLURM: queued until the scheduler runs it (observe says)
+            self.catalog.update(job.job_id, expect_state=JobState.QUEUED, native_id=pid)
+            return
         self.catalog.update(job.job_id, expect_state=JobState.QUEUED, native_id=pid, state=JobState.RUNNING,
                             started_at=now)
 

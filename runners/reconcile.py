@@ -62,6 +62,8 @@ def reconcile(rec: JobRecord, obs: Observation | None, now: float, *,
     if obs is None:
         return _same(rec)
     young = now - rec.created_at < start_grace_s
+    if obs.exists and obs.verdict is not None:  # a scheduler's own end verdict (SLURM), with its sentence
+        return _out(rec, obs.verdict, obs.exit_code, obs.detail, obs.native_id)
     cancel = obs.cancel_requested or rec.cancel_requested
     if not obs.exists:
         if rec.state is JobState.LOST:
@@ -87,7 +89,7 @@ def reconcile(rec: JobRecord, obs: Observation | None, now: float, *,
     if obs.alive:
         if obs.ready and rec.kind == "serve":
             return _out(rec, JobState.READY, None, None, obs.native_id)
-        return _out(rec, JobState.RUNNING, None, None, obs.native_id)
+        return _out(rec, JobState.RUNNING, None, obs.detail, obs.native_id)  # SLURM: "running on <node>"
     if obs.alive is None:
         return _same(rec)
     # Dead, and no exit code.

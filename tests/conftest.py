@@ -15,7 +15,7 @@ import pytest
 from runners.config import Config, HostConfig
 from runners.engine import JobEngine
 
-pytest_plugins = ["tests.fixtures.sshd"]
+pytest_plugins = ["tests.fixtures.sshd", "tests.fixtures.slurm_cluster"]
 
 JOB_TRANSPORTS = ["local", "ssh"]
 

@@ -25,6 +25,7 @@ from typing import Protocol, runtime_checkable
 from runners.config import HostConfig
 from runners.errors import ConfigError
 from runners.jobdir import PreparedJob
+from runners.states import JobState
 from runners.transport import Transport
 
 __all__ = ["JobRef", "Launcher", "Observation", "make_launcher"]
@@ -53,6 +54,9 @@ class Observation:
     ready: bool = False
     pending: bool = False  # the scheduler holds it (SLURM PENDING); never true for direct jobs
     detail: str | None = None  # scheduler state or reason, for the agent
+    # An end state the scheduler decided (SLURM TIMEOUT, OUT_OF_MEMORY, NODE_FAIL...); reconcile takes it
+    # as is, with ``detail`` as the reason. Never set by the direct launcher.
+    verdict: JobState | None = None
 
 
 @runtime_checkable
