@@ -12,6 +12,9 @@ outside tests/, and the same flow runs against real vLLM on a GPU (gpu/README.md
                                        [--lora-modules name=path ...] [any other vLLM flag]
     standin_vllm_server.py serve --help=all     # prints the recorded vLLM 0.26.0 help
 
+:func:`install_standin` makes a directory look like a vLLM install (a `vllm` program and
+a `vllm` distribution of a version), for a host config's env.
+
 Endpoints: GET /health, GET /v1/models, POST /v1/completions, POST
 /v1/chat/completions (both with ``stream: true`` as server-sent events, and
 ``stream_options.include_usage``). ``VLLM_API_KEY`` is enforced on /v1/* like vLLM.
@@ -278,3 +281,22 @@ if __name__ == "__main__":
 
     signal.signal(signal.SIGTERM, _on_term)
     sys.exit(main(sys.argv))
+
+
+def install_standin(root: Path, version: str = "0.26.0") -> dict[str, str]:
+    """Make ``root`` look like a vLLM install to a host: ``bin/vllm`` runs this stand-in, and
+    ``site/`` holds a ``vllm`` distribution of ``version`` (so version detection finds it).
+
+    Returns the host ``env`` to put in a HostConfig (PATH and PYTHONPATH).
+    """
+    bin_dir, site = root / "bin", root / "site"
+    (site / "vllm").mkdir(parents=True, exist_ok=True)
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    (site / "vllm" / "__init__.py").write_text(f'"""Stand-in: not vLLM."""\n__version__ = "{version}"\n')
+    dist = site / f"vllm-{version}.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
+    prog = bin_dir / "vllm"
+    prog.write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).resolve()} \"$@\"\n")
+    prog.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}", "PYTHONPATH": str(site)}
