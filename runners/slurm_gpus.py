@@ -14,16 +14,21 @@ and ``GresUsed`` (``gpu:h100:2(IDX:0-1)``); the fields are separated by ``\\x1f`
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from runners.errors import InvalidInput
+from runners.errors import InvalidInput, SchedulerError
+
+if TYPE_CHECKING:
+    from runners.transport import Transport
 
 __all__ = [
     "SINFO_GPU_FIELDS",
     "NodeGpus",
     "SlurmGpuStatus",
     "gpu_count",
+    "query_slurm_gpus",
     "sinfo_gpus_argv",
     "slurm_gpu_status",
     "split_gres",
@@ -142,3 +147,22 @@ def slurm_gpu_status(sinfo_output: str, partition: str | None = None) -> SlurmGp
                + (f", {unavailable} on nodes that are down or drained" if unavailable else "") + ".")
     return SlurmGpuStatus(partition=partition, total=total, allocated=allocated, idle=idle, unavailable=unavailable,
                           gpu_types=types, nodes=nodes, summary=summary)
+
+
+async def query_slurm_gpus(transport: Transport, partition: str | None, timeout_s: float = 30.0) -> SlurmGpuStatus:
+    """One ``sinfo`` through the host's transport (login node), parsed.
+
+    A failed sinfo raises :class:`SchedulerError` (never an empty, "no GPUs" answer); a
+    partition with no nodes is an error that lists the partitions that exist.
+    """
+    res = await transport.run(sinfo_gpus_argv(partition), timeout=timeout_s)
+    if res.rc != 0:
+        raise SchedulerError(f"sinfo failed (exit {res.rc}): {res.err.strip()[:200] or 'no error output'}.",
+                             "Check the cluster (scontrol ping) and that SLURM's commands are on the login node's PATH.")
+    st = slurm_gpu_status(res.out, partition)
+    if not st.nodes and partition is not None:
+        parts = await transport.run(["sinfo", "--noheader", "--format=%P"], timeout=timeout_s)
+        names = [p.rstrip("*") for p in parts.out.split()] if parts.rc == 0 else []
+        raise SchedulerError(f"Partition {partition!r} has no nodes on this cluster.",
+                             f"Use one of: {', '.join(names) or '(sinfo listed none)'} ([slurm] partition).")
+    return st

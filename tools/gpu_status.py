@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from runners.config import Config, HostConfig
 from runners.errors import CommandFailed, HostError, OpsError
+from runners.slurm_gpus import SlurmGpuStatus, query_slurm_gpus
 from runners.transport import Transport, make_transport
 
 __all__ = [
@@ -91,6 +92,9 @@ class GpuInfo(BaseModel):
 class GpuStatusOutput(BaseModel):
     host: str
     gpus: list[GpuInfo]
+    partition_gpus: SlurmGpuStatus | None = Field(
+        None, description="SLURM hosts: the partition's GPUs from sinfo (total, allocated, idle), per node."
+    )
     note: str | None = Field(None, description="Why the list is empty, or what it does not cover.")
     summary: str
 
@@ -193,9 +197,12 @@ async def get_gpu_status(cfg: Config, params: GpuStatusInput, transport: Transpo
     host = cfg.host(params.host)
     t = transport or make_transport(host)
     gpus, note = await query_gpu_status(t)
-    if host.launcher == "slurm":
-        extra = "This is the login node; compute nodes' GPUs are seen from inside jobs (their logs)."
+    if host.launcher == "slurm":  # the login node has no GPUs worth reporting: the partition's are what counts
+        part = await query_slurm_gpus(t, host.slurm_settings.partition)
+        extra = "This is the login node; partition_gpus shows the partition's GPUs (sinfo)."
         note = f"{note} {extra}" if note else extra
+        return GpuStatusOutput(host=host.name, gpus=gpus, partition_gpus=part, note=note,
+                               summary=f"{host.name}: {part.summary}")
     return GpuStatusOutput(host=host.name, gpus=gpus, note=note, summary=_summary(host, gpus, note))
 
 
