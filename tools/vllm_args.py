@@ -236,17 +236,17 @@ class KnownFlags(BaseModel):
 
 
 # `  --dtype {auto,bfloat16}`  `  --port PORT`  `  --enable-x, --no-enable-x`  `  --tensor-parallel-size TP, -tp TP`
-_OPT_LINE = re.compile(r"^ {1,8}(-{1,2}[A-Za-z0-9][^ ].*)$")
+_OPT_LINE = re.compile(r"^  (-{1,2}[A-Za-z0-9][^ ].*)$")  # argparse indents options by exactly 2
 _OPT = re.compile(r"^(--?[A-Za-z0-9][A-Za-z0-9_.-]*)(?:[ =](.+))?$")
 
 
 def _split_opts(invocation: str) -> list[str]:
-    """``--a A, -b B`` → ['--a A', '-b B'], keeping commas inside ``{...}`` choices."""
+    """``--a A, -b B`` → ['--a A', '-b B'], keeping commas inside ``{...}`` and ``[...]`` choices."""
     parts, depth, cur = [], 0, ""
     for ch in invocation:
-        if ch == "{":
+        if ch in "{[":
             depth += 1
-        elif ch == "}":
+        elif ch in "}]":
             depth -= 1
         if ch == "," and depth == 0:
             parts.append(cur.strip())
@@ -285,6 +285,8 @@ def parse_help(text: str, version: str, source: str) -> KnownFlags:
             choices = None
             if meta and meta.startswith("{") and "}" in meta:
                 choices = [c.strip() for c in meta[1 : meta.index("}")].split(",") if c.strip()]
+            elif meta and meta.startswith("['") and meta.endswith("]"):  # vLLM prints some choices as a list
+                choices = [c.strip().strip("'") for c in meta[1:-1].split(",") if c.strip()]
             flags[name] = FlagInfo(name=name, takes_value=meta is not None, negatable=name in negs,
                                    choices=choices, metavar=meta)
     if len(flags) < 20:
