@@ -178,22 +178,32 @@ def parse_scan(host: str, stdout: str) -> ListCachedOutput:
         lm = r.get("last_modified")
         models.append(
             CachedModel(
-                repo_id=r["repo_id"], repo_type=r["repo_type"], size_bytes=r["size_bytes"],
-                size_gib=round(r["size_bytes"] / 2**30, 3), files=r["files"],
+                repo_id=r["repo_id"],
+                repo_type=r["repo_type"],
+                size_bytes=r["size_bytes"],
+                size_gib=round(r["size_bytes"] / 2**30, 3),
+                files=r["files"],
                 last_modified=datetime.fromtimestamp(lm, UTC) if isinstance(lm, int | float) else None,
                 revisions=[CachedRevision(**v) for v in r.get("revisions", [])],
             )
-        )  # fmt: skip
+        )
     models.sort(key=lambda m: -m.size_bytes)
     total = sum(m.size_bytes for m in models)
     desc = ", ".join(f"{m.repo_id} ({m.size_gib:.2f} GiB)" for m in models[:8])
     more = f" and {len(models) - 8} more" if len(models) > 8 else ""
     summary = (
         f"{len(models)} cached repos on {host}, {total / 2**30:.2f} GiB in {doc['cache_dir']}: {desc}{more}."
-        if models else f"The HF cache on {host} ({doc['cache_dir']}) is empty."
-    )  # fmt: skip
-    return ListCachedOutput(host=host, cache_dir=doc["cache_dir"], models=models, total_bytes=total,
-                            warnings=doc.get("warnings", []), summary=summary)  # fmt: skip
+        if models
+        else f"The HF cache on {host} ({doc['cache_dir']}) is empty."
+    )
+    return ListCachedOutput(
+        host=host,
+        cache_dir=doc["cache_dir"],
+        models=models,
+        total_bytes=total,
+        warnings=doc.get("warnings", []),
+        summary=summary,
+    )
 
 
 async def list_cached_models(transport: Transport, host: HostConfig) -> ListCachedOutput:
