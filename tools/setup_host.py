@@ -77,12 +77,12 @@ class SetupHostInput(BaseModel):
 
     host: str | None = Field(None, description="Host from list_hosts; the default host when omitted.")
     components: list[Component] = Field(
-        default_factory=lambda: ["vllm", "unsloth"],
+        default=["vllm", "unsloth"],
         description="Stacks to install: vllm, unsloth (one env), or llmcompressor (its own env).",
     )
     python: str = Field("3.12", description="Python version of the environment (uv fetches it if missing).")
     extra_packages: list[str] = Field(
-        default_factory=list,
+        default=[],
         max_length=64,
         description="More requirements: 'name==1.2.3' (pin them) or an absolute path to a wheel on the host.",
     )
