@@ -229,15 +229,15 @@ def plan_server(arch: ModelArch, p: StartServerInput, tier: GpuTier | None, gpus
     explicit_tp = p.tensor_parallel_size if isinstance(p.tensor_parallel_size, int) else None
     limit = gpus or explicit_tp or 1
     if explicit_tp is not None:
-        if gpus is not None and explicit_tp > gpus:
-            raise InvalidInput(f"tensor_parallel_size {explicit_tp} needs {explicit_tp} GPUs; only {gpus} are "
-                               "available.", f"Use at most {gpus}, or a host with more GPUs.")
         valid = _valid_tps(arch, max(limit, explicit_tp))
         if explicit_tp not in valid:
             raise InvalidInput(
                 f"tensor_parallel_size {explicit_tp} does not divide {arch.name}'s {arch.num_heads} attention heads "
                 f"({arch.num_kv_heads} KV heads), which vLLM requires.",
                 f"Use one of {valid} (or 'auto').")
+        if gpus is not None and explicit_tp > gpus:
+            raise InvalidInput(f"tensor_parallel_size {explicit_tp} needs {explicit_tp} GPUs; only {gpus} are "
+                               "available.", f"Use at most {gpus}, or a host with more GPUs.")
     quant_req = p.quantization.lower()
     if quant_req not in ("auto", "none") and not re.fullmatch(r"[a-z0-9_.-]{1,64}", quant_req):
         raise InvalidInput(f"quantization {p.quantization!r} is not a method name.", "Use auto, none, fp8, ...")

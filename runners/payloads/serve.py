@@ -48,7 +48,7 @@ from typing import Any
 __all__ = ["FAILURES", "classify_line", "main"]
 
 EXIT_OOM, EXIT_PORT, EXIT_TIMEOUT, EXIT_DIAGNOSED = 3, 4, 5, 6
-FATAL_GRACE_S = 20.0  # after a fatal line, how long vLLM may take to exit by itself
+FATAL_GRACE_S = 20.0  # after a fatal line, how long vLLM may take to exit by itself ($LLM_OPS_SERVE_FATAL_GRACE_S)
 UNHEALTHY_AFTER = 3  # failed health checks in a row before the ready marker goes
 
 # (kind, pattern, hint). Order matters: the first match of a line wins, and the most
@@ -300,6 +300,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, on_term)
 
     timeout_s = float(cfg.get("startup_timeout_s") or 3600)
+    fatal_grace = float(os.environ.get("LLM_OPS_SERVE_FATAL_GRACE_S") or FATAL_GRACE_S)
     interval = float(cfg.get("health_interval_s") or 5.0)
     ready = False
     fails = 0
@@ -310,7 +311,7 @@ def main(argv: list[str]) -> int:
         if stopping.is_set():
             time.sleep(0.2)
             continue
-        if fatal and now - fatal[0][3] > FATAL_GRACE_S:
+        if fatal and now - fatal[0][3] > fatal_grace:
             kind, line, hint, _ = fatal[0]
             child.terminate()
             try:
