@@ -24,6 +24,7 @@ SURFACES = [
     "server.surface_memory",
     "server.surface_gpu",
     "server.surface_jobs",
+    "server.surface_serve",
     "server.surface_workflow",
 ]
 
