@@ -162,7 +162,7 @@ def build(cfg: dict[str, Any]) -> dict[str, Any]:
         return {"installed_now": False, "info": info}
     env_dir.parent.mkdir(parents=True, exist_ok=True)
     uv = find_uv(env_dir.parent)
-    venv = [uv, "venv", "--python", cfg["python"], "--seed"]
+    venv = [uv, "venv", "--python", cfg["python"]]
     if env_dir.exists():
         venv.append("--allow-existing")
     res = run([*venv, str(env_dir)], timeout=1800)
