@@ -108,13 +108,14 @@ class StartServerInput(BaseModel):
     kv_cache_dtype: Literal["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
     enable_prefix_caching: bool = True
     max_num_seqs: int | None = Field(None, ge=1, le=4096, description="Concurrent sequences to plan for.")
-    lora_adapters: list[LoraAdapterRef] = Field(default_factory=list, description="Adapters served by name.")
+    # Plain defaults, not default_factory: the MCP bridge re-declares fields with their default (pydantic copies it).
+    lora_adapters: list[LoraAdapterRef] = Field([], description="Adapters served by name.")
     served_model_name: str | None = Field(None, description="Name of the base model for clients; default: model.")
     port: int | Literal["auto"] = Field("auto", description="Port on the host; 'auto' picks a free one.")
     api_key: str = Field("auto", description="'auto' (a new key in the job's env file), 'none', or 'env:NAME' "
                                              "(a secret from the server's environment).")
     extra_args: dict[str, ExtraValue] = Field(
-        default_factory=dict, description="More vLLM flags, checked against the host's vLLM version.")
+        {}, description="More vLLM flags, checked against the host's vLLM version.")
     time_limit: str | None = Field(None, description="Stop the server after HH:MM:SS (default: no limit).")
     idempotency_key: str | None = Field(None, min_length=1, max_length=200,
                                         description="Same key returns the same server instead of a second one.")
