@@ -162,7 +162,7 @@ def _from_exit(exit_code: int | None, node: str | None, *, cancel_requested: boo
     if exit_code == 0:
         return SlurmView(JobState.SUCCEEDED, None, None, None, 0, node)
     return SlurmView(JobState.FAILED, "exit_code", f"The job exited with code {exit_code}.",
-                     "Read its log (read_job_log) for the error.", exit_code, node)
+                     "Read its log (get_job_logs) for the error.", exit_code, node)
 
 
 def interpret(
@@ -228,6 +228,6 @@ def interpret(
         sentence = f"The job exited with code {exit_code}." if exit_code is not None else \
             f"SLURM reports the job FAILED ({r or 'no reason given'})."
         return SlurmView(JobState.FAILED, "exit_code" if exit_code is not None else (r or "failed"), sentence,
-                         "Read its log (read_job_log) for the error.", exit_code, node)
+                         "Read its log (get_job_logs) for the error.", exit_code, node)
     # An unknown (newer) state: say what SLURM says, and keep the job active rather than guess an end.
     return SlurmView(JobState.RUNNING, st.lower() or None, f"SLURM state {st}", None, exit_code, node)

@@ -8,7 +8,6 @@ from runners.config import SlurmConfig
 from runners.errors import InvalidInput
 from runners.slurm_commands import (
     SEP,
-    batch_script,
     format_time_minutes,
     parse_sacct,
     parse_sbatch_id,
@@ -125,20 +124,3 @@ def test_scancel_argv():
     assert scancel_argv(["5", "6_1"], "TERM") == ["scancel", "--signal=TERM", "--full", "--", "5", "6_1"]
     with pytest.raises(InvalidInput):
         scancel_argv(["--me"])
-
-
-def test_batch_script_orders_header_env_then_run():
-    s = batch_script(run_script=f"{JOB_DIR}/body.sh", header=["module load cudatoolkit/12.4"],
-                     env={"HF_HOME": "/scratch/hf cache", "HF_HUB_OFFLINE": "1"},
-                     sbatch_command=["sbatch", "--parsable", "--", "x"])
-    lines = s.splitlines()
-    assert lines[0] == "#!/bin/bash"
-    i_mod = lines.index("module load cudatoolkit/12.4")
-    i_env = lines.index("export HF_HOME='/scratch/hf cache'")
-    assert i_mod < i_env < len(lines) - 1
-    assert lines[-1] == f"exec /bin/bash {JOB_DIR}/body.sh"
-    assert "# submitted with: sbatch --parsable -- x" in lines
-    with pytest.raises(InvalidInput):
-        batch_script(run_script="/x", env={"A B": "1"})
-    with pytest.raises(InvalidInput):
-        batch_script(run_script="/x", header=["ok\nrm -rf /"])
