@@ -87,9 +87,24 @@ class SubmitResult(BaseModel):
     summary: str = Field(description="One line an agent can quote.")
 
 
-def _spec_hash(host: str, spec: JobSpec) -> str:
-    doc = json.dumps({"host": host, "spec": spec.model_dump(mode="json")}, sort_keys=True)
+def _spec_hash(host: str, spec: JobSpec, uploads: Mapping[str, bytes] | None = None) -> str:
+    files = {k: hashlib.sha256(v).hexdigest() for k, v in sorted((uploads or {}).items())}
+    doc = json.dumps({"host": host, "spec": spec.model_dump(mode="json"), "uploads": files}, sort_keys=True)
     return hashlib.sha256(doc.encode()).hexdigest()
+
+
+# Payload modules a payload imports from its own directory (they are copied beside it).
+PAYLOAD_SIBLINGS: dict[str, tuple[str, ...]] = {"finetune": ("dataset_formats",)}
+_UPLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_RESERVED_FILES = {"job.json", "run.sh", "env", "output.log", "exit_code", "pid", "metrics.jsonl", "outputs"}
+
+
+def check_uploads(uploads: Mapping[str, bytes]) -> None:
+    """Uploaded files land flat in the job directory: plain names only, never a job file or a path."""
+    for name in uploads:
+        if not _UPLOAD_NAME.match(name) or name in _RESERVED_FILES or name.endswith(".py"):
+            raise InvalidInput(f"{name!r} cannot be uploaded into a job directory.",
+                               "Use a plain file name such as dataset.jsonl.")
 
 
 def new_job_id(kind: str, now: float) -> str:
@@ -220,9 +235,16 @@ class JobEngine:
         return job, self._secret_values(host, spec.secrets)
 
     async def submit(
-        self, spec: JobSpec, host: str | None = None, *, idempotency_key: str | None = None, dry_run: bool = False
+        self, spec: JobSpec, host: str | None = None, *, idempotency_key: str | None = None, dry_run: bool = False,
+        uploads: Mapping[str, bytes] | None = None,
     ) -> SubmitResult:
-        """Start ``spec`` on ``host``; the same ``idempotency_key`` returns the same job."""
+        """Start ``spec`` on ``host``; the same ``idempotency_key`` returns the same job.
+
+        ``uploads`` are files (name → bytes) written into the job directory before it starts,
+        such as a dataset the controller holds; they are part of the idempotency check.
+        """
+        uploads = dict(uploads or {})
+        check_uploads(uploads)
         await self.ensure_started()
         job, secrets = await self.prepare(spec, host)
         launcher = self.launcher(job.host.name, spec.launcher)
@@ -233,7 +255,7 @@ class JobEngine:
                 job_json=render_job_json(job), env_names=sorted({*job.env, *secrets}),
                 summary=f"Dry run: would start {shlex.join(job.command)} on {job.host.name} in {job.job_dir}.",
             )
-        digest = _spec_hash(job.host.name, spec)
+        digest = _spec_hash(job.host.name, spec, uploads)
         now = self._clock()
         rec = JobRecord(
             job_id=job.job_id, token=job.token, host=job.host.name, kind=spec.kind, state=JobState.QUEUED,
@@ -251,12 +273,14 @@ class JobEngine:
             view = await self.status(existing.job_id, with_details=False)
             return SubmitResult(job=view, created=False, job_id=existing.job_id, job_dir=existing.job_dir,
                                 summary=f"Same idempotency_key as before: {view.summary}")
-        await self._launch(job, secrets, script)
+        await self._launch(job, secrets, script, uploads)
         view = await self.status(job.job_id, with_details=False)
         return SubmitResult(job=view, created=True, job_id=job.job_id, job_dir=job.job_dir,
                             summary=f"Submitted: {view.summary}")
 
-    async def _launch(self, job: PreparedJob, secrets: dict[str, str], script: str) -> None:
+    async def _launch(
+        self, job: PreparedJob, secrets: dict[str, str], script: str, uploads: Mapping[str, bytes] | None = None
+    ) -> None:
         t = self.transport(job.host.name)
         launcher = self.launcher(job.host.name, job.spec.launcher)
         try:
@@ -264,7 +288,10 @@ class JobEngine:
             await t.write_file(job.path(ENV_FILE), render_env({**job.env, **secrets}).encode(), 0o600)
             await t.write_file(job.path(JOB_JSON), render_job_json(job).encode(), 0o644)
             if job.spec.payload:
-                await t.write_file(job.path(f"{job.spec.payload}.py"), self._payload_source(job.spec.payload), 0o644)
+                for mod in (job.spec.payload, *PAYLOAD_SIBLINGS.get(job.spec.payload, ())):
+                    await t.write_file(job.path(f"{mod}.py"), self._payload_source(mod), 0o644)
+            for name, data in (uploads or {}).items():
+                await t.write_file(job.path(name), data, 0o644)
             await t.write_file(job.path(RUN_SH), script.encode(), 0o700)
         except OpsError as e:
             self._fail(job.job_id, f"the job directory could not be written: {e.message}")

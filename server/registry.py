@@ -105,7 +105,10 @@ def add_tool(
 
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Context)]
     for fname, finfo in input_model.model_fields.items():
-        default = inspect.Parameter.empty if finfo.is_required() else finfo.get_default(call_default_factory=True)
+        # A default_factory stays inside the FieldInfo (pydantic applies it); a plain default is
+        # also the signature's, so the schema shows it.
+        plain_default = not finfo.is_required() and finfo.default_factory is None
+        default = finfo.default if plain_default else inspect.Parameter.empty
         params.append(
             inspect.Parameter(
                 fname,

@@ -117,12 +117,19 @@ class Metrics:
             fh.write(json.dumps(row, default=str) + "\n")
 
 
-def load_config(path: Path) -> dict[str, Any]:
-    """Merge the job config over DEFAULTS; unknown keys are errors, so typos never pass silently."""
+def load_config(path: Path, key: str | None = None) -> dict[str, Any]:
+    """Merge the job config over DEFAULTS; unknown keys are errors, so typos never pass silently.
+
+    ``key`` picks a sub-object: the job engine's job.json holds the settings under ``payload_config``.
+    """
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise BadInput(f"cannot read config {path}: {exc}") from exc
+    if key is not None:
+        raw = raw.get(key) if isinstance(raw, dict) else None
+        if not isinstance(raw, dict):
+            raise BadInput(f"{path} has no {key!r} object")
     unknown = sorted(set(raw) - set(DEFAULTS) - CONTROLLER_KEYS)
     if unknown:
         raise BadInput(f"unknown config keys: {', '.join(unknown)}")
@@ -603,17 +610,24 @@ def main(argv: list[str] | None = None) -> int:
     """Parse args, run, and turn every failure into a metrics record plus a distinct exit code."""
     parser = argparse.ArgumentParser(description="LoRA/QLoRA/full fine-tune payload (Unsloth or TRL + PEFT)")
     parser.add_argument(
-        "--config", required=True, type=Path, help="job config JSON (submit_finetune arguments)"
+        "job_json", nargs="?", type=Path,
+        help="the job engine's job.json (settings under payload_config; the job dir is its folder)",
     )
-    parser.add_argument("--job-dir", required=True, type=Path, help="job directory: metrics.jsonl, outputs/")
+    parser.add_argument("--config", type=Path, help="job config JSON (submit_finetune arguments), standalone use")
+    parser.add_argument("--job-dir", type=Path, help="job directory: metrics.jsonl, outputs/ (with --config)")
     ns = parser.parse_args(argv)
+    config_key = None
+    if ns.job_json is not None:
+        ns.job_dir, ns.config, config_key = ns.job_json.resolve().parent, ns.job_json, "payload_config"
+    elif ns.config is None or ns.job_dir is None:
+        parser.error("give job.json, or --config and --job-dir")
     job_dir: Path = ns.job_dir.resolve()
     job_dir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics(job_dir / "metrics.jsonl")
     state: dict[str, Any] = {"phase": "setup", "backend": None, "callback": None}
     cfg: dict[str, Any] = {}
     try:
-        cfg = load_config(ns.config)
+        cfg = load_config(ns.config, config_key)
         manifest = train(cfg, job_dir, metrics, state)
     except (BadInput, dsf.DatasetFormatError) as exc:
         metrics.write({"event": "error", "kind": "bad_input", "message": str(exc), "phase": state["phase"]})

@@ -1,0 +1,378 @@
+"""submit_finetune: validate a fine-tune request, plan it against the host's GPU, build its job.
+
+The controller side of fine-tuning. It never imports torch: the model's
+architecture comes from ``tools/models.py`` (config.json / catalog), the memory
+plan from ``tools/plan.py``, and the dataset is checked with the stdlib checker
+the payload itself uses (``runners/payloads/dataset_formats.py``), so a file the
+payload would reject is refused here, before anything is submitted.
+
+What runs on the host is ``runners/payloads/finetune.py`` (Unsloth when it
+imports and a CUDA GPU is present, else TRL + PEFT), fed ``payload_config``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from runners.config import HostConfig
+from runners.errors import DoesNotFit, InvalidInput, NotFound, OpsError
+from runners.payloads import dataset_formats as dsf
+from runners.spec import JobSpec, Resources, parse_time_limit
+from tools.gpus import GpuTier, get_tier
+from tools.memory import MemoryInput, breakdown_bytes, resolve_settings
+from tools.models import ModelArch, resolve_model
+from tools.plan import Plan, plan_training
+
+__all__ = [
+    "FinetuneInput",
+    "FinetunePlan",
+    "build_finetune_spec",
+    "classify_dataset",
+    "plan_finetune",
+]
+
+GIB = 1024**3
+UPLOAD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+UPLOAD_NAME = "dataset"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_BAD_PATH_CHARS = re.compile(r"[\x00-\x1f]")
+
+
+def _safe_model_or_path(v: str, what: str) -> str:
+    v = v.strip()
+    if not v or v.startswith("-") or _BAD_PATH_CHARS.search(v):
+        raise ValueError(f"{what} {v!r} is not a Hub id or a path")
+    if not (_HUB_ID.match(v) or v.startswith(("/", "~", "./", "../")) or Path(v).is_absolute()):
+        raise ValueError(f"{what} {v!r} is neither a Hub id (org/name) nor a path")
+    return v
+
+
+class FinetuneInput(BaseModel):
+    """Arguments of submit_finetune (the names are the public interface)."""
+
+    model: str = Field(description="Hub id, a path on the host, or a catalog name.")
+    dataset: str = Field(
+        description="A Hub dataset id, a path on the host, or a local JSONL/JSON/CSV/Parquet file (uploaded)."
+    )
+    dataset_format: Literal["auto", "alpaca", "sharegpt", "messages", "text", "prompt_completion"] = "auto"
+    host: str | None = Field(None, description="Host from list_hosts; the default host when omitted.")
+    method: Literal["lora", "qlora", "full"] = "lora"
+    backend: Literal["auto", "unsloth", "trl"] = Field(
+        "auto", description="auto: Unsloth when it imports on a CUDA host, else TRL + PEFT."
+    )
+    max_seq_length: int = Field(2048, ge=8, le=1_048_576)
+    lora_r: int | None = Field(None, ge=1, le=1024, description="Default 16 (lora/qlora only).")
+    lora_alpha: int | None = Field(None, ge=1, le=4096, description="Default: lora_r.")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(None, description="Default: all linear layers.")
+    num_epochs: float | None = Field(None, gt=0, le=1000, description="Default 1 when max_steps is not set.")
+    max_steps: int | None = Field(None, ge=1, le=10_000_000)
+    learning_rate: float = Field(2e-4, gt=0, le=1.0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    per_device_batch_size: int | Literal["auto"] = Field("auto", description="'auto': the plan picks it.")
+    gradient_accumulation_steps: int | Literal["auto"] = Field("auto", description="'auto': the plan picks it.")
+    target_effective_batch: int = Field(16, ge=1, le=65536, description="What 'auto' aims for (batch x GA x GPUs).")
+    packing: bool = False
+    eval_fraction: float = Field(0.0, ge=0.0, lt=0.5)
+    save_steps: int = Field(200, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    resume_from: str | None = Field(None, description="A fine-tune job_id (same host) or a checkpoint path on the host.")
+    save_merged: bool = Field(False, description="Also save the merged 16-bit model.")
+    chat_template: str | None = Field(None, description="'simple', 'chatml', or a Jinja template; default the tokenizer's.")
+    seed: int = Field(3407, ge=0)
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    wandb_project: str | None = Field(None, description="Log to Weights & Biases (WANDB_API_KEY is a secret).")
+    wandb_mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="Default: offline on SLURM hosts, online elsewhere."
+    )
+    output_name: str | None = Field(None, description="A label for the outputs and list_jobs.")
+    gpus: int | None = Field(None, ge=0, le=64, description="GPUs for the job; default 1 on a GPU host, 0 on CPU.")
+    time_limit: str | None = Field(None, description="HH:MM:SS or D-HH:MM:SS; the job is stopped after it.")
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    dry_run: bool = Field(False, description="Return the plan and the job script without submitting.")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        return _safe_model_or_path(v, "model")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        return _safe_model_or_path(v, "dataset")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("target_modules is empty; omit it for all linear layers")
+            for t in v:
+                if not _MODULE.match(t):
+                    raise ValueError(f"{t!r} is not a module name")
+        return v
+
+    @field_validator("output_name", "wandb_project")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.match(v):
+            raise ValueError(f"{v!r}: use letters, digits, '.', '_', '-' (max 64)")
+        return v
+
+    @field_validator("resume_from")
+    @classmethod
+    def _resume(cls, v: str | None) -> str | None:
+        if v is not None and (v.startswith("-") or _BAD_PATH_CHARS.search(v)):
+            raise ValueError(f"resume_from {v!r} is not a job id or a path")
+        return v
+
+    @model_validator(mode="after")
+    def _combinations(self) -> FinetuneInput:
+        if self.method == "full" and (self.lora_r is not None or self.lora_alpha is not None):
+            raise ValueError("lora_r/lora_alpha apply to method 'lora' or 'qlora', not 'full'")
+        if self.method == "full" and self.target_modules is not None:
+            raise ValueError("target_modules applies to LoRA; a full fine-tune trains every weight")
+        if self.num_epochs is not None and self.max_steps is not None:
+            raise ValueError("give num_epochs or max_steps, not both")
+        return self
+
+
+class FinetunePlan(BaseModel):
+    """What will run: the batch arithmetic, the memory estimate against the GPU, and why."""
+
+    backend: str = Field(description="unsloth or trl (what the payload will use on that host).")
+    method: str
+    gpu: str | None = Field(None, description="GPU tier the plan was made for; None on a CPU host.")
+    gpus: int
+    per_device_batch_size: int
+    gradient_accumulation_steps: int
+    effective_batch: int
+    gradient_checkpointing: bool
+    optimizer: str
+    max_seq_length: int
+    estimated_peak_gib: float | None = Field(None, description="Peak GPU memory per GPU (estimate_memory).")
+    gpu_memory_gib: float | None = None
+    model_params: int | None = None
+    trainable_params: int | None = None
+    dataset_source: Literal["upload", "host_path", "hub"]
+    dataset_rows: int | None = None
+    dataset_format: str
+    notes: list[str] = Field(default_factory=list)
+
+
+def classify_dataset(dataset: str, fmt: str) -> tuple[Literal["upload", "host_path", "hub"], Path | None, dsf.DatasetCheck | None]:
+    """Decide where the dataset comes from; check an uploaded file's rows like the payload will.
+
+    A path that exists on the controller with a data-file suffix is uploaded into the
+    job (the job then holds everything it needs). Other paths are the host's; other
+    strings are Hub ids.
+    """
+    p = Path(dataset).expanduser()
+    if p.is_file() and p.suffix.lower() in UPLOAD_SUFFIXES:
+        size = p.stat().st_size
+        if size > MAX_UPLOAD_BYTES:
+            raise InvalidInput(
+                f"Dataset file {p} is {size / 2**20:.0f} MiB; uploads are limited to {MAX_UPLOAD_BYTES >> 20} MiB.",
+                "Copy it to the host yourself and pass the host path.",
+            )
+        check = None
+        if p.suffix.lower() != ".parquet":  # parquet needs pyarrow: the payload checks it on the host
+            try:
+                check = dsf.check_file(p, fmt)
+            except dsf.DatasetFormatError as e:
+                raise InvalidInput(f"Dataset {p.name}: {e}", "Fix the file or pick the dataset_format it has.") from e
+            if check.rows == 0:
+                raise InvalidInput(f"Dataset {p.name} has no rows.", "Give a file with at least one example.")
+        return "upload", p, check
+    if p.is_dir() or dataset.startswith(("/", "~", "./", "../")):
+        return "host_path", None, None
+    return "hub", None, None
+
+
+def _host_tier(host: HostConfig, detected: list[tuple[str, float]] | None) -> tuple[GpuTier | None, float | None, int]:
+    """(tier, memory per GPU in GiB, GPUs available) from the config, else from nvidia-smi."""
+    acc = host.accelerator
+    if acc is not None:
+        return acc.tier, host.gpu_memory_gib or acc.tier.memory_gib, acc.count
+    if detected:
+        name, mem = detected[0]
+        try:
+            tier = get_tier(name)
+        except OpsError:
+            tier = None
+        return tier, host.gpu_memory_gib or mem, len(detected)
+    return None, None, 0
+
+
+def plan_finetune(
+    p: FinetuneInput, host: HostConfig, detected: list[tuple[str, float]] | None = None
+) -> tuple[FinetunePlan, Path | None]:
+    """Plan the job; refuse what cannot work (does not fit, bad dataset, no GPU for Unsloth)."""
+    source, upload, check = classify_dataset(p.dataset, p.dataset_format)
+    tier, mem_gib, available = _host_tier(host, detected)
+    gpus = p.gpus if p.gpus is not None else (1 if available else 0)
+    if available and gpus > available:
+        raise InvalidInput(
+            f"Host {host.name} has {available} GPU(s); {gpus} were asked for.", f"Use gpus <= {available}."
+        )
+    if gpus > 1:
+        raise InvalidInput(
+            "Multi-GPU fine-tunes are not supported yet by submit_finetune.", "Use gpus=1 (or 0 for a CPU run)."
+        )
+    if gpus == 0 and p.backend == "unsloth":
+        raise InvalidInput(
+            f"Unsloth needs a CUDA GPU; host {host.name} has none (or gpus=0).",
+            "Use backend 'auto' or 'trl' (TRL + PEFT runs on the CPU, slowly), or a GPU host.",
+        )
+    if gpus == 0 and p.method == "qlora":
+        raise InvalidInput(
+            "QLoRA's 4-bit base needs a CUDA GPU for training.", "Use method 'lora' on a CPU host, or a GPU host."
+        )
+    backend = "unsloth" if (p.backend == "unsloth" or (p.backend == "auto" and gpus > 0)) else "trl"
+    notes: list[str] = []
+    if p.backend == "auto" and gpus > 0:
+        notes.append("backend auto: Unsloth if it imports on the host, else TRL + PEFT (the payload decides).")
+    arch: ModelArch | None
+    try:
+        arch = resolve_model(p.model)
+    except NotFound:
+        arch = None
+        notes.append("Model architecture unknown to the controller (host path or offline Hub id): no memory plan.")
+    lora_r = p.lora_r or 16
+    batch = 2 if p.per_device_batch_size == "auto" else p.per_device_batch_size
+    ckpt = True if p.gradient_checkpointing == "auto" else p.gradient_checkpointing
+    optimizer = "adamw"
+    est = None
+    plan: Plan | None = None
+    params = trainable = None
+    if arch is not None:
+        mi = MemoryInput(
+            model=p.model, task=p.method, backend="unsloth" if backend == "unsloth" else "hf",
+            seq_len=p.max_seq_length, batch_size=batch, gradient_checkpointing=ckpt, lora_r=lora_r,
+            lora_targets=p.target_modules, num_gpus=max(gpus, 1),
+        )
+        s = resolve_settings(mi, arch)
+        params, _, _ = arch.param_counts()
+        if tier is not None and gpus > 0:
+            plan = plan_training(arch, s, tier, target_batch=p.target_effective_batch, max_gpus=1)
+            if plan.task != p.method:
+                raise DoesNotFit(
+                    f"{arch.name} {p.method} at seq {p.max_seq_length} does not fit one {tier.id} "
+                    f"({mem_gib:.0f} GiB) even at micro-batch 1 with checkpointing.",
+                    f"Use method '{plan.task}' (it fits: {plan.estimated_gib:.1f} GiB), a shorter max_seq_length, "
+                    "or a host with a larger GPU.",
+                )
+            if not plan.fits:
+                bigger = [t.id for t in _larger_tiers(tier)]
+                raise DoesNotFit(
+                    f"{arch.name} {p.method} at seq {p.max_seq_length} does not fit: it needs about "
+                    f"{plan.estimated_gib:.1f} GiB on one GPU; {host.name}'s {tier.id} has {mem_gib:.0f} GiB.",
+                    ("Use method 'qlora', " if p.method != "qlora" else "")
+                    + f"a shorter max_seq_length, or a larger GPU ({', '.join(bigger) or 'none larger'}).",
+                )
+            if p.per_device_batch_size == "auto":
+                batch = plan.micro_batch_size or batch
+            if p.gradient_checkpointing == "auto" and plan.gradient_checkpointing is not None:
+                ckpt = plan.gradient_checkpointing
+            if plan.optimizer:
+                optimizer = plan.optimizer
+            notes += plan.notes
+            s2 = resolve_settings(mi.model_copy(update={"batch_size": batch, "gradient_checkpointing": ckpt,
+                                                        "optimizer": optimizer}), arch)
+            est = breakdown_bytes(arch, s2).total() / GIB
+            if mem_gib is not None and est > mem_gib:
+                raise DoesNotFit(
+                    f"Micro-batch {batch} needs about {est:.1f} GiB; {tier.id} has {mem_gib:.0f} GiB.",
+                    "Leave per_device_batch_size on 'auto', or lower it.",
+                )
+        trainable = params if p.method == "full" else None
+    if p.gradient_accumulation_steps == "auto":
+        ga = max(1, -(-p.target_effective_batch // (batch * max(gpus, 1))))
+    else:
+        ga = p.gradient_accumulation_steps
+    fmt = check.format if check is not None else p.dataset_format
+    return (
+        FinetunePlan(
+            backend=backend, method=p.method, gpu=tier.id if tier and gpus else None, gpus=gpus,
+            per_device_batch_size=batch, gradient_accumulation_steps=ga, effective_batch=batch * ga * max(gpus, 1),
+            gradient_checkpointing=ckpt, optimizer=optimizer, max_seq_length=p.max_seq_length,
+            estimated_peak_gib=round(est, 2) if est is not None else None,
+            gpu_memory_gib=round(mem_gib, 2) if mem_gib and gpus else None,
+            model_params=params, trainable_params=trainable, dataset_source=source,
+            dataset_rows=check.rows if check is not None else None, dataset_format=fmt, notes=notes,
+        ),
+        upload,
+    )
+
+
+def _larger_tiers(tier: GpuTier) -> list[GpuTier]:
+    from tools.gpus import TIERS
+
+    return sorted((t for t in TIERS.values() if t.memory_gib > tier.memory_gib), key=lambda t: t.memory_gib)[:3]
+
+
+_OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_8bit", "paged_adamw_8bit": "paged_adamw_8bit", "sgd": "sgd"}
+
+
+def build_finetune_spec(
+    p: FinetuneInput, host: HostConfig, plan: FinetunePlan, dataset_ref: str, resume_path: str | None
+) -> JobSpec:
+    """The JobSpec the engine starts: payload ``finetune`` with its config (no secrets in it)."""
+    cfg: dict[str, Any] = {
+        "model": p.model,
+        "dataset": dataset_ref,
+        "dataset_format": plan.dataset_format if plan.dataset_format != "auto" else p.dataset_format,
+        "method": p.method,
+        "backend": p.backend if p.backend != "auto" else "auto",
+        "max_seq_length": p.max_seq_length,
+        "lora_dropout": p.lora_dropout,
+        "learning_rate": p.learning_rate,
+        "lr_scheduler": p.lr_scheduler,
+        "warmup_steps": p.warmup_steps,
+        "per_device_batch_size": plan.per_device_batch_size,
+        "gradient_accumulation_steps": plan.gradient_accumulation_steps,
+        "packing": p.packing,
+        "eval_fraction": p.eval_fraction,
+        "save_steps": p.save_steps,
+        "save_merged": p.save_merged,
+        "chat_template": p.chat_template,
+        "seed": p.seed,
+        "gradient_checkpointing": plan.gradient_checkpointing,
+        "optim": _OPTIM[plan.optimizer],
+        "estimated_peak_gib": plan.estimated_peak_gib,
+        "resume_from": resume_path,
+    }
+    if p.method != "full":
+        cfg["lora_r"] = p.lora_r or 16
+        cfg["lora_alpha"] = p.lora_alpha or cfg["lora_r"]
+        if p.target_modules:
+            cfg["target_modules"] = p.target_modules
+    if p.max_steps is not None:
+        cfg["max_steps"] = p.max_steps
+    else:
+        cfg["num_epochs"] = p.num_epochs or 1.0
+    env: dict[str, str] = {}
+    secrets: list[str] = []
+    if p.wandb_project:
+        cfg["wandb_project"] = p.wandb_project
+        cfg["wandb_mode"] = p.wandb_mode or ("offline" if host.launcher == "slurm" else "online")
+        if cfg["wandb_mode"] == "online":  # offline runs need no key; online ones fail at submit without it
+            secrets.append("WANDB_API_KEY")
+    else:
+        env["WANDB_DISABLED"] = "true"
+    return JobSpec(
+        kind="finetune",
+        name=p.output_name or f"finetune {p.model.rsplit('/', 1)[-1]} ({p.method})",
+        payload="finetune",
+        payload_config=cfg,
+        env=env,
+        secrets=secrets,
+        resources=Resources(gpus=plan.gpus, time_limit_s=parse_time_limit(p.time_limit)),
+    )
