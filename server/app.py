@@ -25,6 +25,7 @@ SURFACES = [
     "server.surface_gpu",
     "server.surface_jobs",
     "server.surface_serve",
+    "server.surface_finetune",
     "server.surface_workflow",
 ]
 
