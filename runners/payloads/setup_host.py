@@ -95,14 +95,24 @@ def installed(python: Path) -> dict[str, Any] | None:
     return json.loads(res.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def pin_of(req: str) -> tuple[str, str | None]:
+    """(normalized name, pinned version or None) of a requirement or a wheel path (name-version-tags.whl)."""
+    if req.endswith(".whl"):
+        name, version = Path(req).name.split("-")[:2]
+        return norm(name), version
+    m = _PIN.match(req)
+    if m:
+        return norm(m.group(1)), m.group(2)
+    return norm(re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0]), None
+
+
 def unmet(requirements: list[str], have: dict[str, str]) -> list[str]:
-    """Pinned requirements (name==version) not installed at that version; unpinned ones only need the name."""
+    """Requirements not installed at their pinned version; unpinned ones only need the name."""
+    got = {norm(k): v for k, v in have.items()}
     missing = []
     for req in requirements:
-        m = _PIN.match(req)
-        name = norm(m.group(1) if m else re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0])
-        got = {norm(k): v for k, v in have.items()}.get(name)
-        if got is None or (m and got != m.group(2)):
+        name, version = pin_of(req)
+        if name not in got or (version is not None and got[name] != version):
             missing.append(req)
     return missing
 
@@ -216,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{type(exc).__name__}: {exc}", flush=True)
         return EXIT_FAILED
     info = result["info"]
-    wanted = {norm(_PIN.match(r).group(1)) if _PIN.match(r) else norm(r) for r in cfg["requirements"]}  # type: ignore[union-attr]
+    wanted = {pin_of(r)[0] for r in cfg["requirements"]}
     manifest = {
         "python": str(env_python(cfg["env_dir"])),
         "python_version": info["python"],
