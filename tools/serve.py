@@ -20,6 +20,7 @@ are made on the host and kept in the job's 0600 env file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -376,6 +377,11 @@ async def start_vllm_server(engine: JobEngine, runtime: ServeRuntime, cache: Fla
                             p: StartServerInput) -> StartServerOutput:
     """Plan, check against the host's vLLM, and submit a ``serve`` job (see the module docstring)."""
     host = engine.config.host(p.host)
+    digest = _request_digest(host.name, p)
+    if p.idempotency_key and not p.dry_run:
+        again = await _repeat(engine, runtime, p.idempotency_key, digest)
+        if again is not None:
+            return again
     arch = await _model_arch(engine, host, p.model)
     tier, count = _host_tier(host)
     if isinstance(p.gpus, list):
@@ -458,6 +464,9 @@ async def start_vllm_server(engine: JobEngine, runtime: ServeRuntime, cache: Fla
         payload_config={
             "argv": command, "port": port if port is not None else "auto", "bind_host": bind,
             "served_names": names, "probe_model": base_name, "api_key": p.api_key,
+            # for a repeated idempotency_key: the same answer without planning (or picking a port) again
+            "request_sha256": digest, "plan": plan.model_dump(mode="json"),
+            "vllm_version": install.version if install else None,
         },
         env=env,
         secrets=secrets_,
@@ -492,6 +501,42 @@ async def start_vllm_server(engine: JobEngine, runtime: ServeRuntime, cache: Fla
         endpoint=endpoint, endpoint_note=note, served_models=names, api_key=key_mode, plan=plan,
         vllm_version=vv, command=command, command_line=shlex.join(command), job_dir=res.job_dir,
         summary=summary, next_action=nxt,
+    )
+
+
+def _request_digest(host: str, p: StartServerInput) -> str:
+    doc = p.model_dump(mode="json", exclude={"idempotency_key", "dry_run"})
+    return hashlib.sha256(json.dumps({"host": host, "request": doc}, sort_keys=True).encode()).hexdigest()
+
+
+async def _repeat(engine: JobEngine, runtime: ServeRuntime, key: str, digest: str) -> StartServerOutput | None:
+    """The answer for an ``idempotency_key`` that was used before (None: it is new).
+
+    The engine's own check compares job specs, but ``port='auto'`` picks a new port
+    on every call, so the *request* is compared here, before anything is picked.
+    """
+    rec = engine.catalog.get_by_key(key)
+    if rec is None:
+        return None
+    cfg = json.loads(rec.spec_json).get("payload_config", {})
+    if rec.kind != "serve" or cfg.get("request_sha256") != digest:
+        raise InvalidInput(f"idempotency_key {key!r} was already used for job {rec.job_id} with a different request.",
+                           "Use a new key for a different server, or repeat the original request exactly.")
+    view = await engine.status(rec.job_id, with_details=False)
+    host = engine.config.host(rec.host)
+    port = cfg.get("port")
+    endpoint = None
+    if isinstance(port, int) and not view.terminal:
+        endpoint = await runtime.url_for(host, str(cfg.get("bind_host") or "127.0.0.1"), port)
+    command = [str(a) for a in cfg.get("argv", [])]
+    return StartServerOutput(
+        job_id=rec.job_id, created=False, dry_run=False, state=view.state, host=rec.host, endpoint=endpoint,
+        endpoint_note=None, served_models=list(cfg.get("served_names", [])),
+        api_key="env" if str(cfg.get("api_key")).startswith("env:") else cfg.get("api_key", "auto"),
+        plan=ServePlan.model_validate(cfg.get("plan") or {"tensor_parallel_size": 1}),
+        vllm_version=cfg.get("vllm_version"), command=command, command_line=shlex.join(command),
+        job_dir=rec.job_dir, summary=f"Same idempotency_key as before: {view.summary}",
+        next_action=None if view.terminal else f"wait_for_job(job_id='{rec.job_id}', until='ready').",
     )
 
 
