@@ -22,6 +22,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.helpers.tiny_model builds the demo's tiny model
 
 
 def banner(text: str) -> None:
@@ -30,7 +31,8 @@ def banner(text: str) -> None:
 
 async def call(c: Client, tool: str, args: dict[str, Any] | None = None, show: bool = True) -> dict[str, Any]:
     args = args or {}
-    print(f"> {tool}({json.dumps(args)[1:-1]})", flush=True)
+    if show:
+        print(f"> {tool}({json.dumps(args)[1:-1]})", flush=True)
     r = await c.call_tool(tool, args)
     if r.is_error:
         raise SystemExit(f"demo: {tool} failed: {r.content[0].text}")
@@ -46,18 +48,78 @@ async def step_hosts(c: Client) -> None:
     await call(c, "list_gpu_tiers", {"min_memory_gib": 40})
 
 
+async def step_estimate(c: Client) -> None:
+    banner("estimate_memory: Llama 3.1 70B, serving at 8k context")
+    out = await call(c, "estimate_memory", {"model": "meta-llama/Llama-3.1-70B", "task": "inference",
+                                            "seq_len": 8192, "batch_size": 8})
+    b = out["breakdown_gib"]
+    print("  per GPU (GiB): " + ", ".join(f"{k} {v:.1f}" for k, v in b.items() if v))
+    print(f"  {'tier':<11} {'fits':<5} {'min GPUs':>8} {'headroom GiB':>13}")
+    for tier, f in out["fits"].items():
+        print(f"  {tier:<11} {'yes' if f['fits'] else 'no':<5} {f['min_gpus'] or '-':>8} {f['headroom_gib']:>13.1f}")
+    out = await call(c, "estimate_memory", {"model": "meta-llama/Llama-3.1-8B", "task": "qlora", "seq_len": 2048,
+                                            "batch_size": 2, "gpu": "RTX4090"})
+
+
+async def follow_job(c: Client, job_id: str, max_s: float = 600) -> dict[str, Any]:
+    """What an agent does: read the log by offset while the job runs, then wait for the end."""
+    print(f"  following {job_id}: get_job_logs(offset=...) + wait_for_job(timeout_s=5) until it ends")
+    offset = 0
+    deadline = time.monotonic() + max_s
+    shown = 0
+    while time.monotonic() < deadline:
+        logs = await call(c, "get_job_logs", {"job_id": job_id, "offset": offset}, show=False)
+        for line in logs["text"].splitlines():
+            if shown < 12 or "loss" in line:
+                print(f"  | {line[:150]}")
+            shown += 1
+        offset = logs["next_offset"]
+        if logs["eof"] and logs["state"] in ("succeeded", "failed", "cancelled", "lost"):
+            break
+        st = await call(c, "wait_for_job", {"job_id": job_id, "timeout_s": 5}, show=False)
+        job = st["job"]
+        if job.get("metrics") and job["metrics"].get("loss") is not None:
+            m = job["metrics"]
+            print(f"  progress: step {m.get('step')}/{m.get('total_steps')}, loss {m.get('loss'):.3f}, "
+                  f"ETA {job.get('eta_s') or 0:.0f} s")
+    return await call(c, "get_job_status", {"job_id": job_id})
+
+
+async def step_finetune(c: Client, work: Path) -> str:
+    banner("submit_finetune: LoRA of a tiny random-init Llama on the CPU (TRL + PEFT)")
+    from tests.helpers.tiny_model import build_tiny_model, make_dataset
+
+    model = build_tiny_model(work / "tiny-llama")
+    data = make_dataset(work / "colours.jsonl", "alpaca", n=64)
+    print(f"  built {model} (~60k parameters) and {data.name} (64 alpaca rows)")
+    args = {"model": str(model), "dataset": str(data), "max_steps": 30, "max_seq_length": 64,
+            "learning_rate": 5e-3, "save_steps": 15, "output_name": "tiny-colours"}
+    await call(c, "submit_finetune", {**args, "dry_run": True})
+    out = await call(c, "submit_finetune", args)
+    job_id = out["job_id"]
+    status = await follow_job(c, job_id)
+    if status["state"] != "succeeded":
+        raise SystemExit(f"demo: the fine-tune ended {status['state']}: {status.get('summary')}")
+    outputs = Path(status["job_dir"]) / "outputs"
+    print("  outputs: " + ", ".join(sorted(p.name for p in outputs.iterdir())))
+    return job_id
+
+
 async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="llm-ops-demo-") as td:
         env = {**os.environ, "LLM_OPS_MCP_STATE_DIR": str(Path(td) / "state"), "HOME": os.environ.get("HOME", td)}
         env.pop("LLM_OPS_MCP_CONFIG", None)
         # The embedded default host works in ~/llm-ops; the demo keeps it private.
         env["LLM_OPS_MCP_DEFAULT_WORKDIR"] = str(Path(td) / "work")
+        env["HF_HUB_OFFLINE"] = "1"  # the demo needs no network: its model is built on the spot
         params = StdioServerParameters(command=sys.executable, args=["-m", "server.cli", "serve"], env=env, cwd=ROOT)
         t0 = time.monotonic()
         async with Client(params, mode="auto") as c:
             tools = {t.name for t in (await c.list_tools()).tools}
             print(f"connected over stdio; {len(tools)} tools: {', '.join(sorted(tools))}")
             await step_hosts(c)
+            await step_estimate(c)
+            await step_finetune(c, Path(td))
         banner(f"demo finished in {time.monotonic() - t0:.1f} s")
 
 
