@@ -44,6 +44,7 @@ def _configure_logging() -> None:
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(h)
         root.setLevel(logging.INFO)
+        root.propagate = False  # the SDK configures the root logger too; one line per event is enough
 
 
 def build_server(config: Config | None = None, state: AppState | None = None) -> MCPServer:
