@@ -6,9 +6,11 @@ use and kept in ``state.services["engine"]`` (closed with the server).
 
 from __future__ import annotations
 
-from typing import Literal
+import base64
+from typing import Annotated, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import CallToolResult, ImageContent, TextContent
 from pydantic import BaseModel, Field, field_validator
 
 from runners.engine import JobEngine, SubmitResult
@@ -19,6 +21,7 @@ from runners.states import JobState
 from runners.views import JobView
 from server.registry import ToolSpec, add_tool
 from server.state import AppState
+from tools.plots import loss_curve_png, read_metrics_points
 
 __all__ = ["get_engine", "register"]
 
@@ -65,6 +68,11 @@ class SubmitCommandInput(BaseModel):
 
 class JobIdInput(BaseModel):
     job_id: str = JOB_ID
+
+
+class GetJobStatusInput(BaseModel):
+    job_id: str = JOB_ID
+    plot: bool = Field(False, description="Also return the loss curve as a PNG image (fine-tunes).")
 
 
 class CancelJobInput(BaseModel):
@@ -141,14 +149,21 @@ def register(app: MCPServer, state: AppState) -> None:
         SubmitCommandInput, submit_command, SubmitResult,
     )
 
-    async def get_job_status(p: JobIdInput) -> JobView:
-        return await (await get_engine(state)).status(p.job_id)
+    async def get_job_status(p: GetJobStatusInput) -> CallToolResult:
+        engine = await get_engine(state)
+        view = await engine.status(p.job_id)
+        content: list[TextContent | ImageContent] = [TextContent(type="text", text=view.summary)]
+        if p.plot:
+            train, evals = await read_metrics_points(engine.transport(view.host), f"{view.job_dir}/metrics.jsonl")
+            png = loss_curve_png(f"{view.job_id} ({view.name or view.kind})", train, evals)
+            content.append(ImageContent(type="image", data=base64.b64encode(png).decode(), mime_type="image/png"))
+        return CallToolResult(content=content, structured_content=view.model_dump(mode="json"))
 
     add_tool(
         app,
-        ToolSpec("get_job_status", "A job's state, exit code, metrics, progress/ETA, and for failures the cause.",
+        ToolSpec("get_job_status", "A job's state, exit code, metrics, progress/ETA, failure cause; plot=true: loss PNG.",
                  read_only=True, idempotent=True, open_world=True),
-        JobIdInput, get_job_status, JobView,
+        GetJobStatusInput, get_job_status, Annotated[CallToolResult, JobView],
     )
 
     async def get_job_logs(p: GetJobLogsInput) -> GetJobLogsOutput:

@@ -8,6 +8,7 @@ on disk, resume, cancel, and clear refusals before anything is submitted.
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -78,8 +79,11 @@ async def test_real_cpu_finetune_loss_goes_down_and_resume(app, tiny, mode):
         view = r.structured_content["job"]
         assert view["state"] == "succeeded", view
         assert view["metrics"] is not None
-        r = await c.call_tool("get_job_status", {"job_id": job_id})
+        r = await c.call_tool("get_job_status", {"job_id": job_id, "plot": True})
         job_dir = Path(r.structured_content["job_dir"])
+        images = [b for b in r.content if b.type == "image"]
+        assert len(images) == 1 and images[0].mime_type == "image/png"
+        assert base64.b64decode(images[0].data)[:8] == b"\x89PNG\r\n\x1a\n"
         rows = [json.loads(x) for x in (job_dir / "metrics.jsonl").read_text().splitlines()]
         losses = [x["loss"] for x in rows if x.get("loss") is not None]
         assert len(losses) >= 10
