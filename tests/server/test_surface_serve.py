@@ -8,6 +8,7 @@ payload's readiness, the OpenAI client — is the real code, as an agent would d
 from __future__ import annotations
 
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from mcp import Client
 
 from runners.config import Config, HostConfig
+from runners.engine import JobEngine
 from runners.spec import JobSpec
 from server.app import build_server
 from server.state import AppState
@@ -32,10 +34,19 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def serve_state(tmp_path: Path) -> AppState:
+async def serve_state(tmp_path: Path) -> AsyncIterator[AppState]:
     env = {**install_standin(tmp_path / "vllm"), "STANDIN_VLLM_TOKEN_DELAY_S": "0.001"}
     host = HostConfig(name="gpubox", workdir=str(tmp_path / "work"), gpus="H100:1", env=env)
-    return AppState(config=Config(hosts={"gpubox": host}, default_host="gpubox"), state_dir=tmp_path / "state")
+    state = AppState(config=Config(hosts={"gpubox": host}, default_host="gpubox"), state_dir=tmp_path / "state")
+    yield state
+    # A failed assertion must not leave a server running: stop whatever is still active.
+    engine = JobEngine(state.config, state.state_dir)
+    try:
+        for v in await engine.list_jobs():
+            if not v.terminal:
+                await engine.cancel(v.job_id, grace_s=2)
+    finally:
+        await engine.aclose()
 
 
 async def _call(c: Client, name: str, args: dict[str, Any]) -> dict[str, Any]:
