@@ -46,7 +46,8 @@ class LogChunk(BaseModel):
 class ErrorExcerpt(BaseModel):
     """Why a job failed, as far as its log tells, and what to do next."""
 
-    kind: str = Field(description="cuda_oom, host_oom, nccl, missing_module, disk_full, python_exception, exit_code.")
+    kind: str = Field(description="cuda_oom, host_oom, nccl, missing_module, disk_full, python_exception, "
+                                  "rank_failure (a distributed rank), exit_code.")
     line: str | None = Field(None, description="The log line that shows it.")
     hint: str = Field(description="What to do next.")
     tail: str = Field(description="The last lines of the log (redacted).")
@@ -193,10 +194,77 @@ _RULES: list[tuple[str, re.Pattern[str], str]] = [
 _EXC = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Fault)|[a-z_.]*\.[A-Z]\w+)(?::\s?(.*))?$")
 
 
+# torchrun's console prefix for a rank's lines (``--tee``): "[default0]:" (agent role + local rank).
+_RANK_PREFIX = re.compile(r"^\[(?:default|rank)\d+\]:")
+_ROOT_CAUSE = "Root Cause (first observed failure):"
+
+
+def _torchrun_root_cause(lines: list[str]) -> tuple[str, str, str | None] | None:
+    """(rank, where, message) from torchrun's failure summary, or None when the log has none.
+
+    Why this block: when one rank fails torchrun stops the others (they show up as
+    SIGTERM "failures") and names the first failure as the root cause, with that rank's
+    own error file (its exception, written through torch's error handler). That is the
+    error to report, not the last line of the log, which is another rank's shutdown.
+    """
+    idx = max((i for i, line in enumerate(lines) if _ROOT_CAUSE in line), default=None)
+    if idx is None:
+        return None
+    rank, local, host, exit_line, tb = "?", "?", "", None, []
+    in_tb = False
+    for line in lines[idx + 1 :]:
+        if line.startswith("====="):
+            break
+        m = re.match(r"\s*rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)", line)
+        if m:
+            rank, local = m.group(1), m.group(2)
+            continue
+        m = re.match(r"\s*host\s*:\s*(\S+)", line)
+        if m:
+            host = f" on {m.group(1)}"
+            continue
+        m = re.match(r"\s*exitcode\s*:\s*(.+?)\s*$", line)
+        if m:
+            exit_line = f"exit code {m.group(1)}"
+            continue
+        m = re.match(r"\s*traceback\s*:\s*(.*)$", line)
+        if m:
+            in_tb = True
+            tb.append(m.group(1))
+            continue
+        if in_tb:
+            tb.append(line.strip())
+    msg = None
+    for t in reversed([t for t in tb if t]):
+        if _EXC.match(t) or t.startswith("Signal "):
+            msg = t
+            break
+    if msg is None or msg.startswith("To enable traceback"):
+        msg = exit_line
+    return rank, f"local rank {local}{host}", msg
+
+
 def diagnose(log_tail: str, exit_code: int | None, tail_lines: int = 15) -> ErrorExcerpt:
-    """Name the most likely cause of a failure from the end of its log (a pure function)."""
-    lines = log_tail.splitlines()
+    """Name the most likely cause of a failure from the end of its log (a pure function).
+
+    A distributed job's log ends with torchrun's summary; its root cause (the first rank
+    that failed) wins over everything else, classified by the same rules.
+    """
+    lines = [_RANK_PREFIX.sub("", line) for line in log_tail.splitlines()]
     tail = "\n".join(lines[-tail_lines:])
+    root = _torchrun_root_cause(lines)
+    if root is not None:
+        rank, where, msg = root
+        line = f"rank {rank} ({where}) failed first: {msg or 'no message'}"[:500]
+        for kind, rx, hint in _RULES:
+            if msg and rx.search(msg):
+                return ErrorExcerpt(kind=kind, line=line, hint=f"On rank {rank}: {hint}", tail=tail)
+        return ErrorExcerpt(
+            kind="rank_failure", line=line, tail=tail,
+            hint=f"Rank {rank} failed and torchrun stopped the other ranks. Its full output is in the job "
+                 f"directory under torchrun/ (per rank); get_job_logs with grep='rank {rank}|Error' shows the "
+                 "lines around it.",
+        )
     for kind, rx, hint in _RULES:
         for line in reversed(lines):
             m = rx.search(line)

@@ -123,6 +123,7 @@ class SbatchOptions(BaseModel):
     gpus: int = Field(0, ge=0, le=64, description="GPUs per node.")
     gres: str = Field("gpu", description="GRES name, 'gpu' or typed 'gpu:h100'.")
     nodes: int = Field(1, ge=1, le=64)
+    ntasks_per_node: int = Field(1, ge=1, le=64, description="Tasks per node: srun's torchrun agents.")
     time: str | None = Field(None, description="--time, already in SLURM form.")
     partition: str | None = None
     account: str | None = None
@@ -186,6 +187,7 @@ def resolve_options(
     job_dir: str,
     gpus: int = 0,
     nodes: int = 1,
+    ntasks_per_node: int = 1,
     time_limit_s: int | None = None,
     partition: str | None = None,
     account: str | None = None,
@@ -210,6 +212,7 @@ def resolve_options(
             gpus=gpus,
             gres=cfg.gres,
             nodes=nodes,
+            ntasks_per_node=ntasks_per_node,
             time=time,
             partition=partition or cfg.partition,
             account=account or cfg.account,
@@ -234,6 +237,8 @@ def sbatch_argv(opts: SbatchOptions, script_path: str) -> list[str]:
         f"--nodes={opts.nodes}",
         "--requeue" if opts.requeue else "--no-requeue",
     ]
+    if opts.nodes > 1 or opts.ntasks_per_node > 1:  # a multi-node (torchrun) job: one srun task per agent
+        argv.append(f"--ntasks-per-node={opts.ntasks_per_node}")
     if opts.gpus:
         argv.append(f"--gres={opts.gres}:{opts.gpus}")
     if opts.time:

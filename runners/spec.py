@@ -8,7 +8,9 @@ read from the controller's environment at submit time and go to the job's 0600
 A job runs either a plain ``argv`` (kind ``command``/``script``) or a payload:
 ``runners/payloads/<payload>.py`` is copied into the job directory and run with the
 host's interpreter as ``python <payload>.py job.json``; the payload reads its
-settings from ``job.json["payload_config"]``.
+settings from ``job.json["payload_config"]``. A payload job may also carry an
+``argv`` that runs the copied payload another way — torchrun across GPUs and nodes
+(``runners/distributed.py``) — so the launch stays a visible argv, not engine magic.
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ class Resources(BaseModel):
 
     gpus: int = Field(0, ge=0, le=64, description="GPUs per node.")
     nodes: int = Field(1, ge=1, le=64, description="Nodes (SLURM only; direct jobs use one host).")
+    tasks_per_node: int = Field(1, ge=1, le=64, description="SLURM --ntasks-per-node (srun launches that many "
+                                                            "torchrun agents per node).")
     cpus: int | None = Field(None, ge=1, le=1024, description="CPU cores per task (SLURM --cpus-per-task).")
     memory_gib: float | None = Field(None, gt=0, description="Host memory (SLURM --mem).")
     time_limit_s: int | None = Field(None, gt=0, description="Wall-clock limit; the job is stopped after it.")
@@ -165,8 +169,10 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _shape(self) -> JobSpec:
-        if (self.argv is None) == (self.payload is None):
-            raise ValueError("a job runs exactly one of 'argv' or 'payload'")
+        if self.argv is None and self.payload is None:
+            raise ValueError("a job runs an 'argv', a 'payload', or a payload through an 'argv' (torchrun)")
+        if self.argv is not None and self.payload is not None and f"{self.payload}.py" not in self.argv:
+            raise ValueError(f"an argv given with payload {self.payload!r} must run {self.payload}.py")
         clash = set(self.env) & set(self.secrets)
         if clash:
             raise ValueError(f"{', '.join(sorted(clash))} is both in env and in secrets")

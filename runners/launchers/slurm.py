@@ -277,7 +277,7 @@ class SlurmLauncher:
         r = job.spec.resources
         return resolve_options(
             self.slurm, job_name=job_name_for(job.job_id), token=job.token, job_dir=job.job_dir,
-            gpus=r.gpus, nodes=r.nodes, time_limit_s=r.time_limit_s, partition=r.partition,
+            gpus=r.gpus, nodes=r.nodes, ntasks_per_node=r.tasks_per_node, time_limit_s=r.time_limit_s, partition=r.partition,
             memory_gib=r.memory_gib, cpus=r.cpus,
         )
 
