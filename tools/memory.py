@@ -401,7 +401,15 @@ def breakdown_bytes(arch: ModelArch, s: Settings, *, tp: int | None = None, num_
         transient = (8 * h + 4 * inter) * scale
         keep = L * rb * h if s.gradient_checkpointing else L * saved
         act = tokens * (keep + saved + transient)
-        logit = tokens * V * 12.0  # fp32 log-softmax kept for backward + its input and output gradients
+        # fp32 log-softmax kept for backward + its input and output gradients (12 B per logit); QLoRA's
+        # k-bit preparation leaves lm_head and the residual stream in fp32, so the logits themselves are
+        # fp32 too (+2 B, measured: Llama-3.2-3B and 3.1-8B QLoRA on an H200, bench/data/memory_gpu.jsonl).
+        per_logit = 14.0 if s.task == "qlora" else 12.0
+        if arch.model_type.startswith("gemma2"):
+            # Gemma 2 soft-caps the final logits (x / cap, tanh, x cap): two more full-vocab tensors,
+            # the tanh output saved for backward (measured: gemma-2-2b LoRA, +2.7 GiB at 4096 x 256k).
+            per_logit += 4.0
+        logit = tokens * V * per_logit
     if arch.is_moe:
         act += tokens * L * arch.num_experts * 4 * 2  # router logits (fp32) and their softmax
     out.activations, out.logits = act, logit
