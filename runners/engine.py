@@ -411,8 +411,19 @@ class JobEngine:
                 path = f"{rec.job_dir}/{LOG}"
                 size = await t.file_size(path) or 0
                 data = await t.read_range(path, max(0, size - DIAGNOSE_WINDOW), DIAGNOSE_WINDOW)
-                text = self._redactor(rec)(data.decode("utf-8", errors="replace"))
-                out["error"] = diagnose(text, rec.exit_code)
+                redact = self._redactor(rec)
+                text = redact(data.decode("utf-8", errors="replace"))
+                err = diagnose(text, rec.exit_code)
+                # A payload that knows why it failed says so in metrics.jsonl ({"event": "error", ...});
+                # its words beat our guess from the log (e.g. vLLM start-up failures, dataset errors).
+                ev = last[-1] if last and last[-1].get("event") == "error" else None
+                if ev and isinstance(ev.get("message"), str):
+                    err = err.model_copy(update={
+                        "kind": str(ev.get("kind") or err.kind),
+                        "line": redact(ev["message"])[:500],
+                        "hint": redact(str(ev.get("hint") or ev.get("suggestion") or err.hint)),
+                    })
+                out["error"] = err
         except HostError as e:
             out["note"] = f"details unavailable: {e.message}"
         return out
