@@ -93,7 +93,7 @@ async def step_finetune(c: Client, work: Path) -> str:
     data = make_dataset(work / "colours.jsonl", "alpaca", n=64)
     print(f"  built {model} (~60k parameters) and {data.name} (64 alpaca rows)")
     args = {"model": str(model), "dataset": str(data), "max_steps": 30, "max_seq_length": 64,
-            "learning_rate": 5e-3, "save_steps": 15, "output_name": "tiny-colours"}
+            "learning_rate": 5e-3, "save_steps": 15, "output_name": "tiny-colours", "save_merged": True}
     await call(c, "submit_finetune", {**args, "dry_run": True})
     out = await call(c, "submit_finetune", args)
     job_id = out["job_id"]
@@ -103,6 +103,21 @@ async def step_finetune(c: Client, work: Path) -> str:
     outputs = Path(status["job_dir"]) / "outputs"
     print("  outputs: " + ", ".join(sorted(p.name for p in outputs.iterdir())))
     return job_id
+
+
+async def step_quantize(c: Client, finetune_job: str) -> None:
+    banner("quantize_model: bnb-nf4 of the fine-tuned tiny model (CPU), then the HF cache listing")
+    status = await call(c, "get_job_status", {"job_id": finetune_job}, show=False)
+    manifest = json.loads((Path(status["job_dir"]) / "outputs" / "manifest.json").read_text())
+    model = manifest["paths"]["merged"]  # the 16-bit merged model the fine-tune saved
+    out = await call(c, "quantize_model", {"model": model, "method": "bnb-nf4", "output_name": "tiny-nf4"})
+    status = await follow_job(c, out["job_id"], max_s=300)
+    if status["state"] != "succeeded":
+        raise SystemExit(f"demo: quantization ended {status['state']}: {status.get('summary')}")
+    q = json.loads((Path(status["job_dir"]) / "outputs" / "manifest.json").read_text())
+    keys = ("size_before_bytes", "size_after_bytes", "perplexity_before", "perplexity_after")
+    print("  manifest: " + ", ".join(f"{k} {q[k]}" for k in keys if k in q))
+    await call(c, "list_cached_models", {})
 
 
 async def main() -> None:
@@ -119,7 +134,8 @@ async def main() -> None:
             print(f"connected over stdio; {len(tools)} tools: {', '.join(sorted(tools))}")
             await step_hosts(c)
             await step_estimate(c)
-            await step_finetune(c, Path(td))
+            ft = await step_finetune(c, Path(td))
+            await step_quantize(c, ft)
         banner(f"demo finished in {time.monotonic() - t0:.1f} s")
 
 
