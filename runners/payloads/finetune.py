@@ -15,6 +15,14 @@ Reports only through files, because the controller may be gone while this runs:
                          checkpoints/checkpoint-N (resumable with resume_from)
   stdout                 human-readable progress (the launcher sends it to DIR/output.log)
 Exit codes: 0 done, 1 unexpected failure, 2 bad config or dataset, 3 CUDA out of memory.
+
+Distributed (launched by torchrun, one process per GPU; RANK / LOCAL_RANK / WORLD_SIZE set):
+rank 0 alone writes metrics, progress lines, outputs and the manifest; any rank that fails
+writes its own error row (with its rank) and records the exception in torchrun's error file,
+so torchrun's summary names it as the root cause. ``strategy`` picks DDP, FSDP or DeepSpeed
+ZeRO 2/3 through the Trainer's own options (``fsdp``/``fsdp_config``, ``deepspeed=dict``);
+CPU ranks talk over gloo. ``LLM_OPS_TEST_CRASH_RANK=N`` (tests only) makes rank N raise at
+step 2, to prove that a failure on any rank fails the job with that rank's error.
 """
 
 from __future__ import annotations
@@ -72,6 +80,8 @@ DEFAULTS: dict[str, Any] = {
     "gradient_checkpointing": True,
     "output_dir": "outputs",
     "estimated_peak_gib": None,
+    "strategy": "ddp",
+    "cpu_offload": False,
 }
 # Keys the controller may leave in the job config that only matter on its side.
 CONTROLLER_KEYS = {
@@ -85,6 +95,24 @@ CONTROLLER_KEYS = {
     "plan",
 }
 METHODS, BACKENDS = ("lora", "qlora", "full"), ("auto", "unsloth", "trl")
+STRATEGIES = ("ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3")
+CRASH_ENV = "LLM_OPS_TEST_CRASH_RANK"
+
+
+def dist_info() -> tuple[int, int, int]:
+    """(rank, local rank, world size) as torchrun sets them; (0, 0, 1) for a plain run."""
+    env = os.environ
+    return int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0")), int(env.get("WORLD_SIZE", "1"))
+
+
+RANK, LOCAL_RANK, WORLD_SIZE = dist_info()
+IS_MAIN = RANK == 0
+
+
+def say(*args: Any) -> None:
+    """A progress line for output.log: rank 0 only, so N ranks don't print everything N times."""
+    if IS_MAIN:
+        print(*args, flush=True)
 
 # Used when the tokenizer has none (base models, the tests' tiny tokenizer). Plain-text
 # role markers, and the assistant turn ends with EOS so a served model learns to stop.
@@ -111,8 +139,13 @@ class Metrics:
         self.path = path
         self.t0 = time.time()
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, row: dict[str, Any], *, any_rank: bool = False) -> None:
+        """Rank 0 writes; other ranks only with ``any_rank`` (their errors), tagged with their rank."""
+        if not (IS_MAIN or any_rank):
+            return
         row = {"time": round(time.time() - self.t0, 4), **row}
+        if WORLD_SIZE > 1:
+            row["rank"] = RANK
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row, default=str) + "\n")
 
@@ -149,6 +182,8 @@ def load_config(path: Path, key: str | None = None) -> dict[str, Any]:
         cfg["gradient_accumulation_steps"] = DEFAULTS["gradient_accumulation_steps"]
     if not 0 <= float(cfg["eval_fraction"]) < 0.5:
         raise BadInput("eval_fraction must be in [0, 0.5)")
+    if cfg["strategy"] not in STRATEGIES:
+        raise BadInput(f"strategy must be one of {', '.join(STRATEGIES)}, not {cfg['strategy']!r}")
     return cfg
 
 
@@ -162,6 +197,12 @@ def choose_backend(requested: str) -> str:
 
     if requested == "trl":
         return "trl"
+    if WORLD_SIZE > 1:
+        # Unsloth documents multi-GPU (DDP through accelerate) as not yet official; the controller
+        # refuses backend=unsloth with several GPUs, and auto means TRL + accelerate here.
+        if requested == "unsloth":
+            raise BadInput("backend=unsloth runs on one GPU here; use backend=auto or trl for multi-GPU jobs")
+        return "trl"
     if not torch.cuda.is_available():
         if requested == "unsloth":
             raise BadInput("backend=unsloth needs a CUDA GPU; use backend=trl or auto on this host")
@@ -171,7 +212,7 @@ def choose_backend(requested: str) -> str:
     except Exception as exc:
         if requested == "unsloth":
             raise BadInput(f"backend=unsloth, but unsloth does not import here: {exc}") from exc
-        print(f"unsloth unavailable ({type(exc).__name__}: {exc}); using TRL + PEFT", flush=True)
+        say(f"unsloth unavailable ({type(exc).__name__}: {exc}); using TRL + PEFT")
         return "trl"
     return "unsloth"
 
@@ -293,8 +334,9 @@ def load_model(cfg: dict[str, Any], backend: str) -> tuple[Any, Any]:
     cuda = torch.cuda.is_available()
     dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype}
-    if cuda:
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    if cuda and cfg["strategy"] == "ddp":  # each DDP rank holds the whole model on its own GPU
+        kwargs["device_map"] = {"": LOCAL_RANK}
+    # FSDP / ZeRO load on the CPU and let the engine shard the weights onto the GPUs.
     if method == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -374,10 +416,13 @@ def make_callback(metrics: Metrics, tokens_per_sample: float, samples_per_step: 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             self.last_t = self.begin_t = time.time()
             self.last_step = self.begin_step = state.global_step
-            print(f"training: {state.max_steps} steps from step {state.global_step}", flush=True)
+            say(f"training: {state.max_steps} steps from step {state.global_step} on {WORLD_SIZE} process(es)")
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             self.step = state.global_step
+            crash = os.environ.get(CRASH_ENV)
+            if crash is not None and crash.isdigit() and int(crash) == RANK and state.global_step >= 2:
+                raise RuntimeError(f"injected crash on rank {RANK} at step {state.global_step} ({CRASH_ENV})")
 
         def on_log(
             self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
@@ -413,7 +458,7 @@ def make_callback(metrics: Metrics, tokens_per_sample: float, samples_per_step: 
             parts += [f"{k} {row[k]:.4g}" for k in ("loss", "eval_loss", "learning_rate") if k in row]
             parts += [f"{row['tokens_per_s']:.0f} tok/s"] if "tokens_per_s" in row else []
             parts += [f"eta {row['eta_s']:.0f}s"] if "eta_s" in row else []
-            print("  ".join(parts), flush=True)
+            say("  ".join(parts))
 
     return MetricsCallback()
 
@@ -435,6 +480,60 @@ def oom_suggestion(cfg: dict[str, Any]) -> str:
     return "try " + ", or ".join(tips) if tips else "use a GPU with more memory or a smaller model"
 
 
+def _transformers_at_least(major: int, minor: int) -> bool:
+    try:
+        parts = metadata.version("transformers").split(".")[:2]
+        return (int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)) >= (major, minor)
+    except (metadata.PackageNotFoundError, ValueError, IndexError):
+        return False
+
+
+def strategy_args(cfg: dict[str, Any], cuda: bool) -> dict[str, Any]:
+    """SFTConfig options that make the Trainer (through accelerate) run ``cfg['strategy']``.
+
+    Only the Trainer's own switches: ``ddp_*`` for DDP, the ``fsdp`` string (the form both
+    transformers 5.17 and 5.2x parse) with FSDP's own activation checkpointing, and a
+    DeepSpeed config dict whose batch and precision fields are ``auto`` (the Trainer fills
+    them from its arguments, so they never disagree).
+    """
+    if WORLD_SIZE == 1:
+        return {}
+    strategy, gc, offload = cfg["strategy"], bool(cfg["gradient_checkpointing"]), bool(cfg["cpu_offload"])
+    out: dict[str, Any] = {"ddp_backend": "nccl" if cuda else "gloo"}
+    if not cuda:  # without it accelerate sees CPU ranks as "not distributed" and wraps nothing
+        out["use_cpu"] = True
+    if strategy == "ddp":
+        out["ddp_find_unused_parameters"] = False  # every LoRA weight gets a gradient every step
+    elif strategy == "fsdp":
+        if _transformers_at_least(5, 20):  # fsdp=True + fsdp_config (FSDP2); the string form is deprecated
+            out["fsdp"] = True
+            out["fsdp_config"] = {"reshard_after_forward": True, "cpu_offload": offload,
+                                  "activation_checkpointing": gc}
+        else:  # 5.17 (the GPU host's pin) parses the classic option string
+            out["fsdp"] = "full_shard auto_wrap" + (" offload" if offload else "")
+            out["fsdp_config"] = {"activation_checkpointing": gc}
+        out["gradient_checkpointing"] = False  # FSDP checkpoints itself (no redundant all-gather)
+    else:
+        stage = 3 if strategy.endswith("3") else 2
+        zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
+        if offload:
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+            if stage == 3:
+                zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+        if stage == 3:
+            zero["stage3_gather_16bit_weights_on_model_save"] = True
+        out["deepspeed"] = {
+            "zero_optimization": zero,
+            "bf16": {"enabled": "auto"},
+            "fp16": {"enabled": "auto"},
+            "train_micro_batch_size_per_gpu": "auto",
+            "train_batch_size": "auto",
+            "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto",
+        }
+    return out
+
+
 def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str, Any]) -> dict[str, Any]:
     """The run itself; returns the manifest. ``state`` tells the error handlers how far it got."""
     backend = choose_backend(cfg["backend"])  # before transformers is imported (unsloth patches it)
@@ -451,6 +550,8 @@ def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str,
     out_dir = (job_dir / cfg["output_dir"]).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
+    if cuda and WORLD_SIZE > 1:
+        torch.cuda.set_device(LOCAL_RANK)  # before anything touches the GPU: rank r uses GPU LOCAL_RANK
     metrics.write(
         {
             "event": "start",
@@ -460,14 +561,16 @@ def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str,
             "device": torch.cuda.get_device_name() if cuda else "cpu",
             "pid": os.getpid(),
             "host": platform.node(),
+            "world_size": WORLD_SIZE,
+            "strategy": cfg["strategy"] if WORLD_SIZE > 1 else None,
             "config": cfg,
             "versions": versions(),
         }
     )
-    print(
+    say(
         f"fine-tune {cfg['model']} ({cfg['method']}, backend {backend}) on "
-        f"{torch.cuda.get_device_name() if cuda else 'cpu'}",
-        flush=True,
+        f"{torch.cuda.get_device_name() if cuda else 'cpu'}"
+        + (f" x {WORLD_SIZE} ranks ({cfg['strategy']})" if WORLD_SIZE > 1 else "")
     )
 
     ds, fmt = load_dataset_rows(cfg)
@@ -479,7 +582,7 @@ def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str,
     if float(cfg["eval_fraction"]) > 0:
         split = ds.train_test_split(test_size=float(cfg["eval_fraction"]), seed=cfg["seed"])
         ds, eval_ds = split["train"], split["test"]
-    print(f"dataset: {len(ds)} train rows{f', {len(eval_ds)} eval' if eval_ds else ''} ({fmt})", flush=True)
+    say(f"dataset: {len(ds)} train rows{f', {len(eval_ds)} eval' if eval_ds else ''} ({fmt})")
 
     if cfg["wandb_project"]:
         os.environ["WANDB_PROJECT"] = str(cfg["wandb_project"])
@@ -515,6 +618,7 @@ def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str,
     if backend == "trl":  # Unsloth runs its own checkpointing; HF's is set on the SFTConfig
         args["gradient_checkpointing"] = bool(cfg["gradient_checkpointing"])
         args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    args.update(strategy_args(cfg, cuda))
     if eval_ds is not None:
         args.update(eval_strategy="steps", eval_steps=int(cfg["eval_steps"] or save_steps or 50))
     trainer = SFTTrainer(
@@ -537,7 +641,7 @@ def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str,
 
     resume = find_checkpoint(str(cfg["resume_from"])) if cfg["resume_from"] else None
     if resume:
-        print(f"resuming from {resume}", flush=True)
+        say(f"resuming from {resume}")
     t_train = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     train_s = time.time() - t_train
@@ -548,9 +652,11 @@ def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str,
     state["phase"] = "save"
     paths: dict[str, str] = {}
     final = out_dir / ("model" if cfg["method"] == "full" else "adapter")
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(str(final))
+    trainer.save_model(str(final))  # every rank: FSDP / ZeRO-3 gather the weights; rank 0 writes them
     paths["model" if cfg["method"] == "full" else "adapter"] = str(final)
+    if not IS_MAIN:
+        return {"status": "succeeded", "rank": RANK}
+    tokenizer.save_pretrained(str(final))
     if cfg["save_merged"] and cfg["method"] != "full":
         paths["merged"] = str(save_merged(cfg, backend, model, tokenizer, final, out_dir / "merged"))
     manifest = {
@@ -572,6 +678,8 @@ def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str,
         "train_s": round(train_s, 2),
         "wall_time_s": round(time.time() - metrics.t0, 2),
         "tokens_per_sample": round(tokens_per_sample, 1),
+        "world_size": WORLD_SIZE,
+        "strategy": cfg["strategy"] if WORLD_SIZE > 1 else None,
         **memory,
         "versions": versions(),
     }
@@ -606,6 +714,62 @@ def is_oom(exc: BaseException) -> bool:
     return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
 
 
+def other_rank_failed_first(path: Path) -> bool:
+    """True when another rank already wrote an error: ours is then a consequence (a peer vanished
+    mid-collective), and the first error is the one the job must report."""
+    if WORLD_SIZE == 1:
+        return False
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(0, path.stat().st_size - 65536))
+            tail = fh.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return False
+    for line in tail:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("event") == "error" and row.get("rank") not in (None, RANK):
+            return True
+    return False
+
+
+def report_error(metrics: Metrics, row: dict[str, Any], exc: BaseException) -> None:
+    """An error row from whichever rank failed first, and the exception in torchrun's error file.
+
+    Why the error file: torchrun orders failures by the time in each rank's error file and
+    prints the first one as the root cause; without it every rank looks alike ("exit 1").
+    """
+    if WORLD_SIZE > 1:
+        row["message"] = f"rank {RANK}: {row['message']}"
+        if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+            try:
+                from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+                handler = get_error_handler()
+                handler.initialize()
+                handler.record_exception(exc)
+            except Exception as rec_exc:  # the metrics row below still reports the error
+                print(f"could not write torchrun's error file: {rec_exc}", file=sys.stderr, flush=True)
+        if other_rank_failed_first(metrics.path):
+            return
+    metrics.write(row, any_rank=True)
+
+
+def finish_distributed() -> None:
+    """Leave the process group cleanly (no 'destroy_process_group was not called' warnings)."""
+    if WORLD_SIZE == 1:
+        return
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception as exc:
+        print(f"process group teardown: {exc}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse args, run, and turn every failure into a metrics record plus a distinct exit code."""
     parser = argparse.ArgumentParser(description="LoRA/QLoRA/full fine-tune payload (Unsloth or TRL + PEFT)")
@@ -629,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(ns.config, config_key)
         manifest = train(cfg, job_dir, metrics, state)
-    except (BadInput, dsf.DatasetFormatError) as exc:
+    except (BadInput, dsf.DatasetFormatError) as exc:  # the same on every rank: rank 0 reports it
         metrics.write({"event": "error", "kind": "bad_input", "message": str(exc), "phase": state["phase"]})
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
@@ -652,7 +816,8 @@ def main(argv: list[str] | None = None) -> int:
                 + (f" on a {total:.0f} GiB GPU" if total else "")
                 + f"; {tip}"
             )
-            metrics.write(
+            report_error(
+                metrics,
                 {
                     "event": "error",
                     "kind": "cuda_oom",
@@ -664,13 +829,15 @@ def main(argv: list[str] | None = None) -> int:
                     "phase": state["phase"],
                     "backend": state["backend"],
                     **gpu_memory(),
-                }
+                },
+                exc,
             )
             print(f"error: {msg}", file=sys.stderr, flush=True)
             return EXIT_OOM
         traceback.print_exc()
         msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-        metrics.write(
+        report_error(
+            metrics,
             {
                 "event": "error",
                 "kind": "exception",
@@ -678,9 +845,13 @@ def main(argv: list[str] | None = None) -> int:
                 "step": step,
                 "phase": state["phase"],
                 "backend": state["backend"],
-            }
+            },
+            exc,
         )
         return EXIT_FAILED
+    finish_distributed()
+    if not IS_MAIN:
+        return EXIT_OK
     metrics.write(
         {
             "event": "end",
@@ -695,10 +866,9 @@ def main(argv: list[str] | None = None) -> int:
             **{k: v for k, v in manifest.items() if k.startswith("gpu_mem")},
         }
     )
-    print(
+    say(
         f"done: {manifest['steps']} steps, final loss {manifest['final_loss']}, outputs in "
-        f"{job_dir / cfg['output_dir']}",
-        flush=True,
+        f"{job_dir / cfg['output_dir']}"
     )
     return EXIT_OK
 
