@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import stat as stat_mod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,25 @@ from runners.config import HostConfig
 from runners.errors import CommandFailed, ConfigError, HostError
 
 __all__ = ["CommandResult", "FileStat", "LocalTransport", "Transport", "make_transport"]
+
+
+_TRACEBACK_HEAD = "Traceback (most recent call last):"
+_FRAME = re.compile(r'^\s+File ".*", line \d+')
+
+
+def _without_traceback_frames(lines: list[str]) -> list[str]:
+    """Drop a Python traceback's header, frames and their source lines; keep the exception line."""
+    out: list[str] = []
+    in_frame = False
+    for ln in lines:
+        if ln.strip() == _TRACEBACK_HEAD or _FRAME.match(ln):
+            in_frame = _FRAME.match(ln) is not None
+            continue
+        if in_frame and ln.startswith("    "):
+            continue
+        in_frame = False
+        out.append(ln)
+    return out
 
 
 @dataclass(frozen=True)
@@ -50,7 +70,8 @@ class CommandResult:
     def check(self, what: str) -> CommandResult:
         """Raise :class:`CommandFailed` naming ``what`` unless rc == 0."""
         if self.rc != 0:
-            tail = self.err.strip().splitlines()[-3:]
+            # The last lines of stderr, without a Python traceback's frames (the exception line says it).
+            tail = _without_traceback_frames(self.err.strip().splitlines())[-3:]
             raise CommandFailed(
                 f"{what} failed (exit {self.rc}): {' | '.join(tail) or 'no error output'}.",
                 "Check the host (disk space, permissions of the workdir) and retry.",

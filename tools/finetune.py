@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -77,8 +77,12 @@ class FinetuneInput(BaseModel):
     learning_rate: float = Field(2e-4, gt=0, le=1.0)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts"] = "linear"
     warmup_steps: int = Field(0, ge=0)
-    per_device_batch_size: int | Literal["auto"] = Field("auto", description="'auto': the plan picks it.")
-    gradient_accumulation_steps: int | Literal["auto"] = Field("auto", description="'auto': the plan picks it.")
+    per_device_batch_size: Annotated[int, Field(ge=1, le=65536)] | Literal["auto"] = Field(
+        "auto", description="'auto': the plan picks it."
+    )
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=65536)] | Literal["auto"] = Field(
+        "auto", description="'auto': the plan picks it."
+    )
     target_effective_batch: int = Field(16, ge=1, le=65536, description="What 'auto' aims for (batch x GA x GPUs).")
     packing: bool = False
     eval_fraction: float = Field(0.0, ge=0.0, lt=0.5)

@@ -368,13 +368,21 @@ def _from_hub(repo_id: str) -> ModelArch | None:
     return arch
 
 
+def _is_dir(p: Path) -> bool:
+    """Like ``Path.is_dir`` but False for what cannot be a path at all (too long, a NUL byte...)."""
+    try:
+        return p.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def resolve_model(model: str) -> ModelArch:
     """Find ``model`` (local dir → HF cache → catalog → Hub) or raise :class:`NotFound`."""
     if not isinstance(model, str) or not model.strip():
         raise InvalidInput("`model` is empty.", "Give a Hub id, a local directory with config.json, or a catalog name.")
     model = model.strip()
     p = Path(model).expanduser()
-    if p.is_dir():
+    if _is_dir(p):
         if not (p / "config.json").is_file():
             raise InvalidInput(f"{p} has no config.json.", "Point `model` at the checkpoint directory itself.")
         return _from_dir(p, str(p), f"local directory {p}")

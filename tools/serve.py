@@ -143,6 +143,13 @@ class StartServerInput(BaseModel):
             raise ValueError("must be a positive number or 'auto'")
         return v
 
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not (1 <= v <= 65535):
+            raise ValueError("a TCP port is 1-65535 (or 'auto')")
+        return v
+
     @field_validator("api_key")
     @classmethod
     def _key(cls, v: str) -> str:

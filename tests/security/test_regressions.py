@@ -1,0 +1,41 @@
+"""Small regression tests for what the fuzzer and the injection/path tests found (one per fix)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from runners.errors import CommandFailed, NotFound
+from runners.transport import CommandResult
+from tools.finetune import FinetuneInput
+from tools.models import resolve_model
+from tools.serve import StartServerInput
+
+
+def test_a_model_name_too_long_for_a_path_is_not_found_not_a_crash(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(NotFound):
+        resolve_model("x" * 5000)  # os.stat raised ENAMETOOLONG out of Path.is_dir
+
+
+def test_serve_port_is_a_tcp_port():
+    with pytest.raises(ValidationError, match="1-65535"):
+        StartServerInput(model="Qwen/Qwen2.5-0.5B", port=1_048_576)
+    assert StartServerInput(model="Qwen/Qwen2.5-0.5B", port=65535).port == 65535
+
+
+@pytest.mark.parametrize("field", ["per_device_batch_size", "gradient_accumulation_steps"])
+def test_finetune_batch_numbers_are_positive(field):
+    with pytest.raises(ValidationError):  # 0 divided the planner by zero
+        FinetuneInput(model="a/b", dataset="c/d", **{field: 0})
+
+
+def test_host_command_errors_carry_no_python_traceback():
+    err = (
+        b'Traceback (most recent call last):\n  File "<string>", line 7, in <module>\n    s.bind((h, p))\n'
+        b"    ^^^^^^^^^^^^^^\nOverflowError: bind(): port must be 0-65535.\n"
+    )
+    with pytest.raises(CommandFailed) as e:
+        CommandResult(("python3",), 1, b"", err).check("Checking port")
+    assert "Traceback" not in str(e.value) and 'File "' not in str(e.value)
+    assert "OverflowError: bind(): port must be 0-65535." in str(e.value)
