@@ -56,8 +56,12 @@ def register(app: MCPServer, state: AppState) -> None:
                                   uploads=uploads)
         mem = (f", estimated peak {plan.estimated_peak_gib:.1f} of {plan.gpu_memory_gib:.0f} GiB"
                if plan.estimated_peak_gib is not None and plan.gpu_memory_gib else "")
+        where = (f"{plan.nodes} node(s) x {plan.world_size // plan.nodes} rank(s), {plan.strategy}"
+                 if plan.world_size > 1 else f"{plan.gpus}x {plan.gpu or 'CPU'}")
+        if plan.world_size > 1 and plan.gpu:
+            where += f" on {plan.gpu}"
         what = (f"{p.method} of {p.model} with {plan.backend} on {host.name} "
-                f"({plan.gpus}x {plan.gpu or 'CPU'}): micro-batch {plan.per_device_batch_size} x GA "
+                f"({where}): micro-batch {plan.per_device_batch_size} x GA "
                 f"{plan.gradient_accumulation_steps}{mem}")
         if p.dry_run:
             return SubmitFinetuneOutput(job_id=res.job_id, plan=plan, submit=res, summary=f"Dry run: {what}.",

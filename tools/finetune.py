@@ -8,17 +8,28 @@ payload would reject is refused here, before anything is submitted.
 
 What runs on the host is ``runners/payloads/finetune.py`` (Unsloth when it
 imports and a CUDA GPU is present, else TRL + PEFT), fed ``payload_config``.
+
+Several GPUs (or nodes) run the same payload under torchrun, one process per GPU
+(``runners/distributed.py`` builds the argv; srun starts one agent per node on SLURM).
+``strategy='auto'`` is decided here, with the estimator as the proof: DDP when the model,
+its gradients and optimizer states fit one GPU (a full replica per GPU is the fastest:
+no parameter traffic), else FSDP full_shard (sharded like ZeRO-3, ``zero_stage=3`` in
+the estimate), which ships with torch, unlike DeepSpeed. Unsloth's multi-GPU support is
+not official in 2026.10.9 (its docs: "working on official multi-GPU support", DDP via
+accelerate only as a manual recipe), so multi-GPU jobs use TRL + accelerate.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from runners.config import HostConfig
+from runners.distributed import DistributedLaunch, launch_argv
 from runners.errors import DoesNotFit, InvalidInput, NotFound, OpsError
 from runners.payloads import dataset_formats as dsf
 from runners.spec import JobSpec, Resources, parse_time_limit
@@ -43,6 +54,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _BAD_PATH_CHARS = re.compile(r"[\x00-\x1f]")
+Strategy = Literal["auto", "ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"]
+ZERO_STAGE = {"ddp": 0, "fsdp": 3, "deepspeed-zero2": 2, "deepspeed-zero3": 3}
 
 
 def _safe_model_or_path(v: str, what: str) -> str:
@@ -97,7 +110,15 @@ class FinetuneInput(BaseModel):
         None, description="Default: offline on SLURM hosts, online elsewhere."
     )
     output_name: str | None = Field(None, description="A label for the outputs and list_jobs.")
-    gpus: int | None = Field(None, ge=0, le=64, description="GPUs for the job; default 1 on a GPU host, 0 on CPU.")
+    gpus: int | None = Field(None, ge=0, le=64,
+                             description="GPUs per node; default 1 on a GPU host, 0 on CPU. >1 runs under torchrun.")
+    nodes: int = Field(1, ge=1, le=64, description="Nodes (SLURM hosts only): srun starts torchrun on each.")
+    strategy: Strategy = Field(
+        "auto", description="auto: DDP when model + optimizer fit one GPU, else FSDP (estimate_memory decides).")
+    cpu_offload: bool = Field(False, description="FSDP / ZeRO: keep optimizer states (ZeRO-3/FSDP: also weights) "
+                                                 "in CPU RAM; slower, fits bigger models.")
+    processes_per_node: int | None = Field(
+        None, ge=1, le=64, description="Ranks per node; default gpus. On a CPU host >1 runs DDP over gloo.")
     time_limit: str | None = Field(None, description="HH:MM:SS or D-HH:MM:SS; the job is stopped after it.")
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     dry_run: bool = Field(False, description="Return the plan and the job script without submitting.")
@@ -145,6 +166,8 @@ class FinetuneInput(BaseModel):
             raise ValueError("target_modules applies to LoRA; a full fine-tune trains every weight")
         if self.num_epochs is not None and self.max_steps is not None:
             raise ValueError("give num_epochs or max_steps, not both")
+        if self.cpu_offload and self.strategy == "ddp":
+            raise ValueError("cpu_offload needs a sharded strategy (fsdp, deepspeed-zero2/3) or 'auto'")
         return self
 
 
@@ -154,7 +177,12 @@ class FinetunePlan(BaseModel):
     backend: str = Field(description="unsloth or trl (what the payload will use on that host).")
     method: str
     gpu: str | None = Field(None, description="GPU tier the plan was made for; None on a CPU host.")
-    gpus: int
+    gpus: int = Field(description="GPUs per node.")
+    nodes: int = 1
+    world_size: int = Field(1, description="Training processes in all (one per GPU; CPU ranks on a CPU host).")
+    strategy: str | None = Field(None, description="ddp, fsdp, deepspeed-zero2/3; None for one process.")
+    zero_stage: int | None = Field(None, description="How the estimate shards: 0 DDP, 2, 3 (FSDP full_shard = 3).")
+    cpu_offload: bool = False
     per_device_batch_size: int
     gradient_accumulation_steps: int
     effective_batch: int
@@ -215,6 +243,49 @@ def _host_tier(host: HostConfig, detected: list[tuple[str, float]] | None) -> tu
     return None, None, 0
 
 
+def _world(p: FinetuneInput, host: HostConfig, gpus: int) -> tuple[int, int]:
+    """(ranks per node, world size); refuses shapes the host cannot run."""
+    if p.nodes > 1 and host.launcher != "slurm":
+        raise InvalidInput(
+            f"nodes={p.nodes}: host {host.name} runs jobs directly on one machine.",
+            "Use nodes=1 here, or a SLURM host for multi-node jobs.",
+        )
+    if gpus > 0 and p.processes_per_node not in (None, gpus):
+        raise InvalidInput(
+            f"processes_per_node={p.processes_per_node} with gpus={gpus}: torchrun runs one process per GPU.",
+            "Leave processes_per_node unset on GPU hosts.",
+        )
+    per_node = gpus if gpus > 0 else (p.processes_per_node or 1)
+    return per_node, per_node * p.nodes
+
+
+def _auto_strategy(p: FinetuneInput, arch: ModelArch | None, tier: GpuTier | None, world: int,
+                   fit: Callable[[int, bool], Plan | None]) -> tuple[str, list[str]]:
+    """DDP when model + optimizer fit one GPU, else FSDP (ZeRO-3 sharding); the estimate is the proof."""
+    if p.strategy != "auto":
+        return p.strategy, [f"strategy {p.strategy} as asked."]
+    if p.method == "qlora":
+        return "ddp", ["strategy auto -> ddp: QLoRA's 4-bit base is replicated per GPU (FSDP would need "
+                       "bnb_4bit_quant_storage and gains little at this size)."]
+    if arch is None or tier is None:
+        st = "fsdp" if p.method == "full" else "ddp"
+        return st, [f"strategy auto -> {st}: no GPU tier or model architecture to estimate with, so the "
+                    f"{'sharded' if st == 'fsdp' else 'replicated'} default for a {p.method} fine-tune."]
+    one = fit(0, False)
+    if one is not None and not p.cpu_offload:
+        return "ddp", [f"strategy auto -> ddp: {p.method} needs {one.estimated_gib:.1f} GiB per GPU with a full "
+                       f"replica (estimate_memory num_gpus={world}, zero_stage=0), which fits one {tier.id} "
+                       f"({tier.memory_gib:.0f} GiB): DDP, no parameter traffic."]
+    sharded = fit(3, p.cpu_offload)
+    if sharded is not None:
+        why = (f"a full replica does not fit one {tier.id} ({tier.memory_gib:.0f} GiB)" if one is None
+               else "cpu_offload asks for a sharded strategy")
+        return "fsdp", [f"strategy auto -> fsdp: {why}; FSDP full_shard across {world} GPUs needs "
+                        f"{sharded.estimated_gib:.1f} GiB per GPU (estimate_memory num_gpus={world}, zero_stage=3"
+                        f"{', cpu_offload' if p.cpu_offload else ''})."]
+    return "fsdp", []  # does not fit: plan_finetune says why
+
+
 def plan_finetune(
     p: FinetuneInput, host: HostConfig, detected: list[tuple[str, float]] | None = None
 ) -> tuple[FinetunePlan, Path | None]:
@@ -226,23 +297,39 @@ def plan_finetune(
         raise InvalidInput(
             f"Host {host.name} has {available} GPU(s); {gpus} were asked for.", f"Use gpus <= {available}."
         )
-    if gpus > 1:
-        raise InvalidInput(
-            "Multi-GPU fine-tunes are not supported yet by submit_finetune.", "Use gpus=1 (or 0 for a CPU run)."
-        )
+    per_node, world = _world(p, host, gpus)
+    distributed = world > 1
     if gpus == 0 and p.backend == "unsloth":
         raise InvalidInput(
             f"Unsloth needs a CUDA GPU; host {host.name} has none (or gpus=0).",
             "Use backend 'auto' or 'trl' (TRL + PEFT runs on the CPU, slowly), or a GPU host.",
         )
+    if distributed and p.backend == "unsloth":
+        raise InvalidInput(
+            "Unsloth 2026.10.9 has no official multi-GPU support (its docs call DDP a manual recipe).",
+            "Use backend 'auto' or 'trl': multi-GPU jobs run TRL + accelerate under torchrun.",
+        )
     if gpus == 0 and p.method == "qlora":
         raise InvalidInput(
             "QLoRA's 4-bit base needs a CUDA GPU for training.", "Use method 'lora' on a CPU host, or a GPU host."
         )
-    backend = "unsloth" if (p.backend == "unsloth" or (p.backend == "auto" and gpus > 0)) else "trl"
+    if distributed and p.method == "qlora" and p.strategy in ("fsdp", "deepspeed-zero3"):
+        raise InvalidInput(
+            f"QLoRA with {p.strategy} is not supported here (the 4-bit base does not shard as planned).",
+            "Use strategy 'ddp' or 'deepspeed-zero2' (or 'auto') for QLoRA.",
+        )
+    if not distributed and (p.strategy not in ("auto", "ddp") or p.cpu_offload):
+        raise InvalidInput(
+            f"strategy {p.strategy}{' with cpu_offload' if p.cpu_offload else ''} shards across processes; "
+            "this job has one.", "Use gpus >= 2 (or nodes >= 2), or leave strategy on 'auto'.",
+        )
+    backend = "unsloth" if (p.backend == "unsloth" or (p.backend == "auto" and gpus > 0 and not distributed)) else "trl"
     notes: list[str] = []
-    if p.backend == "auto" and gpus > 0:
+    if p.backend == "auto" and gpus > 0 and not distributed:
         notes.append("backend auto: Unsloth if it imports on the host, else TRL + PEFT (the payload decides).")
+    if distributed and p.backend == "auto":
+        notes.append(f"backend auto -> trl: {world} ranks under torchrun use TRL + accelerate; Unsloth "
+                     "(2026.10.9) supports one GPU officially.")
     arch: ModelArch | None
     try:
         arch = resolve_model(p.model)
@@ -256,29 +343,55 @@ def plan_finetune(
     est = None
     plan: Plan | None = None
     params = trainable = None
+    strategy: str | None = None
+    zero = 0
     if arch is not None:
         mi = MemoryInput(
             model=p.model, task=p.method, backend="unsloth" if backend == "unsloth" else "hf",
             seq_len=p.max_seq_length, batch_size=batch, gradient_checkpointing=ckpt, lora_r=lora_r,
-            lora_targets=p.target_modules, num_gpus=max(gpus, 1),
+            lora_targets=p.target_modules, num_gpus=world,
         )
-        s = resolve_settings(mi, arch)
         params, _, _ = arch.param_counts()
+
+        def fit(zero_stage: int, offload: bool) -> Plan | None:
+            """The plan at this sharding if it fits with the requested method, else None."""
+            if tier is None or gpus == 0:
+                return None
+            s = resolve_settings(mi.model_copy(update={"zero_stage": zero_stage or None,
+                                                       "cpu_offload": offload}), arch)
+            pl = plan_training(arch, s, tier, target_batch=p.target_effective_batch, max_gpus=world)
+            # As asked: a replica that fits only with 8-bit Adam loses to sharding with the real optimizer.
+            return pl if pl.fits and pl.task == p.method and pl.optimizer == s.optimizer else None
+
+        if distributed:
+            strategy, why = _auto_strategy(p, arch, tier, world, fit)
+            notes += why
+            zero = ZERO_STAGE[strategy]
+            mi = mi.model_copy(update={"zero_stage": zero or None, "cpu_offload": p.cpu_offload})
+        s = resolve_settings(mi, arch)
         if tier is not None and gpus > 0:
-            plan = plan_training(arch, s, tier, target_batch=p.target_effective_batch, max_gpus=1)
+            plan = plan_training(arch, s, tier, target_batch=p.target_effective_batch, max_gpus=world)
+            where = f"{world}x {tier.id}" + (f" ({strategy})" if strategy else "")
             if plan.task != p.method:
                 raise DoesNotFit(
-                    f"{arch.name} {p.method} at seq {p.max_seq_length} does not fit one {tier.id} "
-                    f"({mem_gib:.0f} GiB) even at micro-batch 1 with checkpointing.",
+                    f"{arch.name} {p.method} at seq {p.max_seq_length} does not fit {where} "
+                    f"({mem_gib:.0f} GiB each) even at micro-batch 1 with checkpointing.",
                     f"Use method '{plan.task}' (it fits: {plan.estimated_gib:.1f} GiB), a shorter max_seq_length, "
-                    "or a host with a larger GPU.",
+                    + ("cpu_offload=true, more GPUs, " if distributed and not p.cpu_offload else "")
+                    + "or a host with a larger GPU.",
                 )
             if not plan.fits:
                 bigger = [t.id for t in _larger_tiers(tier)]
                 raise DoesNotFit(
                     f"{arch.name} {p.method} at seq {p.max_seq_length} does not fit: it needs about "
-                    f"{plan.estimated_gib:.1f} GiB on one GPU; {host.name}'s {tier.id} has {mem_gib:.0f} GiB.",
+                    f"{plan.estimated_gib:.1f} GiB per GPU on {where}; {host.name}'s {tier.id} has "
+                    f"{mem_gib:.0f} GiB.",
                     ("Use method 'qlora', " if p.method != "qlora" else "")
+                    + ("gpus >= 2 with strategy 'auto' (FSDP shards the model), " if not distributed
+                       and p.method == "full" else "")
+                    + ("strategy 'fsdp', " if distributed and zero < 3 else "")
+                    + ("cpu_offload=true, " if distributed and not p.cpu_offload else "")
+                    + ("more GPUs or nodes (FSDP shards over all of them), " if distributed else "")
                     + f"a shorter max_seq_length, or a larger GPU ({', '.join(bigger) or 'none larger'}).",
                 )
             if p.per_device_batch_size == "auto":
@@ -297,15 +410,28 @@ def plan_finetune(
                     "Leave per_device_batch_size on 'auto', or lower it.",
                 )
         trainable = params if p.method == "full" else None
+    elif distributed:
+        strategy, why = _auto_strategy(p, None, None, world, lambda z, o: None)
+        notes += why
+        zero = ZERO_STAGE[strategy]
+    if distributed:
+        if strategy is not None and strategy.startswith("deepspeed"):
+            notes.append("DeepSpeed must be installed in the host's Python (pip install deepspeed); "
+                         "FSDP needs nothing beyond torch.")
+        launcher = "srun + torchrun" if host.launcher == "slurm" and p.nodes > 1 else "torchrun"
+        notes.append(f"{launcher}: {p.nodes} node(s) x {per_node} rank(s) = {world}; rank 0 writes metrics and "
+                     "outputs; a failure on any rank fails the job with that rank's error.")
     if p.gradient_accumulation_steps == "auto":
-        ga = max(1, -(-p.target_effective_batch // (batch * max(gpus, 1))))
+        ga = max(1, -(-p.target_effective_batch // (batch * world)))
     else:
         ga = p.gradient_accumulation_steps
     fmt = check.format if check is not None else p.dataset_format
     return (
         FinetunePlan(
-            backend=backend, method=p.method, gpu=tier.id if tier and gpus else None, gpus=gpus,
-            per_device_batch_size=batch, gradient_accumulation_steps=ga, effective_batch=batch * ga * max(gpus, 1),
+            backend=backend, method=p.method, gpu=tier.id if tier and gpus else None, gpus=gpus, nodes=p.nodes,
+            world_size=world, strategy=strategy, zero_stage=zero if distributed else None,
+            cpu_offload=p.cpu_offload,
+            per_device_batch_size=batch, gradient_accumulation_steps=ga, effective_batch=batch * ga * world,
             gradient_checkpointing=ckpt, optimizer=optimizer, max_seq_length=p.max_seq_length,
             estimated_peak_gib=round(est, 2) if est is not None else None,
             gpu_memory_gib=round(mem_gib, 2) if mem_gib and gpus else None,
@@ -326,9 +452,15 @@ _OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_8bit", "paged_adamw_8bit"
 
 
 def build_finetune_spec(
-    p: FinetuneInput, host: HostConfig, plan: FinetunePlan, dataset_ref: str, resume_path: str | None
+    p: FinetuneInput, host: HostConfig, plan: FinetunePlan, dataset_ref: str, resume_path: str | None,
+    *, agents_per_node: int = 1,
 ) -> JobSpec:
-    """The JobSpec the engine starts: payload ``finetune`` with its config (no secrets in it)."""
+    """The JobSpec the engine starts: payload ``finetune`` with its config (no secrets in it).
+
+    A multi-process plan also gets the torchrun (or srun + torchrun) argv that runs the
+    copied payload; ``agents_per_node`` > 1 splits one SLURM node into several torchrun
+    "nodes" (the single-node test cluster's way to run the multi-node wiring for real).
+    """
     cfg: dict[str, Any] = {
         "model": p.model,
         "dataset": dataset_ref,
@@ -352,6 +484,8 @@ def build_finetune_spec(
         "optim": _OPTIM[plan.optimizer],
         "estimated_peak_gib": plan.estimated_peak_gib,
         "resume_from": resume_path,
+        "strategy": plan.strategy or "ddp",
+        "cpu_offload": plan.cpu_offload,
     }
     if p.method != "full":
         cfg["lora_r"] = p.lora_r or 16
@@ -371,12 +505,28 @@ def build_finetune_spec(
             secrets.append("WANDB_API_KEY")
     else:
         env["WANDB_DISABLED"] = "true"
+    argv = None
+    tasks = 1
+    if plan.world_size > 1:
+        per_node = plan.world_size // plan.nodes
+        if per_node % agents_per_node:
+            raise InvalidInput(f"{per_node} ranks per node do not split into {agents_per_node} agents.", None)
+        slurm = host.launcher == "slurm"
+        d = DistributedLaunch(
+            nodes=plan.nodes, nproc_per_node=per_node // agents_per_node, agents_per_node=agents_per_node,
+            launcher="slurm" if slurm else "direct", gpus_per_node=plan.gpus,
+            gres=host.slurm_settings.gres if slurm else "gpu",
+        )
+        argv = launch_argv(d, host.interpreter, ["finetune.py", "job.json"])
+        tasks = agents_per_node if slurm and d.agents > 1 else 1
     return JobSpec(
         kind="finetune",
         name=p.output_name or f"finetune {p.model.rsplit('/', 1)[-1]} ({p.method})",
         payload="finetune",
+        argv=argv,
         payload_config=cfg,
         env=env,
         secrets=secrets,
-        resources=Resources(gpus=plan.gpus, time_limit_s=parse_time_limit(p.time_limit)),
+        resources=Resources(gpus=plan.gpus, nodes=plan.nodes, tasks_per_node=tasks,
+                            time_limit_s=parse_time_limit(p.time_limit)),
     )

@@ -90,7 +90,10 @@ class MemoryInput(BaseModel):
     lora_targets: list[str] | None = Field(None, description="Default: all linear layers.")
     num_gpus: int | None = Field(None, ge=1, le=1024, description="GPUs used; default from `gpu` or TP.")
     tensor_parallel_size: int | None = Field(None, ge=1, le=1024, description="vLLM TP; default num_gpus.")
-    zero_stage: int | None = Field(None, ge=0, le=3, description="DeepSpeed ZeRO stage for multi-GPU training.")
+    zero_stage: int | None = Field(None, ge=0, le=3, description="DeepSpeed ZeRO stage for multi-GPU training "
+                                                                 "(FSDP full_shard = 3, shard_grad_op = 2, DDP = 0).")
+    cpu_offload: bool = Field(False, description="ZeRO-Offload / FSDP CPU offload: optimizer states (and with "
+                                                 "stage 3 the weights and gradients) live in CPU RAM.")
     gpu: str | None = Field(None, description="GPU tier such as 'H100' or 'A100-80GB:2'.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM's share of GPU memory.")
     max_num_batched_tokens: int | None = Field(None, ge=1, description="vLLM profile-run tokens; default 8192.")
@@ -159,6 +162,7 @@ class Settings:
     tp: int
     zero_stage: int
     util: float
+    cpu_offload: bool
     mnbt: int
     notes: tuple[str, ...] = field(default=())
 
@@ -207,6 +211,8 @@ def resolve_settings(p: MemoryInput, arch: ModelArch) -> Settings:
         raise InvalidInput("tensor_parallel_size applies to vLLM serving.",
                            "For multi-GPU training set num_gpus and zero_stage instead.")
     if not training:
+        if p.cpu_offload:
+            raise InvalidInput("cpu_offload applies to training (ZeRO / FSDP).", "Leave cpu_offload off for serving.")
         tp = tp or num or 1
         num = num or tp
         if tp > num:
@@ -225,6 +231,9 @@ def resolve_settings(p: MemoryInput, arch: ModelArch) -> Settings:
         if p.zero_stage not in (None, 0) and num == 1:
             raise InvalidInput(f"ZeRO stage {p.zero_stage} shards across GPUs; with one GPU it does nothing.",
                                "Set num_gpus >= 2, or leave zero_stage unset.")
+        if p.cpu_offload and not (p.zero_stage or 0) >= 1:
+            raise InvalidInput("cpu_offload moves ZeRO/FSDP shards to CPU RAM; plain DDP has none to move.",
+                               "Set num_gpus >= 2 with zero_stage 2 or 3 (FSDP = 3), or leave cpu_offload off.")
     mp = p.mixed_precision or ("fp16" if p.dtype == "float16" else "bf16")
     kv = {"auto": 4 if p.dtype == "float32" else 2, "bfloat16": 2, "float16": 2}.get(p.kv_cache_dtype, 1)
     targets: list[str] = []
@@ -238,7 +247,7 @@ def resolve_settings(p: MemoryInput, arch: ModelArch) -> Settings:
         mixed_precision=mp, quantization=quant, kv_bytes=kv,
         gradient_checkpointing=training if p.gradient_checkpointing is None else p.gradient_checkpointing,
         optimizer=p.optimizer, lora_r=p.lora_r, targets=tuple(dict.fromkeys(targets)), num_gpus=num, tp=tp,
-        zero_stage=p.zero_stage or 0, util=p.gpu_memory_utilization,
+        zero_stage=p.zero_stage or 0, util=p.gpu_memory_utilization, cpu_offload=p.cpu_offload,
         mnbt=p.max_num_batched_tokens or VLLM_MAX_NUM_BATCHED_TOKENS,
     )
 
@@ -371,13 +380,21 @@ def breakdown_bytes(arch: ModelArch, s: Settings, *, tp: int | None = None, num_
         grads = trainable * 4.0
         opt = trainable * {"adamw": 8.0, "adamw_8bit": 2.0, "paged_adamw_8bit": 2.0, "sgd": 0.0}[s.optimizer]
         w = weights
+    if n > 1 and zero == 0:
+        grads *= 2  # DDP's reducer buckets: a second copy of the gradients (gradient_as_bucket_view=False)
     if n > 1 and zero >= 1:
+        largest = (arch.attn_params() + arch.mlp_params(L - 1)[0]) * _bytes(s.dtype)
         opt /= n
         if zero >= 2:
             grads /= n
         if zero >= 3:
-            largest = (arch.attn_params() + arch.mlp_params(L - 1)[0]) * _bytes(s.dtype)
             w = w / n + 2 * largest  # gathered layer + prefetch
+        if s.cpu_offload and zero >= 1:
+            opt = 0.0  # states and the optimizer step live on the CPU (ZeRO-Offload, FSDP CPUOffload)
+            if s.task == "full":
+                grads = min(grads, 2 * largest)  # reduced into buckets, then copied out to CPU RAM
+            if zero >= 3:
+                w = 2 * largest  # only the gathered layer + prefetch stay on the GPU
     out.weights, out.adapter, out.gradients, out.optimizer_states, out.trainable = w, adapter, grads, opt, trainable
 
     tokens = s.seq_len * s.batch_size
@@ -526,7 +543,11 @@ def _assumptions(arch: ModelArch, s: Settings, tier: GpuTier | None) -> list[str
             a.append("Paged 8-bit Adam can spill its states to CPU memory under pressure.")
         if s.num_gpus > 1:
             a.append(f"{s.num_gpus} GPUs with ZeRO stage {s.zero_stage}" + (" (plain DDP: every GPU holds "
-                     "everything)." if s.zero_stage == 0 else "."))
+                     "everything)." if s.zero_stage == 0 else " (FSDP full_shard shards like stage 3)."))
+            if s.cpu_offload:
+                a.append("CPU offload: optimizer states and the optimizer step in CPU RAM"
+                         + ("; stage 3 also keeps weights and gradients there, gathering one layer at a time."
+                            if s.zero_stage >= 3 else "."))
     if s.dtype == "bfloat16" and tier is not None and not tier.bf16:
         a.append(f"{tier.id} has no bf16: use dtype float16 there (same memory).")
     if arch.max_position and s.seq_len > arch.max_position:
