@@ -67,6 +67,10 @@ if [ -f .gitmodules ]; then git submodule update --quiet --init --recursive; fi
   "$repo" "$ref" "$commit" "${LLM_OPS_OUTPUTS:-../outputs}/source.json"
 echo "[llm-ops] $repo at ${ref:-default branch} = $commit; running $script"
 if [ ! -f "$script" ]; then echo "ScriptNotFound: $script is not a file in $repo at $commit" >&2; exit 4; fi
+case "$(realpath -- "$script")" in
+  "$(pwd -P)"/*) ;;
+  *) echo "ScriptOutsideRepo: $script resolves (through a symlink) outside the repository" >&2; exit 4 ;;
+esac
 exec "$py" "$script" "$@"
 """
 
