@@ -95,6 +95,7 @@ def _spec_hash(host: str, spec: JobSpec, uploads: Mapping[str, bytes] | None = N
 
 # Payload modules a payload imports from its own directory (they are copied beside it).
 PAYLOAD_SIBLINGS: dict[str, tuple[str, ...]] = {"finetune": ("dataset_formats",)}
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|APIKEY|(?:^|_)KEY(?:$|_)", re.IGNORECASE)
 _UPLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _RESERVED_FILES = {"job.json", "run.sh", "env", "output.log", "exit_code", "pid", "metrics.jsonl", "outputs"}
 
@@ -435,7 +436,18 @@ class JobEngine:
         except ValueError:
             names = []
         values = self._secret_values(host, names) if host else {}
+        if host is None or host.transport == "local":
+            values.update(self._inherited_secrets())
         return make_redactor(values)
+
+    def _inherited_secrets(self) -> dict[str, str]:
+        """What a local job inherits from the server's own environment and may print: the secrets any host
+        declares, and every variable whose name says it is one (``*TOKEN*``, ``*KEY*``...)."""
+        env = self._env()
+        names = {n for h in self.config.hosts.values() for n in h.secrets}
+        out = {n: env[n] for n in names if env.get(n)}
+        out.update({k: v for k, v in env.items() if _SECRET_NAME.search(k) and len(v) >= 8})
+        return out
 
     async def list_jobs(
         self, *, state: JobState | None = None, kind: str | None = None, host: str | None = None, limit: int = 50

@@ -39,3 +39,22 @@ def test_host_command_errors_carry_no_python_traceback():
         CommandResult(("python3",), 1, b"", err).check("Checking port")
     assert "Traceback" not in str(e.value) and 'File "' not in str(e.value)
     assert "OverflowError: bind(): port must be 0-65535." in str(e.value)
+
+
+@pytest.mark.anyio
+async def test_local_job_logs_redact_secrets_inherited_from_the_server_env(tmp_path):
+    """A local job inherits the server's environment: any *_KEY/*TOKEN* value it prints is redacted."""
+    from runners.config import Config, HostConfig
+    from runners.engine import JobEngine
+    from runners.spec import JobSpec
+
+    value = "inherited-secret-value-123456"
+    host = HostConfig(name="local", workdir=str(tmp_path / "w"), allow_scripts=True)
+    eng = JobEngine(Config(hosts={"local": host}), tmp_path / "s", environ={"SOME_SERVICE_KEY": value})
+    try:
+        res = await eng.submit(JobSpec(kind="command", argv=["echo", value]))
+        await eng.wait(res.job_id, "finished", 30)
+        text = (await eng.read_log(res.job_id, offset=0)).text
+        assert value not in text and "[REDACTED:SOME_SERVICE_KEY]" in text
+    finally:
+        await eng.aclose()
