@@ -83,6 +83,12 @@ def build_checkpoint(model_id: str, workdir: Path) -> Path:
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
     model.save_pretrained(d, safe_serialization=True)
+    # Unsloth's loader wants a tokenizer beside the weights; a tiny byte-level one will do (memory
+    # does not depend on it: the workload feeds random token ids of the model's own vocabulary).
+    sys.path.insert(0, str(ROOT))
+    from tests.helpers.tiny_model import build_tiny_tokenizer
+
+    build_tiny_tokenizer(d)
     del model
     torch.cuda.empty_cache()
     return d
@@ -171,6 +177,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "bench" / "data" / "memory_gpu.jsonl"))
     ap.add_argument("--only", default="", help="Substring of the model id to select cases.")
+    ap.add_argument("--backend", default="", help="Only cases of this backend (hf or unsloth).")
     ap.add_argument("--workdir", default=os.environ.get("MEASURE_WORKDIR", tempfile.gettempdir() + "/memckpt"))
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -184,6 +191,8 @@ def main() -> int:
     out = Path(args.out)
     for model_id, task, backend, seq, batch, ckpt_on, optim, r in CASES:
         if args.only and args.only.lower() not in model_id.lower():
+            continue
+        if args.backend and backend != args.backend:
             continue
         if backend == "unsloth":
             try:

@@ -58,6 +58,10 @@ _TARGET_ALIASES = {"all": ALL_TARGETS, "all-linear": ALL_TARGETS, "all_linear": 
 
 # Constants measured or documented elsewhere (see docs/memory.md for sources).
 CUDA_CONTEXT_GIB = 0.55  # torch + CUDA 12 lazy-loaded kernels + cuBLAS/cuDNN handles
+# Unsloth loads Triton and its compiled kernels into the context as well: measured 1.31 GiB of
+# non-allocator memory under Unsloth against 0.60 GiB under plain HF on the same H200
+# (bench/data/memory_gpu.jsonl, context_gib).
+UNSLOTH_EXTRA_CONTEXT_GIB = 0.5  # of the 0.7 measured; consumer cards load fewer kernels
 VLLM_NON_TORCH_GIB = (0.25, 0.45)  # TP=1, TP>1 (NCCL buffers); vLLM #11251 logs 0.39 at TP=2
 VLLM_CUDA_GRAPHS_GIB = 0.5  # recent vLLM estimates ~0.4 GiB; v0 logged 1~3 GiB
 VLLM_MAX_NUM_BATCHED_TOKENS = 8192  # V1 default for `vllm serve` (chunked prefill on)
@@ -347,7 +351,8 @@ def breakdown_bytes(arch: ModelArch, s: Settings, *, tp: int | None = None, num_
     tp = s.tp if tp is None else tp
     n = s.num_gpus if num_gpus is None else num_gpus
     zero = s.zero_stage if zero_stage is None else zero_stage
-    out = _Parts(cuda_context=CUDA_CONTEXT_GIB * GIB)
+    ctx = CUDA_CONTEXT_GIB + (UNSLOTH_EXTRA_CONTEXT_GIB if s.backend == "unsloth" else 0.0)
+    out = _Parts(cuda_context=ctx * GIB)
     h, V, L = arch.hidden_size, arch.vocab_size, arch.num_layers
     q, kvd = arch.q_dim, arch.kv_dim
     inter = _mlp_act_width(arch)
@@ -552,7 +557,9 @@ def _assumptions(arch: ModelArch, s: Settings, tier: GpuTier | None) -> list[str
         a.append(f"{tier.id} has no bf16: use dtype float16 there (same memory).")
     if arch.max_position and s.seq_len > arch.max_position:
         a.append(f"seq_len {s.seq_len} exceeds the model's max_position_embeddings {arch.max_position}.")
-    a.append(f"CUDA context {CUDA_CONTEXT_GIB} GiB per GPU.")
+    ctx = CUDA_CONTEXT_GIB + (UNSLOTH_EXTRA_CONTEXT_GIB if s.backend == "unsloth" else 0.0)
+    a.append(f"CUDA context {ctx:.2f} GiB per GPU" + (" (Unsloth's Triton kernels included)." if
+                                                       s.backend == "unsloth" else "."))
     return a
 
 
