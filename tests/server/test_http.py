@@ -103,3 +103,64 @@ def test_non_loopback_bind_without_token_is_refused(tmp_path):
     )
     assert p.returncode == 2
     assert "Refusing to bind 0.0.0.0 without a token" in p.stderr
+
+
+def _post(url: str, headers: dict[str, str]) -> int:
+    r = httpx2.post(
+        url,
+        headers={"content-type": "application/json", "accept": "application/json, text/event-stream", **headers},
+        content=b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18",'
+        b'"capabilities":{},"clientInfo":{"name":"t","version":"0"}}}',
+        timeout=10,
+    )
+    return r.status_code
+
+
+NEAR_MISSES = [
+    {"Authorization": f"Bearer {TOKEN}x"},  # a longer token with the right prefix
+    {"Authorization": f"Bearer {TOKEN[:-1]}"},  # a prefix of the token
+    {"Authorization": "Bearer"},
+    {"Authorization": TOKEN},  # no scheme
+    {"X-Api-Key": TOKEN},  # the token elsewhere than Authorization
+]
+
+
+def test_near_miss_tokens_are_401(http_server):
+    for headers in NEAR_MISSES:
+        assert _post(http_server, headers) == 401, headers
+    assert _post(http_server + f"?token={TOKEN}", {}) == 401  # never from the query string
+
+
+def test_disallowed_origin_is_refused_even_with_the_token(http_server):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert _post(http_server, auth) == 200
+    assert _post(http_server, {**auth, "Origin": "https://evil.example"}) in (400, 403)
+    assert _post(http_server, {**auth, "Host": "localhost.evil.example:80"}) in (400, 403, 421)
+
+
+def test_every_route_needs_the_token(http_server):
+    base = http_server.rsplit("/mcp", 1)[0]
+    for path in ("/mcp", "/mcp/", "/", "/docs", "/sse", "/messages/"):
+        assert httpx2.get(base + path, timeout=10).status_code == 401, path
+
+
+def test_non_loopback_bind_with_a_short_token_is_refused(tmp_path):
+    env = {**os.environ, "LLM_OPS_MCP_TOKEN": "short"}
+    p = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--http", "--host", "0.0.0.0", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2 and "shorter than 16" in p.stderr
+
+
+@pytest.mark.parametrize("host", ["::", "192.168.1.10", "example.com"])
+def test_no_token_anywhere_but_loopback(host):
+    from runners.errors import ConfigError
+    from server.http import resolve_token
+
+    with pytest.raises(ConfigError, match="without a token"):
+        resolve_token(host, {})
+    assert resolve_token("127.0.0.1", {})[1] is True and resolve_token("::1", {})[1] is True
