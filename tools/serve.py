@@ -100,6 +100,8 @@ class StartServerInput(BaseModel):
         None, description="How many GPUs may be used, or which device indices; default: all of the host's.")
     tensor_parallel_size: int | Literal["auto"] = Field(
         "auto", description="'auto': the smallest size that fits and divides the attention heads.")
+    pipeline_parallel_size: int = Field(
+        1, ge=1, le=64, description="Pipeline stages (layers split); GPUs used = TP x PP, on this host's node.")
     quantization: str = Field(
         "auto", description="'auto' (only if needed), 'none', or a vLLM method: fp8, bitsandbytes, awq, gptq...")
     max_model_len: int | Literal["auto"] = Field(
@@ -173,6 +175,7 @@ class ServePlan(BaseModel):
     gpu: str | None = Field(None, description="GPU tier planned for (None: the host declares no GPUs).")
     gpus_available: int | None = None
     tensor_parallel_size: int
+    pipeline_parallel_size: int = 1
     quantization: str | None = Field(None, description="vLLM's --quantization (None: as stored).")
     max_model_len: int | None = Field(None, description="None: the model's own.")
     max_num_seqs: int | None = None
@@ -229,11 +232,42 @@ def _would_fit(arch: ModelArch, settings: Any) -> str:
     return ", ".join(x[2] for x in out[:5])
 
 
+def _pipeline_stage(arch: ModelArch, pp: int) -> ModelArch:
+    """The largest of ``pp`` pipeline stages as a model of its own: ceil(layers / pp) layers, and
+    (conservatively) both the embedding and lm_head, so weights and KV per GPU plan like a TP-only run."""
+    layers = -(-arch.num_layers // pp)
+    return arch.model_copy(update={
+        "num_layers": layers, "checkpoint_params": None,
+        "checkpoint_bytes": int(arch.checkpoint_bytes * layers / arch.num_layers) if arch.checkpoint_bytes else None,
+    })
+
+
 def plan_server(arch: ModelArch, p: StartServerInput, tier: GpuTier | None, gpus: int | None) -> ServePlan:
-    """TP, quantization and context for ``p`` on ``gpus`` x ``tier`` (a pure function of its inputs)."""
+    """TP, PP, quantization and context for ``p`` on ``gpus`` x ``tier`` (a pure function of its inputs).
+
+    With ``pipeline_parallel_size`` > 1 the layers are split into stages and each stage is
+    planned as a model of its own on ``gpus / pp`` GPUs (TP within the stage): what one GPU
+    holds is a stage's share of a TP group. One host only here: vLLM 0.26 can also span
+    nodes (``--nnodes/--node-rank/--headless``), which start_vllm_server does not launch yet.
+    """
     from tools.memory import MemoryInput, resolve_settings
     from tools.plan import plan_inference
 
+    pp = p.pipeline_parallel_size
+    if pp > 1:
+        if pp > arch.num_layers:
+            raise InvalidInput(f"pipeline_parallel_size {pp} exceeds {arch.name}'s {arch.num_layers} layers.",
+                               f"Use at most {arch.num_layers}.")
+        if gpus is not None and gpus < pp:
+            raise InvalidInput(f"pipeline_parallel_size {pp} needs at least {pp} GPUs; {gpus} are available.",
+                               f"Use at most {gpus} stages, or more GPUs.")
+        stage = plan_server(_pipeline_stage(arch, pp), p.model_copy(update={"pipeline_parallel_size": 1}), tier,
+                            gpus // pp if gpus is not None else None)
+        tp = stage.tensor_parallel_size
+        stage.reasons.insert(0, f"pipeline_parallel_size {pp}: {arch.num_layers} layers in {pp} stages of at most "
+                                f"{-(-arch.num_layers // pp)}, TP {tp} within each stage: {tp * pp} GPUs, "
+                                "each holding one stage's share (the estimate is per GPU).")
+        return stage.model_copy(update={"pipeline_parallel_size": pp})
     reasons: list[str] = []
     explicit_tp = p.tensor_parallel_size if isinstance(p.tensor_parallel_size, int) else None
     limit = gpus or explicit_tp or 1
@@ -428,6 +462,7 @@ async def start_vllm_server(engine: JobEngine, runtime: ServeRuntime, cache: Fla
         model=p.model,
         served_model_name=[base_name] if p.served_model_name else None,
         tensor_parallel_size=plan.tensor_parallel_size,
+        pipeline_parallel_size=plan.pipeline_parallel_size,
         max_model_len=plan.max_model_len,
         gpu_memory_utilization=p.gpu_memory_utilization,
         dtype=p.dtype,
@@ -500,6 +535,7 @@ async def start_vllm_server(engine: JobEngine, runtime: ServeRuntime, cache: Fla
         nxt = "get_job_status shows why; get_job_logs shows vLLM's output."
     else:
         summary = (f"Starting vLLM {vv} for {', '.join(names)} on {host.name} (TP {plan.tensor_parallel_size}"
+                   f"{f' x PP {plan.pipeline_parallel_size}' if plan.pipeline_parallel_size > 1 else ''}"
                    f"{', ' + plan.quantization if plan.quantization else ''}): job {res.job_id}"
                    + (f", endpoint {endpoint}" if endpoint else "") + ".")
         nxt = f"wait_for_job(job_id='{res.job_id}', until='ready'), then query_model(server_job_id='{res.job_id}')."

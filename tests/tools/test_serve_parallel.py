@@ -1,0 +1,53 @@
+"""start_vllm_server's split across GPUs: tensor parallel within a stage, pipeline stages over layers.
+
+Pure planning plus the flags against the recorded ``vllm serve --help=all`` of 0.26.0, where
+``--pipeline-parallel-size`` exists (and ``--nnodes/--node-rank/--headless`` for multi-node).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runners.errors import InvalidInput
+from tools.gpus import TIERS
+from tools.models import resolve_model
+from tools.serve import StartServerInput, plan_server
+from tools.vllm_args import VllmServeArgs, parse_help, to_argv
+
+HELP = Path(__file__).parents[1] / "data" / "vllm" / "serve-help-all-0.26.0.txt"
+MODEL = "meta-llama/Llama-3.1-70B"
+
+
+def _plan(gpus: int, **kw: object):
+    return plan_server(resolve_model(MODEL), StartServerInput(model=MODEL, max_model_len=8192, **kw),
+                       TIERS["H100"], gpus)
+
+
+def test_pipeline_stages_split_layers_and_explain_the_split():
+    one = _plan(8)
+    two = _plan(8, pipeline_parallel_size=2)
+    assert two.pipeline_parallel_size == 2 and two.tensor_parallel_size <= one.tensor_parallel_size
+    assert "80 layers in 2 stages of at most 40" in two.reasons[0]
+    assert f"{two.tensor_parallel_size * 2} GPUs" in two.reasons[0]
+    four = _plan(8, pipeline_parallel_size=4, tensor_parallel_size=2)
+    assert (four.tensor_parallel_size, four.pipeline_parallel_size) == (2, 4)
+
+
+def test_pipeline_refusals():
+    with pytest.raises(InvalidInput, match="needs at least 4 GPUs"):
+        _plan(2, pipeline_parallel_size=4)
+    small = "meta-llama/Llama-3.2-1B"  # 16 layers
+    with pytest.raises(InvalidInput, match="16 layers"):
+        plan_server(resolve_model(small), StartServerInput(model=small, pipeline_parallel_size=32), TIERS["H100"], 64)
+    with pytest.raises(InvalidInput, match="needs 4 GPUs"):  # TP within a 2-GPU stage share of 4 GPUs
+        _plan(4, pipeline_parallel_size=2, tensor_parallel_size=4)
+
+
+def test_flags_exist_in_the_recorded_vllm():
+    known = parse_help(HELP.read_text(encoding="utf-8"), "0.26.0", str(HELP))
+    argv = to_argv(VllmServeArgs(model=MODEL, tensor_parallel_size=2, pipeline_parallel_size=2), known)
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
+    assert argv[argv.index("--pipeline-parallel-size") + 1] == "2"
+    assert {"nnodes", "node-rank", "headless", "pipeline-parallel-size"} <= set(known.flags)
