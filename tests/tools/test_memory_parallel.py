@@ -1,0 +1,51 @@
+"""estimate_memory per GPU for DDP, FSDP / ZeRO 2 and 3, with and without CPU offload.
+
+What must hold, from how the engines place memory: DDP keeps a full replica plus its
+reducer's gradient buckets; ZeRO-2 shards gradients and optimizer states; ZeRO-3 / FSDP
+full_shard also shards weights (plus the gathered layer); offload moves optimizer states
+(and with stage 3 weights and gradients) to CPU RAM.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from runners.errors import InvalidInput
+from tools.memory import MemoryInput, estimate_memory
+
+M = "meta-llama/Llama-3.2-3B"
+
+
+def _est(**kw: object):
+    return estimate_memory(MemoryInput(model=M, task="full", backend="hf", seq_len=2048, batch_size=1, **kw),
+                           with_plan=False)
+
+
+def test_full_finetune_per_gpu_by_strategy():
+    one, ddp = _est(num_gpus=1), _est(num_gpus=2)
+    z2, z3 = _est(num_gpus=2, zero_stage=2), _est(num_gpus=2, zero_stage=3)
+    z2o, z3o = _est(num_gpus=2, zero_stage=2, cpu_offload=True), _est(num_gpus=2, zero_stage=3, cpu_offload=True)
+    assert ddp.breakdown_gib.gradients == pytest.approx(2 * one.breakdown_gib.gradients, rel=0.01)  # buckets
+    assert z2.breakdown_gib.gradients < one.breakdown_gib.gradients
+    assert z3.breakdown_gib.weights < z2.breakdown_gib.weights
+    assert z3.total_gib < ddp.total_gib
+    assert z2o.breakdown_gib.optimizer_states == 0 and z3o.breakdown_gib.optimizer_states == 0
+    assert z3o.breakdown_gib.weights < 1.0 and z3o.total_gib < z2o.total_gib < z2.total_gib
+    assert any("CPU offload" in a for a in z3o.assumptions)
+    # more GPUs shard further
+    assert _est(num_gpus=8, zero_stage=3).total_gib < z3.total_gib
+
+
+def test_lora_ddp_is_a_replica():
+    lo1 = estimate_memory(MemoryInput(model=M, task="lora", backend="hf", num_gpus=1), with_plan=False)
+    lo2 = estimate_memory(MemoryInput(model=M, task="lora", backend="hf", num_gpus=2), with_plan=False)
+    assert lo2.total_gib == pytest.approx(lo1.total_gib, abs=0.2)  # adapters are tiny: buckets cost little
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"task": "full", "num_gpus": 2, "cpu_offload": True}, "DDP"),
+    ({"task": "inference", "cpu_offload": True}, "training"),
+])
+def test_offload_refusals(kw: dict, match: str):
+    with pytest.raises(InvalidInput, match=match):
+        estimate_memory(MemoryInput(model=M, **kw), with_plan=False)
