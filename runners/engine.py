@@ -55,7 +55,15 @@ from runners.jobdir import (
     render_job_json,
 )
 from runners.launchers import JobRef, Launcher, Observation, make_launcher
-from runners.logs import LogChunk, diagnose, make_redactor, progress_from, read_last_metrics, read_log
+from runners.logs import (
+    LogChunk,
+    diagnose,
+    disk_full_excerpt,
+    make_redactor,
+    progress_from,
+    read_last_metrics,
+    read_log,
+)
 from runners.reconcile import START_GRACE_S, reconcile
 from runners.spec import JOB_ID_RE, JobSpec
 from runners.states import ACTIVE, TERMINAL, JobState
@@ -71,6 +79,7 @@ CATALOG_FILE = "jobs.sqlite3"
 WaitUntil = Literal["finished", "running", "ready"]
 ProgressFn = Callable[[float, float | None, str], Awaitable[None]]
 DIAGNOSE_WINDOW = 65536
+DISK_FULL_KIB = 64  # less free space than this on the job's filesystem: it is full
 
 
 class SubmitResult(BaseModel):
@@ -415,6 +424,10 @@ class JobEngine:
                 redact = self._redactor(rec)
                 text = redact(data.decode("utf-8", errors="replace"))
                 err = diagnose(text, rec.exit_code)
+                if err.kind == "exit_code":  # the log does not say: a full disk cannot even say so
+                    free = await self._free_kib(t, rec.job_dir)
+                    if free is not None and free < DISK_FULL_KIB:
+                        err = disk_full_excerpt(free, err.tail)
                 # A payload that knows why it failed says so in metrics.jsonl ({"event": "error", ...});
                 # its words beat our guess from the log (e.g. vLLM start-up failures, dataset errors).
                 ev = last[-1] if last and last[-1].get("event") == "error" else None
@@ -428,6 +441,19 @@ class JobEngine:
         except HostError as e:
             out["note"] = f"details unavailable: {e.message}"
         return out
+
+    @staticmethod
+    async def _free_kib(t: Transport, path: str) -> int | None:
+        """Free KiB on the filesystem of ``path`` (``df -Pk``), None when it cannot be told."""
+        try:
+            res = await t.run(["df", "-Pk", "--", path], timeout=15)
+        except OpsError:
+            return None
+        lines = res.out.strip().splitlines()
+        if res.rc != 0 or len(lines) < 2:
+            return None
+        fields = lines[-1].split()
+        return int(fields[3]) if len(fields) >= 4 and fields[3].isdigit() else None
 
     def _redactor(self, rec: JobRecord) -> Callable[[str], str]:
         host = self.config.hosts.get(rec.host)

@@ -22,6 +22,7 @@ __all__ = [
     "ErrorExcerpt",
     "LogChunk",
     "diagnose",
+    "disk_full_excerpt",
     "make_redactor",
     "progress_from",
     "read_last_metrics",
@@ -187,7 +188,7 @@ _RULES: list[tuple[str, re.Pattern[str], str]] = [
      "The host's disk or quota is full: free space in the workdir and the HF cache, or point HF_HOME and "
      "the workdir at a larger disk."),
     ("host_oom",
-     re.compile(r"(?:^|\s)Killed(?:\s|$)|Out of memory: Killed process|oom-kill"),
+     re.compile(r"(?:^|\s)Killed(?:\s|$)|Out of memory: Killed process|oom-kill|^MemoryError\b"),
      "The process was killed with SIGKILL, most likely by the host's OOM killer (CPU RAM ran out): "
      "lower dataloader workers or batch size, load in lower precision, or use a host with more memory."),
 ]
@@ -242,6 +243,13 @@ def _torchrun_root_cause(lines: list[str]) -> tuple[str, str, str | None] | None
     if msg is None or msg.startswith("To enable traceback"):
         msg = exit_line
     return rank, f"local rank {local}{host}", msg
+
+
+def disk_full_excerpt(free_kib: int, tail: str) -> ErrorExcerpt:
+    """The job's own filesystem is full: the log (on that disk) could not record why it failed."""
+    hint = next(h for k, _rx, h in _RULES if k == "disk_full")
+    return ErrorExcerpt(kind="disk_full", line=f"{free_kib} KiB free on the job directory's filesystem",
+                        hint=hint, tail=tail)
 
 
 def diagnose(log_tail: str, exit_code: int | None, tail_lines: int = 15) -> ErrorExcerpt:

@@ -58,3 +58,37 @@ async def test_local_job_logs_redact_secrets_inherited_from_the_server_env(tmp_p
         assert value not in text and "[REDACTED:SOME_SERVICE_KEY]" in text
     finally:
         await eng.aclose()
+
+
+def test_memory_error_is_diagnosed_as_host_memory():
+    from runners.logs import diagnose
+
+    tail = 'Traceback (most recent call last):\n  File "<string>", line 1, in <module>\nMemoryError\n'
+    assert diagnose(tail, 1).kind == "host_oom"
+
+
+@pytest.mark.anyio
+async def test_a_full_job_filesystem_is_named_when_the_log_cannot_say(tmp_path, monkeypatch):
+    """A job on a full disk dies without a log line or an exit code: df names the cause."""
+    from runners.config import Config, HostConfig
+    from runners.engine import JobEngine
+    from runners.spec import JobSpec
+    from runners.transport import CommandResult, LocalTransport
+
+    host = HostConfig(name="local", workdir=str(tmp_path / "w"), allow_scripts=True)
+    eng = JobEngine(Config(hosts={"local": host}), tmp_path / "s")
+    try:
+        res = await eng.submit(JobSpec(kind="command", argv=["bash", "-c", "exit 1"]))
+        await eng.wait(res.job_id, "finished", 30)
+        real_run = LocalTransport.run
+
+        async def full_df(self, argv, **kw):
+            if argv[0] == "df":
+                out = b"Filesystem 1024-blocks Used Available Capacity Mounted on\ntmpfs 1024 1024 0 100% /x\n"
+                return CommandResult(tuple(argv), 0, out, b"")
+            return await real_run(self, argv, **kw)
+
+        monkeypatch.setattr(LocalTransport, "run", full_df)
+        assert (await eng.status(res.job_id)).error.kind == "disk_full"
+    finally:
+        await eng.aclose()
