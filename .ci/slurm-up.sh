@@ -30,6 +30,16 @@ NGPU=2
 PARTITIONS=(debug batch)   # first one is the default
 
 log() { echo "slurm-up: $*" >&2; }
+
+# One actor at a time: test sessions share the cluster, and a fault test that has stopped
+# slurmctld on purpose must not see another session's `up` start it again under it. A
+# caller that already holds the lock (the fixture's controller_down) sets LLM_OPS_SLURM_LOCK_HELD.
+lock() {
+    [[ -n "${LLM_OPS_SLURM_LOCK_HELD:-}" ]] && return 0
+    mkdir -p "$STATE_DIR"
+    exec 9>"$STATE_DIR/lock"
+    flock 9
+}
 die() { log "error: $*"; exit 1; }
 
 need_tools() {
@@ -240,11 +250,11 @@ cmd_env() {
 }
 
 case "${1:-up}" in
-    up) cmd_up ;;
-    down) cmd_down ;;
-    stop-ctld) stop_pidfile "$STATE_DIR/slurmctld.pid" slurmctld ;;
-    start-ctld) need_tools; start_ctld; wait_node ;;
-    restart-ctld) stop_pidfile "$STATE_DIR/slurmctld.pid" slurmctld; start_ctld; wait_node ;;
+    up) lock; cmd_up ;;
+    down) lock; cmd_down ;;
+    stop-ctld) lock; stop_pidfile "$STATE_DIR/slurmctld.pid" slurmctld ;;
+    start-ctld) lock; need_tools; start_ctld; wait_node ;;
+    restart-ctld) lock; stop_pidfile "$STATE_DIR/slurmctld.pid" slurmctld; start_ctld; wait_node ;;
     status) cmd_status ;;
     env) cmd_env ;;
     *) die "usage: $0 up|down|stop-ctld|start-ctld|restart-ctld|status|env" ;;

@@ -324,6 +324,7 @@ class SlurmLauncher:
             found = await self._lookup(transport, job.job_id, job.token)
             if found is not None:  # the earlier sbatch went through; its reply was lost
                 await transport.write_file(job.path(SLURM_ID), f"{found}\n".encode(), 0o644)
+                await transport.remove(job.path(SUBMITTING))
                 return found
         raise SchedulerError(f"Could not submit job {job.job_id}.", "Retry the submit.")  # pragma: no cover
 

@@ -259,10 +259,12 @@ async def test_ambiguous_start_is_looked_up_by_token(slurm_cluster, tmp_path: Pa
     again = await launcher.start(t, job)
     assert again == first
     assert (d / SLURM_ID).read_text().strip() == first
+    assert not (d / SUBMITTING).exists()
     # A marker with no job behind it (sbatch never ran): SLURM does not know the token, so it submits.
     job2 = PreparedJob(job_id="command-amb-2", token="tok-amb-2", host=host,
                        spec=cmd("true"), job_dir=str(d), command=["true"], created_at=0.0)
     (d / SLURM_ID).unlink()
+    (d / SUBMITTING).write_text("")
     third = await launcher.start(t, job2)
     assert third != first
     await t.run(["scancel", "--", first, third])
@@ -272,13 +274,10 @@ async def test_slurmctld_restarted_mid_job_status_recovers(engine: JobEngine, sl
     r = await engine.submit(cmd("sleep 25; exit 3"))  # squeue needs ~9 s to give up on a dead controller
     try:
         await until(engine, r.job_id, "running")
-        slurm_cluster.stop_ctld()
-        try:
+        with slurm_cluster.controller_down():
             v = await engine.status(r.job_id)
             assert v.state is JobState.RUNNING and v.stale, v  # unknown is not lost
             assert "did not answer" in (v.note or "")
-        finally:
-            slurm_cluster.start_ctld()
         v = await engine.status(r.job_id)
         assert v.state is JobState.RUNNING and not v.stale, v
         v = await until(engine, r.job_id, "finished")
