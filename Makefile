@@ -16,8 +16,13 @@ APT_PKGS := openssh-server openssh-client slurmd slurmctld slurm-client munge gi
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-test: $(STAMP) $(SYS_STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+# llm-compressor pins transformers <= 5.17 (the main venv has a newer one), so it lives in an
+# overlay venv that sees the main venv's torch through a .pth file; the quantize tests use it.
+LLMC_VENV := .venv-llmc
+LLMC_STAMP := $(LLMC_VENV)/.installed
+
+test: $(STAMP) $(SYS_STAMP) $(LLMC_STAMP)
+	LLMCOMPRESSOR_PYTHON=$(CURDIR)/$(LLMC_VENV)/bin/python $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server tools runners tests bench examples
@@ -31,6 +36,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[worker,dev]'
 	touch $(STAMP)
+
+$(LLMC_STAMP): $(STAMP)
+	test -x $(LLMC_VENV)/bin/python || $(PYTHON) -m venv $(LLMC_VENV)
+	$(PY) -c "import site; print(site.getsitepackages()[0])" > \
+	  "$$($(LLMC_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/zz_main_venv.pth"
+	$(LLMC_VENV)/bin/python -m pip install -q "transformers==5.17.0" "llmcompressor==0.14.0.1" "compressed-tensors==0.19.0"
+	touch $(LLMC_STAMP)
 
 sysdeps: $(SYS_STAMP)
 
@@ -48,4 +60,4 @@ bench: $(STAMP)
 	$(PY) bench/startup.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LLMC_VENV) .pytest_cache .ruff_cache
