@@ -60,9 +60,11 @@ class SubmitCommandInput(BaseModel):
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str] | None) -> dict[str, str] | None:
-        for k in v or {}:
+        for k, val in (v or {}).items():
             if not ENV_NAME_RE.match(k):
                 raise ValueError(f"{k!r} is not a valid environment variable name")
+            if "\x00" in val:
+                raise ValueError(f"env {k} contains a NUL byte")
         return v
 
 

@@ -92,3 +92,10 @@ async def test_a_full_job_filesystem_is_named_when_the_log_cannot_say(tmp_path, 
         assert (await eng.status(res.job_id)).error.kind == "disk_full"
     finally:
         await eng.aclose()
+
+
+def test_submit_command_env_values_without_nul_are_checked_at_the_surface():
+    from server.surface_jobs import SubmitCommandInput
+
+    with pytest.raises(ValidationError, match="NUL"):  # was only caught deep in JobSpec (a logged traceback)
+        SubmitCommandInput(argv=["true"], env={"A": "x\x00y"})
