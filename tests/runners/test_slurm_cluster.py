@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import stat
+import uuid
 from pathlib import Path
 
 import pytest
@@ -247,9 +248,10 @@ async def test_ambiguous_start_is_looked_up_by_token(slurm_cluster, tmp_path: Pa
                       slurm=SlurmConfig(time_limit="00:05:00"))
     t = LocalTransport(host)
     launcher = SlurmLauncher(host)
-    d = tmp_path / "w" / "jobs" / "command-amb-1"
+    u = uuid.uuid4().hex  # ids and tokens are unique per job, as the engine makes them
+    d = tmp_path / "w" / "jobs" / f"command-amb-{u[:8]}"
     d.mkdir(parents=True)
-    job = PreparedJob(job_id="command-amb-1", token="tok-amb-1", host=host,
+    job = PreparedJob(job_id=f"command-amb-{u[:8]}", token=f"tok-{u}", host=host,
                       spec=cmd("sleep 5"), job_dir=str(d), command=["sleep", "5"], created_at=0.0)
     (d / "env").write_text("")
     (d / "run.sh").write_text(launcher.render_script(job))
@@ -261,7 +263,7 @@ async def test_ambiguous_start_is_looked_up_by_token(slurm_cluster, tmp_path: Pa
     assert (d / SLURM_ID).read_text().strip() == first
     assert not (d / SUBMITTING).exists()
     # A marker with no job behind it (sbatch never ran): SLURM does not know the token, so it submits.
-    job2 = PreparedJob(job_id="command-amb-2", token="tok-amb-2", host=host,
+    job2 = PreparedJob(job_id=f"command-amb2-{u[:8]}", token=f"tok2-{u}", host=host,
                        spec=cmd("true"), job_dir=str(d), command=["true"], created_at=0.0)
     (d / SLURM_ID).unlink()
     (d / SUBMITTING).write_text("")
