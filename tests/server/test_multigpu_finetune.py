@@ -142,3 +142,42 @@ def test_refusals(tmp_path: Path, kw: dict, match: str):
 def test_cpu_offload_with_ddp_is_a_schema_error():
     with pytest.raises(ValueError, match="cpu_offload"):
         FinetuneInput(model="meta-llama/Llama-3.2-1B", dataset="org/data", strategy="ddp", cpu_offload=True)
+
+
+async def test_cancel_stops_every_rank(tiny, tmp_path: Path):
+    """torchrun starts its workers in their own sessions: cancelling the job's process group must
+    still stop them (torchrun forwards the TERM to every rank before it exits)."""
+    import asyncio
+    import os
+
+    async with Client(_app(tmp_path), mode="auto") as c:
+        r = await c.call_tool("submit_finetune", _args(tiny, max_steps=100000))
+        job_id = r.structured_content["job_id"]
+        job_dir = Path(r.structured_content["submit"]["job_dir"])
+        for _ in range(120):  # until both ranks train (rank 0 has logged a step)
+            m = job_dir / "metrics.jsonl"
+            if m.exists() and '"event": "log"' in m.read_text():
+                break
+            await asyncio.sleep(0.5)
+
+        def in_job_dir() -> list[int]:
+            pids = []
+            for p in Path("/proc").iterdir():
+                if p.name.isdigit():
+                    try:
+                        if os.readlink(p / "cwd") == str(job_dir):
+                            pids.append(int(p.name))
+                    except OSError:
+                        continue
+            return pids
+
+        assert len(in_job_dir()) >= 3  # bash run.sh, torchrun, 2 ranks
+        r = await c.call_tool("cancel_job", {"job_id": job_id})
+        assert not r.is_error
+        for _ in range(40):
+            if not in_job_dir():
+                break
+            await asyncio.sleep(0.25)
+        assert in_job_dir() == []
+        r = await c.call_tool("get_job_status", {"job_id": job_id})
+        assert r.structured_content["state"] == "cancelled"
