@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from runners.config import HostConfig
 from runners.errors import CommandFailed, HostError, SchedulerError
-from runners.jobdir import CANCEL_MARK, EXIT_CODE, LOG, PreparedJob, render_body
+from runners.jobdir import CANCEL_MARK, EXIT_CODE, LOG, READY_MARK, PreparedJob, render_body
 from runners.launchers import JobRef, Observation
 from runners.reconcile import describe_exit
 from runners.slurm_commands import (
@@ -140,7 +140,8 @@ for ((i=0; i<n; i++)); do
     mark=$(tail -c 16384 "$d/{LOG}" | grep -a -E '\*\*\* JOB .* CANCELLED AT|oom[-_ ]kill|Exceeded job memory limit' \
            | tail -n 2 | tr '\n\037' '  ')
   fi
-  printf 'J\037%s\0371\037%s\037%s\037%s\037%s\037%s\037%s\n' "${{J[i]}}" "${{N[i]}}" "$ec" "$c" "$node" "$sub" "$mark"
+  r=0; [ -e "$d/{READY_MARK}" ] && r=1
+  printf 'J\037%s\0371\037%s\037%s\037%s\037%s\037%s\037%s\037%s\n' "${{J[i]}}" "${{N[i]}}" "$ec" "$c" "$node" "$sub" "$mark" "$r"
 done
 """
 
@@ -171,6 +172,7 @@ class _JobLine:
     node: str | None = None
     submitting: bool = False
     marker: str | None = None
+    ready: bool = False  # a serve job's payload wrote the ready marker (its endpoint answers)
 
 
 @dataclass(frozen=True)
@@ -211,12 +213,13 @@ def parse_observe_output(text: str) -> ObserveResult:
             f = rest.split(SEP)
             if len(f) >= 2 and f[1] == "0":
                 jobs[f[0]] = _JobLine(exists=False)
-            elif len(f) == 8:
+            elif len(f) in (8, 9):
                 ec = f[3].strip()
                 jobs[f[0]] = _JobLine(
                     exists=True, native_id=f[2] or None,
                     exit_code=int(ec) if re.fullmatch(r"-?\d+", ec) else None,
                     cancel=f[4] == "1", node=f[5] or None, submitting=f[6] == "1", marker=f[7].strip() or None,
+                    ready=len(f) == 9 and f[8].strip() == "1",
                 )
     err = "\n".join(err_lines)
     forgot = sq_rc != 0 and "Invalid job id" in err  # every id is unknown: that is an answer, not a failure
@@ -230,7 +233,7 @@ def parse_observe_output(text: str) -> ObserveResult:
     )
 
 
-def to_observation(view: SlurmView, native_id: str | None, *, cancel_marker: bool) -> Observation:
+def to_observation(view: SlurmView, native_id: str | None, *, cancel_marker: bool, ready: bool = False) -> Observation:
     """Our :class:`Observation` for the engine's reconcile: active states as such, ends as a verdict.
 
     Why a verdict: SLURM (with the job's exit code and slurmstepd's words) decides *why*
@@ -242,7 +245,7 @@ def to_observation(view: SlurmView, native_id: str | None, *, cancel_marker: boo
                            cancel_requested=cancel_marker)
     if view.state is JobState.RUNNING:
         return Observation(exists=True, alive=True, native_id=native_id, detail=view.detail,
-                           cancel_requested=cancel_marker)
+                           cancel_requested=cancel_marker, ready=ready)
     code = None if view.state is JobState.LOST else view.exit_code
     reason: str | None = None
     if view.state is not JobState.SUCCEEDED:
@@ -437,7 +440,7 @@ class SlurmLauncher:
             else:
                 view = interpret(None, exit_code=line.exit_code, node=line.node, cancel_requested=line.cancel,
                                  log_tail=line.marker)
-            out[ref.job_id] = to_observation(view, nid, cancel_marker=line.cancel)
+            out[ref.job_id] = to_observation(view, nid, cancel_marker=line.cancel, ready=line.ready)
         return out
 
     # -- cancel -----------------------------------------------------------------------
