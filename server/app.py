@@ -27,6 +27,7 @@ SURFACES = [
     "server.surface_serve",
     "server.surface_finetune",
     "server.surface_workflow",
+    "server.surface_prompts",
 ]
 
 INSTRUCTIONS = (
