@@ -9,8 +9,10 @@ step prints what it called and what came back. Usage: ``make demo``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -120,6 +122,35 @@ async def step_quantize(c: Client, finetune_job: str) -> None:
     await call(c, "list_cached_models", {})
 
 
+def standin_env(work: Path) -> dict[str, str]:
+    """Without vLLM on this machine, serve through the test stand-in, and say so plainly."""
+    if shutil.which("vllm") or importlib.util.find_spec("vllm") is not None:
+        print("vLLM is installed here: the serving step runs real vLLM.")
+        return {}
+    from tests.standin_vllm_server import install_standin
+
+    print("NOTE: vLLM is not installed on this machine (it needs a CUDA GPU), so the serving step runs\n"
+          "      against tests/standin_vllm_server.py, a STAND-IN OpenAI-compatible server with no model\n"
+          "      behind it. Everything else in that step (planning, flag checks against vLLM 0.26.0's help,\n"
+          "      the job engine, readiness checks, the OpenAI client) is the real code.")
+    return install_standin(work / "vllm-standin")
+
+
+async def step_serve(c: Client, model: str, finetune_job: str) -> None:
+    banner("start_vllm_server: the tiny base model plus the fresh LoRA adapter, query, benchmark, stop")
+    out = await call(c, "start_vllm_server", {"model": model, "max_num_seqs": 4,
+                                              "lora_adapters": [{"name": "colours", "job_id": finetune_job}]})
+    print(f"  command: {out['command_line']}")
+    job = out["job_id"]
+    await call(c, "wait_for_job", {"job_id": job, "until": "ready", "timeout_s": 90})
+    q = await call(c, "query_model", {"server_job_id": job, "model": "colours", "max_tokens": 8,
+                                      "messages": [{"role": "user", "content": "What colour is the sky?"}]})
+    print(f"  answer: {q['text']!r}")
+    await call(c, "benchmark_server", {"server_job_id": job, "num_prompts": 16, "input_len": 32,
+                                       "output_len": 16, "concurrency": 4})
+    await call(c, "stop_vllm_server", {"job_id": job})
+
+
 async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="llm-ops-demo-") as td:
         env = {**os.environ, "LLM_OPS_MCP_STATE_DIR": str(Path(td) / "state"), "HOME": os.environ.get("HOME", td)}
@@ -127,6 +158,9 @@ async def main() -> None:
         # The embedded default host works in ~/llm-ops; the demo keeps it private.
         env["LLM_OPS_MCP_DEFAULT_WORKDIR"] = str(Path(td) / "work")
         env["HF_HUB_OFFLINE"] = "1"  # the demo needs no network: its model is built on the spot
+        extra = standin_env(Path(td))
+        if extra:  # the local host's jobs inherit the server's environment: `vllm` is the stand-in there
+            env["PATH"], env["PYTHONPATH"] = extra["PATH"], extra["PYTHONPATH"]
         params = StdioServerParameters(command=sys.executable, args=["-m", "server.cli", "serve"], env=env, cwd=ROOT)
         t0 = time.monotonic()
         async with Client(params, mode="auto") as c:
@@ -135,6 +169,7 @@ async def main() -> None:
             await step_hosts(c)
             await step_estimate(c)
             ft = await step_finetune(c, Path(td))
+            await step_serve(c, str(Path(td) / "tiny-llama"), ft)
             await step_quantize(c, ft)
         banner(f"demo finished in {time.monotonic() - t0:.1f} s")
 

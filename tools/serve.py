@@ -394,7 +394,13 @@ async def _resolve_adapter(engine: JobEngine, host: HostConfig, ref: LoraAdapter
     else:
         assert ref.path is not None
         path = await t.expand_path(ref.path)
-    data = await t.read_range(f"{path}/adapter_config.json", 0, 1 << 20)
+    data = b""
+    # The fine-tune payload saves the adapter in outputs/adapter/; a path may name either level.
+    for cand in (f"{path}/adapter", path):
+        data = await t.read_range(f"{cand}/adapter_config.json", 0, 1 << 20)
+        if data:
+            path = cand
+            break
     if not data:
         raise NotFound(f"No LoRA adapter (adapter_config.json) in {path} on host {host.name!r}.",
                        "A full fine-tune is a model: serve its directory as `model` instead.")
@@ -605,4 +611,4 @@ async def stop_vllm_server(engine: JobEngine, runtime: ServeRuntime, p: StopServ
     gpu = await check_gpu_release(engine, host, p.job_id)
     gpu_txt = ("GPU memory released" if gpu.released else (gpu.note or "GPU memory still held")) if gpu.checked \
         else (gpu.note or "GPU memory not checked")
-    return StopServerOutput(job=view, gpu=gpu, summary=f"{view.summary} {gpu_txt}.")
+    return StopServerOutput(job=view, gpu=gpu, summary=f"{view.summary} {gpu_txt.rstrip('.')}.")

@@ -166,15 +166,16 @@ async def test_api_key_from_a_named_secret_and_none(srv: Serving) -> None:
     assert q.completion_tokens == 2
 
 
-async def test_lora_adapter_from_a_finetune_job(srv: Serving) -> None:
+@pytest.mark.parametrize("sub", ["outputs", "outputs/adapter"])  # the payload's layout is outputs/adapter/
+async def test_lora_adapter_from_a_finetune_job(srv: Serving, sub: str) -> None:
     ft = await srv.engine.submit(JobSpec(kind="finetune", argv=[
-        "bash", "-c", "mkdir -p outputs && printf '{\"r\": 32, \"base_model_name_or_path\": \"x\"}' "
-                      "> outputs/adapter_config.json"]), srv.host.name)
+        "bash", "-c", f"mkdir -p {sub} && printf '{{\"r\": 32, \"base_model_name_or_path\": \"x\"}}' "
+                      f"> {sub}/adapter_config.json"]), srv.host.name)
     assert (await srv.wait(ft.job_id, until="finished")).state is JobState.SUCCEEDED
     out = await srv.start(lora_adapters=[LoraAdapterRef(name="my-adapter", job_id=ft.job_id)])
     assert out.served_models == [MODEL, "my-adapter"]
     i = out.command.index("--lora-modules")
-    assert out.command[i + 1] == f"my-adapter={ft.job_dir}/outputs"
+    assert out.command[i + 1] == f"my-adapter={ft.job_dir}/{sub}"
     assert "--enable-lora" in out.command
     assert out.command[out.command.index("--max-lora-rank") + 1] == "32"
     assert (await srv.wait(out.job_id)).state is JobState.READY
