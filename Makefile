@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[worker,dev]'
+	DS_BUILD_OPS=0 $(PY) -m pip install -q -e '.[worker,dev]'
 	touch $(STAMP)
 
 $(LLMC_STAMP): $(STAMP)

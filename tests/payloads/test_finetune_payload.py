@@ -14,12 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import peft  # noqa: F401  (the worker stack must be installed: make test does it)
 import pytest
+import trl  # noqa: F401
 
 from tests.helpers.tiny_model import FORMATS, build_tiny_model, make_dataset, make_rows, write_jsonl
-
-pytest.importorskip("trl")
-pytest.importorskip("peft")
 
 PAYLOAD = Path(__file__).resolve().parents[2] / "runners" / "payloads" / "finetune.py"
 LOG_KEYS = {"step", "total_steps", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_s", "samples_per_s"}

@@ -16,11 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import bitsandbytes  # noqa: F401  (the worker stack must be installed: make test does it)
 import pytest
 
 from tests.helpers.tiny_model import build_tiny_model, make_dataset
-
-pytest.importorskip("bitsandbytes")
 
 PAYLOAD = Path(__file__).resolve().parents[2] / "runners" / "payloads" / "quantize.py"
 LLMC_PYTHON = os.environ.get("LLMCOMPRESSOR_PYTHON")

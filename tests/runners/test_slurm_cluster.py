@@ -178,9 +178,10 @@ async def test_second_partition_and_dry_run_script(engine: JobEngine, host: Host
     assert f"on {other}" in Path(r.job_dir, "output.log").read_text()
 
 
-async def test_one_squeue_call_for_many_jobs(host: HostConfig, tmp_path: Path, monkeypatch, slurm_cluster):
-    if host.transport != "local":
-        pytest.skip("the squeue shim is on this process's PATH (local transport)")
+async def test_one_squeue_call_for_many_jobs(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch,
+                                             slurm_cluster):
+    # Local transport only: the counting squeue shim is on this process's PATH.
+    host = slurm_host("local", request, tmp_path / "work")
     shim = tmp_path / "shim"
     shim.mkdir()
     calls = tmp_path / "squeue.calls"
