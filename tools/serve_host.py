@@ -42,15 +42,14 @@ __all__ = [
 ]
 
 _PROBE = r"""
-import json, os, shutil, sys
+import importlib, json, os, shutil, sys
 out = {"python": sys.executable, "version": None, "program": None, "error": None}
 try:
     from importlib.metadata import version
     out["version"] = version("vllm")
 except Exception:
-    try:
-        import vllm
-        out["version"] = vllm.__version__
+    try:  # on the host, in its interpreter (this string is never run by the controller)
+        out["version"] = importlib.import_module("vllm").__version__
     except Exception as e:
         out["error"] = f"{type(e).__name__}: {e}"
 p = os.path.join(os.path.dirname(sys.executable), "vllm")
