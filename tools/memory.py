@@ -533,7 +533,9 @@ def _assumptions(arch: ModelArch, s: Settings, tier: GpuTier | None) -> list[str
             else "no gradient checkpointing (all layer activations kept)"
         a.append(f"Training with {ck}, SDPA/flash attention, lora_dropout 0.")
         if s.backend == "hf":
-            a.append("HF: the loss upcasts logits to fp32; logits, log-softmax and their gradient are counted.")
+            a.append("HF: the loss upcasts logits to fp32; logits, log-softmax and their gradient are counted "
+                     "(a plain transformers training loop). TRL 1.15's SFTTrainer was measured well below this "
+                     "(it does not hold the full fp32 logits), so for TRL runs this is an upper bound.")
         else:
             a.append("Unsloth: fused chunked cross-entropy, so full logits are never materialised; "
                      f"{UNSLOTH_WORKSPACE_GIB} GiB of kernel workspaces.")
