@@ -51,6 +51,7 @@ from runners.jobdir import (
     PreparedJob,
     job_dir_for,
     job_env,
+    parse_env,
     render_env,
     render_job_json,
 )
@@ -102,6 +103,9 @@ def _spec_hash(host: str, spec: JobSpec, uploads: Mapping[str, bytes] | None = N
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
+# Secrets a payload may create on the host and append to the job's env file (never seen by the controller).
+HOST_MADE_SECRETS = frozenset({"VLLM_API_KEY"})
+
 # Payload modules a payload imports from its own directory (they are copied beside it).
 PAYLOAD_SIBLINGS: dict[str, tuple[str, ...]] = {"finetune": ("dataset_formats",)}
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|APIKEY|(?:^|_)KEY(?:$|_)", re.IGNORECASE)
@@ -148,6 +152,7 @@ class JobEngine:
         self._transports: dict[str, Transport] = {}
         self._launchers: dict[str, Launcher] = {}
         self._workdirs: dict[str, str] = {}
+        self._env_secrets: dict[str, dict[str, str]] = {}
         self._started = False
         self._start_lock = asyncio.Lock()
 
@@ -421,7 +426,7 @@ class JobEngine:
                 path = f"{rec.job_dir}/{LOG}"
                 size = await t.file_size(path) or 0
                 data = await t.read_range(path, max(0, size - DIAGNOSE_WINDOW), DIAGNOSE_WINDOW)
-                redact = self._redactor(rec)
+                redact = await self._redactor(rec)
                 text = redact(data.decode("utf-8", errors="replace"))
                 err = diagnose(text, rec.exit_code)
                 if err.kind == "exit_code":  # the log does not say: a full disk cannot even say so
@@ -455,7 +460,7 @@ class JobEngine:
         fields = lines[-1].split()
         return int(fields[3]) if len(fields) >= 4 and fields[3].isdigit() else None
 
-    def _redactor(self, rec: JobRecord) -> Callable[[str], str]:
+    async def _redactor(self, rec: JobRecord) -> Callable[[str], str]:
         host = self.config.hosts.get(rec.host)
         try:
             names = json.loads(rec.spec_json).get("secrets", [])
@@ -464,7 +469,24 @@ class JobEngine:
         values = self._secret_values(host, names) if host else {}
         if host is None or host.transport == "local":
             values.update(self._inherited_secrets())
+        values.update(await self._env_file_secrets(rec, {*names, *(host.secrets if host else ())}))
         return make_redactor(values)
+
+    async def _env_file_secrets(self, rec: JobRecord, names: set[str]) -> dict[str, str]:
+        """Secrets as the job's own 0600 env file holds them, including ones made on the host
+        (a serve payload's generated VLLM_API_KEY), which the controller never saw."""
+        cached = self._env_secrets.get(rec.job_id)
+        if cached is not None:
+            return cached
+        wanted = names | HOST_MADE_SECRETS
+        try:
+            data = await self.transport(rec.host).read_range(f"{rec.job_dir}/{ENV_FILE}", 0, 1 << 20)
+        except HostError:
+            return {}
+        found = {k: v for k, v in parse_env(data.decode("utf-8", errors="replace")).items() if k in wanted and v}
+        if rec.state.terminal or set(found) >= HOST_MADE_SECRETS or rec.kind != "serve":
+            self._env_secrets[rec.job_id] = found  # nothing more will be appended
+        return found
 
     def _inherited_secrets(self) -> dict[str, str]:
         """What a local job inherits from the server's own environment and may print: the secrets any host
@@ -518,7 +540,7 @@ class JobEngine:
                 raise InvalidInput(f"grep {grep!r} is not a valid regular expression ({e}).",
                                    "Escape special characters or use a plain word.") from e
         return await read_log(self.transport(rec.host), f"{rec.job_dir}/{LOG}", offset=offset,
-                              max_bytes=max_bytes, tail_lines=tail_lines, redact=self._redactor(rec), grep=rx)
+                              max_bytes=max_bytes, tail_lines=tail_lines, redact=await self._redactor(rec), grep=rx)
 
     # -- wait / cancel ------------------------------------------------------------------
     async def wait(

@@ -103,6 +103,22 @@ def render_env(values: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_env(text: str) -> dict[str, str]:
+    """The inverse of :func:`render_env` (also reads lines a payload appended in the same form)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.startswith("export "):
+            continue
+        try:
+            parts = shlex.split(line[len("export "):])
+        except ValueError:
+            continue  # a torn line while a payload appends: skip it
+        if parts and "=" in parts[0]:
+            k, v = parts[0].split("=", 1)
+            out[k] = v
+    return out
+
+
 def render_job_json(job: PreparedJob) -> str:
     """job.json: what the job is, for payloads and for a human — never a secret value."""
     doc: dict[str, Any] = {

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from runners.config import HostConfig
 from runners.engine import JobEngine
 from runners.errors import CommandFailed, Conflict, HostError, NotFound
+from runners.jobdir import parse_env
 from runners.transport import Transport
 from tools.vllm_args import FlagCache, KnownFlags, parse_help
 
@@ -254,11 +255,7 @@ class ServeRuntime:
         if job_id in self._keys:
             return self._keys[job_id]
         data = await self.engine.transport(host).read_range(f"{job_dir}/env", 0, 1 << 20)
-        key = None
-        for line in data.decode("utf-8", errors="replace").splitlines():
-            if line.startswith(f"export {name}="):
-                parts = shlex.split(line[len("export "):])
-                key = parts[0].split("=", 1)[1] if parts else None
+        key = parse_env(data.decode("utf-8", errors="replace")).get(name)
         if key is not None:
             self._keys[job_id] = key
         return key
