@@ -31,6 +31,7 @@ from runners.config import Config, HostConfig, SlurmConfig
 from runners.engine import JobEngine
 from server.app import build_server
 from server.state import AppState
+from tests.helpers.ci import unavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -122,7 +123,7 @@ async def test_job_process_killed_by_a_signal(sig: int, kind: str, word: str, tm
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs (root only); unmounted (by path) afterwards."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        unavailable("mounting a tmpfs needs root")
     mnt = tmp_path / "tiny"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)

@@ -19,6 +19,7 @@ from typing import Any
 import bitsandbytes  # noqa: F401  (the worker stack must be installed: make test does it)
 import pytest
 
+from tests.helpers.ci import unavailable
 from tests.helpers.tiny_model import build_tiny_model, make_dataset
 
 PAYLOAD = Path(__file__).resolve().parents[2] / "runners" / "payloads" / "quantize.py"
@@ -29,10 +30,8 @@ def need_llmc() -> str:
     """The llm-compressor interpreter; without it skip, except under CI=true where it must exist."""
     if LLMC_PYTHON:
         return LLMC_PYTHON
-    why = "set LLMCOMPRESSOR_PYTHON to an interpreter with llmcompressor (make test builds .venv-llmc)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and {why}", pytrace=False)
-    pytest.skip(why)
+    unavailable("set LLMCOMPRESSOR_PYTHON to an interpreter with llmcompressor (make test builds .venv-llmc)")
+    raise AssertionError("unreachable")
 
 pytestmark = pytest.mark.slow
 

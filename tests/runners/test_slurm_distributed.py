@@ -17,6 +17,7 @@ import pytest
 from runners.config import Config, HostConfig, SlurmConfig
 from runners.engine import JobEngine
 from runners.states import JobState
+from tests.helpers.ci import unavailable
 from tests.helpers.tiny_model import build_tiny_model, make_dataset
 from tools.finetune import FinetuneInput, build_finetune_spec, plan_finetune
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.anyio
 
 async def test_two_tasks_srun_torchrun_wiring_runs_for_real(slurm_cluster, tmp_path: Path):
     if slurm_cluster.cpus < 2:
-        pytest.skip("the test cluster needs 2 CPUs for 2 tasks")
+        unavailable("the test cluster needs 2 CPUs for 2 tasks")
     model = build_tiny_model(tmp_path / "model")
     data = make_dataset(tmp_path / "alpaca.jsonl", "alpaca")
     host = HostConfig(name="slurm-local", launcher="slurm", workdir=str(tmp_path / "work"), python=sys.executable,
