@@ -40,6 +40,8 @@ lock() {
     exec 9>"$STATE_DIR/lock"
     flock 9
 }
+# Every daemon is started with fd 9 closed (`9>&-`): a daemon that inherited it would hold
+# the lock for as long as it runs, and the next `up` or fault test would wait forever.
 die() { log "error: $*"; exit 1; }
 
 need_tools() {
@@ -160,7 +162,7 @@ start_munge() {
     chmod 400 /etc/munge/munge.key
     install -d -o munge -g munge -m 755 /run/munge
     install -d -o munge -g munge -m 700 /var/lib/munge /var/log/munge
-    runuser -u munge -- /usr/sbin/munged --force
+    runuser -u munge -- /usr/sbin/munged --force 9>&-
     touch "$STATE_DIR/munge.ours"
     local i
     for i in $(seq 1 50); do munge_ok && return 0; sleep 0.1; done
@@ -169,7 +171,7 @@ start_munge() {
 
 start_ctld() {
     alive "$STATE_DIR/slurmctld.pid" slurmctld && return 0
-    /usr/sbin/slurmctld -i   # daemonizes; -i: start even if saved state is partly unreadable
+    /usr/sbin/slurmctld -i 9>&-   # daemonizes; -i: start even if saved state is partly unreadable
     local i
     for i in $(seq 1 100); do
         scontrol ping 2>/dev/null | grep -q "is UP" && return 0
@@ -181,7 +183,7 @@ start_ctld() {
 
 start_slurmd() {
     alive "$STATE_DIR/slurmd.pid" slurmd && return 0
-    /usr/sbin/slurmd
+    /usr/sbin/slurmd 9>&-
 }
 
 node_state() { sinfo -h -N -n "$HOST" -o %T 2>/dev/null | head -1; }
