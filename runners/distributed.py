@@ -44,6 +44,7 @@ __all__ = [
     "DistributedLaunch",
     "launch_argv",
     "slurm_launch_argv",
+    "srun_argv",
     "torchrun_argv",
 ]
 
@@ -141,10 +142,21 @@ def slurm_launch_argv(d: DistributedLaunch, interpreter: str, script: list[str])
         interpreter, script, nproc_per_node=d.nproc_per_node, nnodes=d.agents, node_rank=NODE_RANK,
         rdzv_endpoint=f"{HEAD}:{PORT}", log_dir=f"{LOG_DIR}/agent{NODE_RANK}",
     )
-    argv = ["srun", f"--nodes={d.nodes}", f"--ntasks-per-node={d.agents_per_node}", "--kill-on-bad-exit=1"]
-    if d.gpus_per_node:
-        argv.append(f"--gres={d.gres}:{d.gpus_per_node}")
+    argv = srun_argv(d.nodes, d.agents_per_node, d.gpus_per_node, d.gres)
     return [*argv, "bash", "-c", SRUN_AGENT_SCRIPT, "llm-ops-torchrun", *agent]
+
+
+def srun_argv(nodes: int, tasks_per_node: int, gpus_per_node: int = 0, gres: str = "gpu") -> list[str]:
+    """``srun --nodes=M --ntasks-per-node=K --kill-on-bad-exit=1 [--gres=G:N]``: one task per agent.
+
+    Shared by the torchrun agents of a fine-tune and the per-node ``vllm serve`` processes of a
+    multi-node server: a task that fails stops the others at once (``--kill-on-bad-exit``)
+    instead of leaving them blocked in a collective until a timeout.
+    """
+    argv = ["srun", f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node}", "--kill-on-bad-exit=1"]
+    if gpus_per_node:
+        argv.append(f"--gres={gres}:{gpus_per_node}")
+    return argv
 
 
 def launch_argv(d: DistributedLaunch, interpreter: str, script: list[str]) -> list[str]:

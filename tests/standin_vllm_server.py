@@ -12,6 +12,12 @@ outside tests/, and the same flow runs against real vLLM on a GPU (gpu/README.md
                                        [--lora-modules name=path ...] [any other vLLM flag]
     standin_vllm_server.py serve --help=all     # prints the recorded vLLM 0.26.0 help
 
+Several nodes (``--nnodes N --node-rank R --master-addr A --master-port P [--headless]``), as
+vLLM's multiprocessing backend: node 0 listens on A:P and starts its API only once the other
+N-1 nodes have connected and said their rank (a wrong address, port or rank never gets
+ready); a headless node connects (retrying for 60 s), then stays until the head goes away
+(exit 1, as vLLM's workers die with their head) or it is told to stop.
+
 :func:`install_standin` makes a directory look like a vLLM install (a `vllm` program and
 a `vllm` distribution of a version), for a host config's env.
 
@@ -231,7 +237,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--served-model-name", nargs="+", default=None)
     p.add_argument("--lora-modules", nargs="+", default=[])
     p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument("--nnodes", type=int, default=1)
+    p.add_argument("--node-rank", type=int, default=0)
+    p.add_argument("--master-addr", default="127.0.0.1")
+    p.add_argument("--master-port", type=int, default=29501)
+    p.add_argument("--headless", action="store_true")
     args, unknown = p.parse_known_args(rest)
+    if args.headless or args.node_rank > 0:
+        return _headless_node(args)
     print(f"(APIServer) INFO: stand-in vLLM server (not vLLM) for {args.model}; ignoring {len(unknown)} "
           "other argument(s)", flush=True)
     crash = os.environ.get("STANDIN_VLLM_CRASH", "")
@@ -246,6 +259,8 @@ def main(argv: list[str]) -> int:
         return 1
     if crash == "arch":
         sys.stdout.write(ARCH_ERROR)
+        return 1
+    if args.nnodes > 1 and not _gather_nodes(args):
         return 1
     names = args.served_model_name or [args.model]
     lora: dict[str, str] = {}
@@ -269,6 +284,68 @@ def main(argv: list[str]) -> int:
     print(f"(APIServer) INFO: Starting vLLM API server 0 on http://{args.host or '0.0.0.0'}:{args.port}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         srv.serve_forever(poll_interval=0.1)
+    return 0
+
+
+def _gather_nodes(args: argparse.Namespace) -> bool:
+    """The head: wait (up to 120 s) until nodes 1..N-1 connect to the master address and say their rank."""
+    import socket
+
+    try:
+        srv = socket.create_server((args.master_addr, args.master_port), reuse_port=False)
+    except OSError as e:
+        print(f"OSError: [Errno {e.errno}] {e.strerror} (master {args.master_addr}:{args.master_port})", flush=True)
+        return False
+    srv.settimeout(120)
+    want, seen = set(range(1, args.nnodes)), set()
+    conns = []
+    while seen != want:
+        try:
+            conn, _ = srv.accept()
+        except TimeoutError:
+            print(f"RuntimeError: only nodes {sorted(seen)} of {sorted(want)} joined in 120 s", flush=True)
+            return False
+        rank = int(conn.recv(64).decode().strip() or -1)
+        if rank not in want:
+            print(f"RuntimeError: a node said rank {rank}, expected one of {sorted(want)}", flush=True)
+            return False
+        seen.add(rank)
+        conns.append(conn)  # kept open: the headless nodes watch it to know the head is alive
+        print(f"(EngineCore) INFO: node {rank} joined ({len(seen) + 1}/{args.nnodes})", flush=True)
+    _HEAD_CONNS.extend(conns)
+    return True
+
+
+_HEAD_CONNS: list[Any] = []
+
+
+def _headless_node(args: argparse.Namespace) -> int:
+    """A headless node: join the head at the master address, then live as long as it does."""
+    import socket
+
+    deadline = time.time() + 60
+    while True:
+        try:
+            conn = socket.create_connection((args.master_addr, args.master_port), timeout=5)
+            break
+        except OSError as e:
+            if time.time() > deadline:
+                print(f"RuntimeError: cannot reach master {args.master_addr}:{args.master_port}: {e}", flush=True)
+                return 1
+            time.sleep(0.2)
+    conn.sendall(f"{args.node_rank}\n".encode())
+    print(f"(Worker) INFO: headless node {args.node_rank} of {args.nnodes} joined {args.master_addr}:"
+          f"{args.master_port}", flush=True)
+    conn.settimeout(None)
+    try:
+        gone = conn.recv(1) == b""
+    except KeyboardInterrupt:
+        return 0
+    except OSError:
+        gone = True
+    if gone:
+        print("RuntimeError: the head node went away", flush=True)
+        return 1
     return 0
 
 

@@ -14,6 +14,12 @@ The flow of :func:`start_vllm_server`, every step before the submit free of side
 4. submit a ``serve`` job running the serve payload (runners/payloads/serve.py),
    which starts vLLM, decides readiness on the host and writes ``ready``.
 
+Several nodes (``nodes`` > 1, SLURM only): the job runs the payload once per node under
+``srun`` (runners/distributed.py ``srun_argv``); the payload of SLURM task 0 runs the API
+server and the readiness checks, every other task runs ``vllm serve ... --headless``, all
+with ``--nnodes/--node-rank/--master-addr/--master-port`` (vLLM's multi-node
+multiprocessing backend, no Ray), the head being the allocation's first node.
+
 The API key never appears in the command, job.json, results or logs: ``auto`` keys
 are made on the host and kept in the job's 0600 env file.
 """
@@ -29,6 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runners.config import HostConfig
+from runners.distributed import srun_argv
 from runners.engine import JobEngine
 from runners.errors import Conflict, DoesNotFit, InvalidInput, NotFound
 from runners.spec import JobSpec, Resources, parse_time_limit
@@ -101,7 +108,11 @@ class StartServerInput(BaseModel):
     tensor_parallel_size: int | Literal["auto"] = Field(
         "auto", description="'auto': the smallest size that fits and divides the attention heads.")
     pipeline_parallel_size: int = Field(
-        1, ge=1, le=64, description="Pipeline stages (layers split); GPUs used = TP x PP, on this host's node.")
+        1, ge=1, le=64, description="Pipeline stages (layers split); GPUs used = TP x PP.")
+    nodes: int = Field(
+        1, ge=1, le=64, description="SLURM nodes the server spans (vLLM's multiprocessing backend, one vllm "
+                                    "process per node): TP x PP GPUs split evenly; with TP and PP left at their "
+                                    "defaults, TP within a node and one pipeline stage per node.")
     quantization: str = Field(
         "auto", description="'auto' (only if needed), 'none', or a vLLM method: fp8, bitsandbytes, awq, gptq...")
     max_model_len: int | Literal["auto"] = Field(
@@ -176,6 +187,7 @@ class ServePlan(BaseModel):
     gpus_available: int | None = None
     tensor_parallel_size: int
     pipeline_parallel_size: int = 1
+    nodes: int = Field(1, description="SLURM nodes the server spans (one vLLM process per node).")
     quantization: str | None = Field(None, description="vLLM's --quantization (None: as stored).")
     max_model_len: int | None = Field(None, description="None: the model's own.")
     max_num_seqs: int | None = None
@@ -421,9 +433,17 @@ def _lora_rank(rank: int) -> int:
 
 # ----------------------------------------------------------------------------- start
 async def start_vllm_server(engine: JobEngine, runtime: ServeRuntime, cache: FlagCache,
-                            p: StartServerInput) -> StartServerOutput:
-    """Plan, check against the host's vLLM, and submit a ``serve`` job (see the module docstring)."""
+                            p: StartServerInput, *, tasks_per_node: int = 1) -> StartServerOutput:
+    """Plan, check against the host's vLLM, and submit a ``serve`` job (see the module docstring).
+
+    ``tasks_per_node`` > 1 runs several vLLM processes on each SLURM node, each counted as a
+    vLLM "node": only the single-node test cluster uses it, to run the multi-node wiring for real.
+    """
     host = engine.config.host(p.host)
+    agents = p.nodes * tasks_per_node  # vLLM processes: vLLM's --nnodes
+    if agents > 1 and host.launcher != "slurm":
+        raise InvalidInput(f"nodes={p.nodes}: a server spanning nodes needs a SLURM host; {host.name!r} runs jobs "
+                           "on one machine.", "Use nodes=1 (TP x PP within the host), or a SLURM host.")
     digest = _request_digest(host.name, p)
     if p.idempotency_key and not p.dry_run:
         again = await _repeat(engine, runtime, p.idempotency_key, digest)
@@ -437,7 +457,11 @@ async def start_vllm_server(engine: JobEngine, runtime: ServeRuntime, cache: Fla
         if count is not None and p.gpus > count:
             raise InvalidInput(f"gpus={p.gpus} but host {host.name!r} has {count}.", f"Use at most {count}.")
         count = p.gpus
-    plan = plan_server(arch, p, tier, count)
+    asked = p
+    if agents > 1 and p.pipeline_parallel_size == 1 and p.tensor_parallel_size == "auto":
+        asked = p.model_copy(update={"pipeline_parallel_size": agents})
+    plan = plan_server(arch, asked, tier, count * p.nodes if count is not None else None)
+    per_task = _split_over_nodes(plan, agents, tasks_per_node, count, auto_pp=asked is not p)
 
     adapters: list[LoraModule] = []
     ranks: list[int] = []
@@ -480,10 +504,18 @@ async def start_vllm_server(engine: JobEngine, runtime: ServeRuntime, cache: Fla
         max_loras=max(1, len(adapters)),
         max_lora_rank=_lora_rank(max(ranks)) if ranks else 16,
         lora_modules=adapters or None,
+        nnodes=agents,
+        distributed_executor_backend="mp" if agents > 1 else None,
         host=bind,
         port=port or 8000,
     )
     argv = to_argv(args, known)
+    if agents > 1 and known is not None:
+        lacking = [f for f in MULTINODE_TASK_FLAGS if known.get(f) is None]
+        if lacking:
+            raise InvalidInput(f"vLLM {known.version} on {host.name} has no --{', --'.join(lacking)}: it can't span "
+                               "nodes with its multiprocessing backend.",
+                               "Upgrade vLLM on the host (0.26 is tested), or serve on one node (nodes=1).")
     if port is None:  # SLURM: the payload picks a free port on the compute node
         i = argv.index("--port") if "--port" in argv else -1
         if i >= 0:
@@ -502,9 +534,13 @@ async def start_vllm_server(engine: JobEngine, runtime: ServeRuntime, cache: Fla
     if p.api_key.startswith("env:"):
         secrets_.append(p.api_key[4:])
     env: dict[str, str] = {}
-    n_gpus = plan.tensor_parallel_size * args.pipeline_parallel_size
     if isinstance(p.gpus, list):
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in p.gpus[:n_gpus])
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in p.gpus[:per_task * tasks_per_node])
+    gpus_per_node = per_task * tasks_per_node if tier is not None else 0
+    launch = None
+    if agents > 1:  # one payload (and one vllm serve) per SLURM task; task 0 serves the API
+        launch = [*srun_argv(p.nodes, tasks_per_node, gpus_per_node, host.slurm_settings.gres),
+                  host.interpreter, "serve.py", "job.json"]
     spec = JobSpec(
         kind="serve",
         name=f"vllm {base_name}"[:120],
@@ -514,11 +550,13 @@ async def start_vllm_server(engine: JobEngine, runtime: ServeRuntime, cache: Fla
             "served_names": names, "probe_model": base_name, "api_key": p.api_key,
             # for a repeated idempotency_key: the same answer without planning (or picking a port) again
             "request_sha256": digest, "plan": plan.model_dump(mode="json"),
-            "vllm_version": install.version if install else None,
+            "vllm_version": install.version if install else None, "tasks": agents,
         },
+        argv=launch,
         env=env,
         secrets=secrets_,
-        resources=Resources(gpus=n_gpus if tier is not None else 0, time_limit_s=parse_time_limit(p.time_limit)),
+        resources=Resources(gpus=gpus_per_node, nodes=p.nodes, tasks_per_node=tasks_per_node if agents > 1 else 1,
+                            time_limit_s=parse_time_limit(p.time_limit)),
         endpoint_port=port,
     )
     res = await engine.submit(spec, host.name, idempotency_key=p.idempotency_key, dry_run=p.dry_run)
@@ -542,6 +580,7 @@ async def start_vllm_server(engine: JobEngine, runtime: ServeRuntime, cache: Fla
     else:
         summary = (f"Starting vLLM {vv} for {', '.join(names)} on {host.name} (TP {plan.tensor_parallel_size}"
                    f"{f' x PP {plan.pipeline_parallel_size}' if plan.pipeline_parallel_size > 1 else ''}"
+                   f"{f' over {p.nodes} nodes' if p.nodes > 1 else ''}"
                    f"{', ' + plan.quantization if plan.quantization else ''}): job {res.job_id}"
                    + (f", endpoint {endpoint}" if endpoint else "") + ".")
         nxt = f"wait_for_job(job_id='{res.job_id}', until='ready'), then query_model(server_job_id='{res.job_id}')."
@@ -551,6 +590,36 @@ async def start_vllm_server(engine: JobEngine, runtime: ServeRuntime, cache: Fla
         vllm_version=vv, command=command, command_line=shlex.join(command), job_dir=res.job_dir,
         summary=summary, next_action=nxt,
     )
+
+
+MULTINODE_TASK_FLAGS = ("nnodes", "node-rank", "master-addr", "master-port", "headless")
+
+
+def _split_over_nodes(plan: ServePlan, agents: int, tasks_per_node: int, per_node: int | None,
+                      auto_pp: bool) -> int:
+    """GPUs per vLLM process; checks that TP x PP splits evenly over the processes and fits a node.
+
+    Adds the split to ``plan`` (its ``nodes`` and a reason). One process: all TP x PP GPUs.
+    """
+    n_gpus = plan.tensor_parallel_size * plan.pipeline_parallel_size
+    if agents == 1:
+        return n_gpus
+    tp, pp = plan.tensor_parallel_size, plan.pipeline_parallel_size
+    if n_gpus % agents:
+        raise InvalidInput(f"TP {tp} x PP {pp} = {n_gpus} GPUs do not split evenly over {agents} nodes.",
+                           "Make tensor_parallel_size x pipeline_parallel_size a multiple of nodes (PP = nodes "
+                           "keeps tensor parallelism inside a node).")
+    per_task = n_gpus // agents
+    if per_node is not None and per_task * tasks_per_node > per_node:
+        raise InvalidInput(f"TP {tp} x PP {pp} over {agents} nodes needs {per_task * tasks_per_node} GPUs per node; "
+                           f"the host's nodes have {per_node}.", "Use more nodes or a smaller TP x PP.")
+    nodes = agents // tasks_per_node
+    plan.nodes = nodes
+    why = "one pipeline stage per node, TP within it (tensor parallelism needs the fast links inside a node)" \
+        if auto_pp else ("TP spans nodes: slower than PP = nodes" if tp > per_task else "as asked")
+    plan.reasons.insert(0, f"nodes={nodes}: {agents} vLLM processes with {per_task} GPU(s) each, {why}; SLURM task "
+                           "0 (the allocation's first node) serves the API, the others run headless.")
+    return per_task
 
 
 def _request_digest(host: str, p: StartServerInput) -> str:

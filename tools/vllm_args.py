@@ -115,6 +115,10 @@ class VllmServeArgs(BaseModel):
     max_loras: int = Field(1, ge=1, le=256)
     max_lora_rank: MaxLoraRank = 16
     lora_modules: list[LoraModule] | None = None
+    # Several nodes (vLLM's multiprocessing backend): the same on every node; the per-node
+    # --node-rank/--master-addr/--master-port/--headless are added on the node (serve payload).
+    nnodes: int = Field(1, ge=1, le=64)
+    distributed_executor_backend: Literal["mp", "ray", "uni", "external_launcher"] | None = None
     host: str | None = None
     port: int = Field(8000, ge=1, le=65535)
 

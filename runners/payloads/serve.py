@@ -21,6 +21,13 @@ this script, run by the job engine like any payload (``python serve.py job.json`
 5. exits with vLLM's exit code, or with its own code after a diagnosed failure,
    writing ``{"event": "error", "kind", "message", "hint"}`` to metrics.jsonl.
 
+Several nodes (``payload_config["tasks"]`` > 1): ``srun`` runs this script once per SLURM
+task. Every task adds ``--node-rank $SLURM_PROCID --master-addr <first node of the
+allocation> --master-port <from the job id>`` to vLLM's command; task 0 is the server
+described above, every other task adds ``--headless`` (vLLM's workers for its share of
+the GPUs, no API), prefixes its output with ``[node N]``, writes no endpoint or marker,
+and exits with vLLM's code (srun's ``--kill-on-bad-exit`` then stops the rest).
+
 Stdlib only: it runs in the host's Python, next to vllm. ``classify_line`` is also
 used by the controller (tools/serve.py) to read logs of servers that never got here.
 Exit codes: vLLM's own; 3 CUDA out of memory; 4 port in use; 5 start-up time-out;
@@ -213,6 +220,72 @@ def _resolve_program(argv: list[str]) -> list[str]:
     return argv
 
 
+MASTER_PORT_BASE, MASTER_PORT_SPAN = 40000, 20000  # vLLM's --master-port = base + SLURM_JOB_ID % span
+
+
+def _first_node(nodelist: str) -> str:
+    """The allocation's first host (``scontrol show hostnames`` expands ``gpu[01-04]``)."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             timeout=30, check=False).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        out = []
+    return out[0] if out else ""
+
+
+def multinode_args(tasks: int, env: dict[str, str]) -> tuple[int, list[str]]:
+    """(this task's node rank, the flags it adds to ``vllm serve``) for a server over ``tasks`` processes.
+
+    Raises RuntimeError (the job fails with it) when not run under srun inside an allocation.
+    """
+    rank = env.get("SLURM_PROCID", "")
+    if not rank.isdigit():
+        raise RuntimeError("a multi-node server must run under srun (SLURM_PROCID is not set)")
+    head = _first_node(env.get("SLURM_JOB_NODELIST", ""))
+    if not head:
+        raise RuntimeError(f"cannot read the allocation's first node from {env.get('SLURM_JOB_NODELIST')!r}")
+    port = MASTER_PORT_BASE + int(env.get("SLURM_JOB_ID", "0") or 0) % MASTER_PORT_SPAN
+    flags = ["--node-rank", rank, "--master-addr", head, "--master-port", str(port)]
+    if int(rank) > 0:
+        flags.append("--headless")
+    if int(rank) >= tasks:
+        raise RuntimeError(f"SLURM task {rank} but the server has {tasks} processes")
+    return int(rank), flags
+
+
+def run_headless(cmd: list[str], env: dict[str, str], job_dir: Path, rank: int, metrics: _Metrics) -> int:
+    """A non-head task: vLLM's workers for this node's GPUs, output prefixed, vLLM's exit code returned."""
+    print(f"[node {rank}] [llm-ops] starting headless on {socket.gethostname()}: {shlex.join(cmd)}", flush=True)
+    try:
+        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=env, cwd=str(job_dir))
+    except OSError as e:
+        metrics.write(event="error", kind="missing_vllm", message=f"node {rank}: cannot start {cmd[0]}: {e.strerror}",
+                      hint=FAILURES[-1][2])
+        return 127
+
+    def on_term(signum: int, _frame: Any) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    assert child.stdout is not None
+    reported = False
+    for raw in iter(child.stdout.readline, b""):
+        line = raw.decode("utf-8", errors="replace")
+        sys.stdout.write(f"[node {rank}] {line}")
+        sys.stdout.flush()
+        hit = None if reported else classify_line(line)
+        if hit and hit[0] in _FATAL_KINDS:
+            reported = True
+            metrics.write(event="error", kind=hit[0], message=f"node {rank}: {line.strip()[:480]}", hint=hit[1])
+    rc = child.wait()
+    if rc not in (0, -signal.SIGTERM, 143):
+        print(f"[node {rank}] [llm-ops] vLLM exited with code {rc}", flush=True)
+    return rc if rc >= 0 else 128 - rc
+
+
 def main(argv: list[str]) -> int:
     job_path = Path(argv[1] if len(argv) > 1 else "job.json").resolve()
     job = json.loads(job_path.read_text(encoding="utf-8"))
@@ -220,7 +293,6 @@ def main(argv: list[str]) -> int:
     job_dir = Path(job.get("job_dir") or job_path.parent)
     metrics = _Metrics(job_dir / "metrics.jsonl")
     ready_mark = job_dir / "ready"
-    ready_mark.unlink(missing_ok=True)
     t0 = time.monotonic()
 
     def fail(kind: str, message: str, hint: str, code: int) -> int:
@@ -229,6 +301,23 @@ def main(argv: list[str]) -> int:
         print(f"[llm-ops] serve failed ({kind}): {message[:300]}\n[llm-ops] hint: {hint}", flush=True)
         return code
 
+    tasks = int(cfg.get("tasks") or 1)
+    extra: list[str] = []
+    if tasks > 1:
+        try:
+            rank, extra = multinode_args(tasks, dict(os.environ))
+        except RuntimeError as e:
+            return fail("multinode", str(e), "Start the server through start_vllm_server on a SLURM host.", 2)
+        if rank > 0:
+            env = dict(os.environ)
+            if str(cfg.get("api_key", "auto")) == "auto":
+                env.pop("VLLM_API_KEY", None)  # the API (and its key) live on the head only
+            raw = [str(a) for a in cfg["argv"]]
+            if "--port" in raw:  # a headless node serves no API: drop the port pair
+                i = raw.index("--port")
+                del raw[i:i + 2]
+            return run_headless([*_resolve_program(raw), *extra], env, job_dir, rank, metrics)
+    ready_mark.unlink(missing_ok=True)  # the head's: a headless node never touches it
     bind = str(cfg.get("bind_host") or "127.0.0.1")
     port_cfg = cfg.get("port", "auto")
     if port_cfg == "auto":
@@ -238,7 +327,7 @@ def main(argv: list[str]) -> int:
         if _port_busy(bind, port):
             return fail("port_in_use", f"port {port} on {bind} is already in use on {socket.gethostname()}",
                         "Use port='auto', or stop what listens there.", EXIT_PORT)
-    cmd = _resolve_program([str(port) if a == "{port}" else str(a) for a in cfg["argv"]])
+    cmd = _resolve_program([str(port) if a == "{port}" else str(a) for a in cfg["argv"]]) + extra
 
     env = dict(os.environ)
     mode = str(cfg.get("api_key", "auto"))

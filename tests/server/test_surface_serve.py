@@ -112,6 +112,8 @@ async def test_bad_input_is_a_tool_error_that_says_what_to_do(mode: str, serve_s
         assert "has no flag --max-num-batch-tokens" in text and "--max-num-batched-tokens" in text
         text = await _error(c, "start_vllm_server", {"model": "Qwen/Qwen2.5-7B", "tensor_parallel_size": 8})
         assert "does not divide" in text and "[1, 2, 4]" in text
+        text = await _error(c, "start_vllm_server", {"model": MODEL, "nodes": 2})
+        assert "needs a SLURM host" in text and "nodes=1" in text
         text = await _error(c, "start_vllm_server", {"model": MODEL, "api_key": "sk-abc"})
         assert "api_key" in text and "sk-abc" not in text.split("api_key")[0]
         engine = await get_engine(serve_state)

@@ -51,3 +51,39 @@ def test_flags_exist_in_the_recorded_vllm():
     assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
     assert argv[argv.index("--pipeline-parallel-size") + 1] == "2"
     assert {"nnodes", "node-rank", "headless", "pipeline-parallel-size"} <= set(known.flags)
+
+
+def _split(plan_gpus: tuple[int, int], agents: int, per_node: int | None = 8, tasks_per_node: int = 1,
+           auto_pp: bool = False):
+    from tools.serve import ServePlan, _split_over_nodes
+
+    plan = ServePlan(tensor_parallel_size=plan_gpus[0], pipeline_parallel_size=plan_gpus[1])
+    return plan, _split_over_nodes(plan, agents, tasks_per_node, per_node, auto_pp)
+
+
+def test_a_server_over_nodes_splits_tp_x_pp_evenly_and_says_how():
+    plan, per = _split((8, 2), 2, auto_pp=True)
+    assert per == 8 and plan.nodes == 2
+    assert "2 vLLM processes with 8 GPU(s) each, one pipeline stage per node" in plan.reasons[0]
+    plan, per = _split((16, 1), 2)  # TP across nodes works, but is said to be the slow way
+    assert per == 8 and "TP spans nodes" in plan.reasons[0]
+    plan, per = _split((4, 1), 1)
+    assert per == 4 and plan.nodes == 1 and not plan.reasons
+    with pytest.raises(InvalidInput, match="do not split evenly over 2 nodes"):
+        _split((3, 1), 2)
+    with pytest.raises(InvalidInput, match="needs 8 GPUs per node; the host's nodes have 4"):
+        _split((8, 2), 2, per_node=4)
+
+
+def test_multinode_flags_exist_in_the_recorded_vllm():
+    from tools.serve import MULTINODE_TASK_FLAGS
+
+    known = parse_help(HELP.read_text(encoding="utf-8"), "0.26.0", str(HELP))
+    argv = to_argv(VllmServeArgs(model=MODEL, tensor_parallel_size=8, pipeline_parallel_size=2, nnodes=2,
+                                 distributed_executor_backend="mp"), known)
+    assert argv[argv.index("--nnodes") + 1] == "2"
+    assert argv[argv.index("--distributed-executor-backend") + 1] == "mp"
+    assert all(known.get(f) for f in MULTINODE_TASK_FLAGS)
+    old = known.model_copy(update={"flags": {k: v for k, v in known.flags.items() if k != "nnodes"}})
+    with pytest.raises(InvalidInput, match="has no --nnodes"):
+        to_argv(VllmServeArgs(model=MODEL, nnodes=2), old)
