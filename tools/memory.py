@@ -434,6 +434,14 @@ def breakdown_bytes(arch: ModelArch, s: Settings, *, tp: int | None = None, num_
         logit = tokens * V * per_logit
     if arch.is_moe:
         act += tokens * L * arch.num_experts * 4 * 2  # router logits (fp32) and their softmax
+    if s.task == "full" and n > 1 and zero >= 2 and not s.cpu_offload and s.optimizer == "adamw":
+        # DeepSpeed's optimizer step casts the gradient partition to fp32 (ZeRO-2 after freeing the
+        # 16-bit one, ZeRO-3 next to it): +4 B per parameter / N while activations and logits are
+        # already freed, so it sets the peak only when it exceeds them. Measured with the real
+        # engines on 2 CPU ranks (bench/fsdp_shards_cpu.py, bench/data/fsdp_shards_cpu.jsonl).
+        # FSDP2 makes no such copy: for it this errs on the safe side.
+        grads += max(0.0, trainable * 4.0 / n - (act + logit))
+        out.gradients = grads
     out.activations, out.logits = act, logit
     dynamic = act + logit + grads + opt
     out.allocator_overhead = 0.06 * dynamic + 0.02 * (w + adapter) + 0.1 * GIB
