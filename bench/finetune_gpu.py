@@ -236,7 +236,9 @@ def main() -> int:
     p.add_argument("--shapes", default="llama-3.2-1b,llama-3.1-8b")
     p.add_argument("--methods", default="lora,qlora")
     p.add_argument("--runners", default="payload,unsloth,hf")
-    p.add_argument("--extra", default="", help="more runs after the grid: shape:method:runner[:batch:gc], comma-separated")
+    p.add_argument(
+        "--extra", default="", help="more runs after the grid: shape:method:runner[:batch:gc], comma-separated"
+    )
     p.add_argument("--items", default="", help="run only these, in this order (same syntax as --extra)")
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--steps", type=int, default=16)

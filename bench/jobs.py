@@ -41,10 +41,22 @@ def ms(xs: list[float]) -> str:
 
 
 def record(job_id: str, job_dir: str, state: JobState, created: float, kind: str = "command") -> JobRecord:
-    return JobRecord(job_id=job_id, token=uuid.uuid4().hex, host="local", kind=kind, state=state, job_dir=job_dir,
-                     spec_json='{"kind": "command", "argv": ["true"]}', spec_hash="x", created_at=created,
-                     updated_at=created, phase="launched", exit_code=0 if state is JobState.SUCCEEDED else 1,
-                     started_at=created, ended_at=created + 1)
+    return JobRecord(
+        job_id=job_id,
+        token=uuid.uuid4().hex,
+        host="local",
+        kind=kind,
+        state=state,
+        job_dir=job_dir,
+        spec_json='{"kind": "command", "argv": ["true"]}',
+        spec_hash="x",
+        created_at=created,
+        updated_at=created,
+        phase="launched",
+        exit_code=0 if state is JobState.SUCCEEDED else 1,
+        started_at=created,
+        ended_at=created + 1,
+    )
 
 
 async def bench_tail(engine: JobEngine, work: Path) -> None:
@@ -73,8 +85,10 @@ async def bench_tail(engine: JobEngine, work: Path) -> None:
         follow.append(time.perf_counter() - t0)
         off = c.next_offset
     growth = rss_mb() - before
-    print(f"tail of a {chunk.size / GIB:.2f} GiB log (200 lines): {ms(times)}; "
-          f"follow by offset (64 KiB): {ms(follow)}; RSS growth {growth:.1f} MB")
+    print(
+        f"tail of a {chunk.size / GIB:.2f} GiB log (200 lines): {ms(times)}; "
+        f"follow by offset (64 KiB): {ms(follow)}; RSS growth {growth:.1f} MB"
+    )
     log.unlink()
 
 
@@ -82,12 +96,18 @@ async def bench_list(engine: JobEngine, work: Path) -> None:
     now = time.time()
     states = [JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.LOST]
     kinds = ["command", "finetune", "serve", "quantize", "download"]
-    recs = [record(f"command-bench-{i:05d}", str(work / "jobs" / f"b{i}"), states[i % 4], now - i, kinds[i % 5])
-            for i in range(10_000)]
+    recs = [
+        record(f"command-bench-{i:05d}", str(work / "jobs" / f"b{i}"), states[i % 4], now - i, kinds[i % 5])
+        for i in range(10_000)
+    ]
     engine.catalog.insert_many(recs)
     n = engine.catalog.count()
-    for label, kw in [("all", {}), ("state=failed", {"state": JobState.FAILED}),
-                      ("kind=serve", {"kind": "serve"}), ("host=local, limit=1000", {"host": "local", "limit": 1000})]:
+    for label, kw in [
+        ("all", {}),
+        ("state=failed", {"state": JobState.FAILED}),
+        ("kind=serve", {"kind": "serve"}),
+        ("host=local, limit=1000", {"host": "local", "limit": 1000}),
+    ]:
         times = []
         for _ in range(30):
             t0 = time.perf_counter()
@@ -132,8 +152,12 @@ async def bench_200(engine: JobEngine) -> None:
         if len(views) == 200 and all(v.terminal for v in views.values()):
             break
         await asyncio.sleep(0.2)
-    want = {0: (JobState.SUCCEEDED, lambda i: 0), 1: (JobState.FAILED, lambda i: i % 7 + 1),
-            2: (JobState.CANCELLED, None), 3: (JobState.LOST, lambda i: None)}
+    want = {
+        0: (JobState.SUCCEEDED, lambda i: 0),
+        1: (JobState.FAILED, lambda i: i % 7 + 1),
+        2: (JobState.CANCELLED, None),
+        3: (JobState.LOST, lambda i: None),
+    }
     wrong = []
     for i, jid in enumerate(ids):
         v = views[jid]
@@ -141,9 +165,11 @@ async def bench_200(engine: JobEngine) -> None:
         if v.state is not state or (code is not None and v.exit_code != code(i)):
             wrong.append((jid, v.state.value, v.exit_code))
     total = time.perf_counter() - t0
-    print(f"200 concurrent local jobs: submitted in {t_sub:.2f} s, all final in {total:.2f} s; "
-          f"tracked {len(views)}/200, right final state {200 - len(wrong)}/200 "
-          f"(50 succeeded, 50 failed with their codes, 50 cancelled, 50 lost)")
+    print(
+        f"200 concurrent local jobs: submitted in {t_sub:.2f} s, all final in {total:.2f} s; "
+        f"tracked {len(views)}/200, right final state {200 - len(wrong)}/200 "
+        f"(50 succeeded, 50 failed with their codes, 50 cancelled, 50 lost)"
+    )
     if wrong:
         print("  wrong:", wrong[:10], file=sys.stderr)
 

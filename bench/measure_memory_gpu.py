@@ -58,10 +58,14 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 def hf_config(entry: dict) -> dict:
     """config.json fields for AutoConfig.for_model from a catalog entry (dense models)."""
     cfg = {
-        "hidden_size": entry["hidden_size"], "intermediate_size": entry["intermediate_size"],
-        "num_hidden_layers": entry["num_layers"], "num_attention_heads": entry["num_heads"],
-        "num_key_value_heads": entry["num_kv_heads"], "head_dim": entry["head_dim"],
-        "vocab_size": entry["vocab_size"], "tie_word_embeddings": entry["tie_embeddings"],
+        "hidden_size": entry["hidden_size"],
+        "intermediate_size": entry["intermediate_size"],
+        "num_hidden_layers": entry["num_layers"],
+        "num_attention_heads": entry["num_heads"],
+        "num_key_value_heads": entry["num_kv_heads"],
+        "head_dim": entry["head_dim"],
+        "vocab_size": entry["vocab_size"],
+        "tie_word_embeddings": entry["tie_embeddings"],
         "max_position_embeddings": max(entry.get("max_position") or 4096, 131072),
     }
     if entry.get("sliding_window"):
@@ -108,33 +112,47 @@ def run_one(case: dict, ckpt: Path) -> dict:
     if backend == "unsloth":
         from unsloth import FastLanguageModel
 
-        model, _ = FastLanguageModel.from_pretrained(str(ckpt), max_seq_length=seq, dtype=torch.bfloat16,
-                                                     load_in_4bit=task == "qlora")
-        model = FastLanguageModel.get_peft_model(model, r=case["lora_r"], target_modules=TARGETS, lora_alpha=16,
-                                                 lora_dropout=0, use_gradient_checkpointing="unsloth" if ckpt_on
-                                                 else False)
+        model, _ = FastLanguageModel.from_pretrained(
+            str(ckpt), max_seq_length=seq, dtype=torch.bfloat16, load_in_4bit=task == "qlora"
+        )
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=case["lora_r"],
+            target_modules=TARGETS,
+            lora_alpha=16,
+            lora_dropout=0,
+            use_gradient_checkpointing="unsloth" if ckpt_on else False,
+        )
     else:
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
         kw: dict = {"dtype": torch.bfloat16, "device_map": {"": 0}, "attn_implementation": "sdpa"}
         if task == "qlora":
             kw["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.bfloat16)
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+            )
         model = AutoModelForCausalLM.from_pretrained(str(ckpt), **kw)
         if task == "qlora":
             from peft import prepare_model_for_kbit_training
 
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ckpt_on,
-                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=ckpt_on, gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         elif ckpt_on:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         if task in ("lora", "qlora"):
             from peft import LoraConfig, get_peft_model
 
-            model = get_peft_model(model, LoraConfig(r=case["lora_r"], lora_alpha=16, lora_dropout=0.0,
-                                                     target_modules=TARGETS, task_type="CAUSAL_LM"))
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=case["lora_r"], lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"
+                ),
+            )
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     if case["optimizer"] in ("adamw_8bit", "paged_adamw_8bit"):
@@ -164,11 +182,16 @@ def run_one(case: dict, ckpt: Path) -> dict:
         if mod in sys.modules:  # only what this workload imported (importing unsloth patches transformers)
             versions[mod] = getattr(sys.modules[mod], "__version__", "?")
     return {
-        **case, "metric": "total_gib", "measured_gib": round((reserved + context) / GIB, 3),
-        "max_reserved_gib": round(reserved / GIB, 3), "max_allocated_gib": round(torch.cuda.max_memory_allocated()
-                                                                                 / GIB, 3),
-        "context_gib": round(context / GIB, 3), "step_s": round((time.time() - t0) / 2, 2),
-        "gpu_name": torch.cuda.get_device_name(), "versions": versions, "scored": True,
+        **case,
+        "metric": "total_gib",
+        "measured_gib": round((reserved + context) / GIB, 3),
+        "max_reserved_gib": round(reserved / GIB, 3),
+        "max_allocated_gib": round(torch.cuda.max_memory_allocated() / GIB, 3),
+        "context_gib": round(context / GIB, 3),
+        "step_s": round((time.time() - t0) / 2, 2),
+        "gpu_name": torch.cuda.get_device_name(),
+        "versions": versions,
+        "scored": True,
         "source": f"bench/measure_memory_gpu.py on {torch.cuda.get_device_name()} (random-init weights)",
     }
 
@@ -200,19 +223,38 @@ def main() -> int:
             except Exception:
                 print(f"skip {model_id} {task} unsloth: not importable", file=sys.stderr)
                 continue
-        case = {"id": f"gpu-{model_id.split('/')[-1].lower()}-{task}-{backend}-{seq}x{batch}"
-                      f"{'-ckpt' if ckpt_on else ''}-{optim}", "model": model_id, "task": task,
-                "backend": backend, "seq_len": seq, "batch_size": batch, "gradient_checkpointing": ckpt_on,
-                "optimizer": optim, "lora_r": r, "dtype": "bfloat16"}
-        ckpt = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-                               f"from measure_memory_gpu import build_checkpoint; from pathlib import Path; "
-                               f"print(build_checkpoint({model_id!r}, Path({str(work)!r})))"],
-                              capture_output=True, text=True)
+        case = {
+            "id": f"gpu-{model_id.split('/')[-1].lower()}-{task}-{backend}-{seq}x{batch}"
+            f"{'-ckpt' if ckpt_on else ''}-{optim}",
+            "model": model_id,
+            "task": task,
+            "backend": backend,
+            "seq_len": seq,
+            "batch_size": batch,
+            "gradient_checkpointing": ckpt_on,
+            "optimizer": optim,
+            "lora_r": r,
+            "dtype": "bfloat16",
+        }
+        ckpt = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                f"from measure_memory_gpu import build_checkpoint; from pathlib import Path; "
+                f"print(build_checkpoint({model_id!r}, Path({str(work)!r})))",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if ckpt.returncode:
             print(f"checkpoint for {model_id} failed:\n{ckpt.stderr[-2000:]}", file=sys.stderr)
             continue
-        child = subprocess.run([sys.executable, __file__, "--one", json.dumps({**case, "_ckpt": ckpt.stdout.split()[-1]})],
-                               capture_output=True, text=True)
+        child = subprocess.run(
+            [sys.executable, __file__, "--one", json.dumps({**case, "_ckpt": ckpt.stdout.split()[-1]})],
+            capture_output=True,
+            text=True,
+        )
         rows = [ln[4:] for ln in child.stdout.splitlines() if ln.startswith("ROW ")]
         if not rows:
             oom = "OutOfMemoryError" in child.stderr

@@ -113,7 +113,9 @@ def main() -> int:
         meas = float(row["measured_gib"])
         err = (ours - meas) / meas
         if not row.get("scored", True):
-            unscored.append(f"{row['id']}: measured {meas:.2f}, ours {ours:.2f} ({100 * err:+.1f}%) — {row.get('note')}")
+            unscored.append(
+                f"{row['id']}: measured {meas:.2f}, ours {ours:.2f} ({100 * err:+.1f}%) — {row.get('note')}"
+            )
             continue
         w, rule = anchors(row)
         key = (row.get("backend") or "vllm", row.get("task", "inference"))
@@ -125,8 +127,10 @@ def main() -> int:
         groups[("all", "all")]["rule"].append((rule - meas) / meas)
         print(f"{row['id']:42s} {meas:9.2f} {ours:7.2f} {100 * err:+6.1f}%")
     print()
-    print("| backend / task | rows | ours MAPE | ours worst under | weights-only MAPE | worst under "
-          "| rule of thumb MAPE | worst under |")
+    print(
+        "| backend / task | rows | ours MAPE | ours worst under | weights-only MAPE | worst under "
+        "| rule of thumb MAPE | worst under |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for (bk, task), g in sorted(groups.items(), key=lambda kv: (kv[0] == ("all", "all"), kv[0])):
         cells = []
@@ -150,8 +154,10 @@ def main() -> int:
         t0 = time.perf_counter()
         estimate_memory(p2)
         times.append(time.perf_counter() - t0)
-    print(f"\nestimate_memory median time (catalog model, with plan and all tiers): "
-          f"{1000 * statistics.median(times):.2f} ms over {len(times)} calls")
+    print(
+        f"\nestimate_memory median time (catalog model, with plan and all tiers): "
+        f"{1000 * statistics.median(times):.2f} ms over {len(times)} calls"
+    )
     return 0
 
 

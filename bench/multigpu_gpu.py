@@ -99,19 +99,25 @@ def torch_worker(cfg_path: Path, out_path: Path) -> None:
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    peaks = torch.tensor([torch.cuda.max_memory_reserved(dev) / GIB, torch.cuda.max_memory_allocated(dev) / GIB]
-                         if cuda else [0.0, 0.0], device=dev)
+    peaks = torch.tensor(
+        [torch.cuda.max_memory_reserved(dev) / GIB, torch.cuda.max_memory_allocated(dev) / GIB] if cuda else [0.0, 0.0],
+        device=dev,
+    )
     gathered = [torch.zeros_like(peaks) for _ in range(world)]
     dist.all_gather(gathered, peaks)
     if rank == 0:
-        meas = times[cfg["warmup"]:]
-        out_path.write_text(json.dumps({
-            "step_s": [round(x, 4) for x in meas],
-            "tokens_per_s": round(world * batch * seq * len(meas) / sum(meas), 1),
-            "peak_reserved_gib": [round(float(g[0]), 3) for g in gathered],
-            "peak_allocated_gib": [round(float(g[1]), 3) for g in gathered],
-            "loss": float(loss.detach()),
-        }))
+        meas = times[cfg["warmup"] :]
+        out_path.write_text(
+            json.dumps(
+                {
+                    "step_s": [round(x, 4) for x in meas],
+                    "tokens_per_s": round(world * batch * seq * len(meas) / sum(meas), 1),
+                    "peak_reserved_gib": [round(float(g[0]), 3) for g in gathered],
+                    "peak_allocated_gib": [round(float(g[1]), 3) for g in gathered],
+                    "loss": float(loss.detach()),
+                }
+            )
+        )
     dist.barrier()
     dist.destroy_process_group()
 
@@ -149,16 +155,25 @@ def run_one(args: argparse.Namespace, part: str, runner: str, world: int, ckpt: 
         (job / "job_config.json").write_text(json.dumps(cfg))
         script = [str(PAYLOAD), "--config", str(job / "job_config.json"), "--job-dir", str(job)]
     else:
-        cfg = {"model": str(ckpt), "mode": part, "seq": args.seq, "batch": batch, "steps": args.steps,
-               "warmup": args.warmup}
+        cfg = {
+            "model": str(ckpt),
+            "mode": part,
+            "seq": args.seq,
+            "batch": batch,
+            "steps": args.steps,
+            "warmup": args.warmup,
+        }
         (job / "job_config.json").write_text(json.dumps(cfg))
         script = [str(Path(__file__).resolve()), "torch-worker", str(job / "job_config.json"), str(job / "result.json")]
     argv = torchrun_argv(sys.executable, script, nproc_per_node=world, log_dir=str(job / "torchrun"))
     row: dict[str, Any] = {"part": part, "runner": runner, "shape": shape, "method": method, "world_size": world,
                            "seq": args.seq, "batch_per_gpu": batch, "steps": args.steps, "warmup": args.warmup,
                            "strategy": "ddp" if part == "ddp" else "fsdp full_shard", "command": argv}  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "WANDB_DISABLED": "true"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "WANDB_DISABLED": "true",
+    }
     t0 = time.time()
     with (job / "output.log").open("w") as log:
         try:
@@ -174,7 +189,7 @@ def run_one(args: argparse.Namespace, part: str, runner: str, world: int, ckpt: 
         if runner == "payload":
             rows = [json.loads(x) for x in (job / "metrics.jsonl").read_text().splitlines()]
             times = [(r["step"], r["time"]) for r in rows if r.get("event") == "log" and "loss" in r]
-            times = times[args.warmup:]
+            times = times[args.warmup :]
             steps = times[-1][0] - times[0][0]
             dt = times[-1][1] - times[0][1]
             row["tokens_per_s"] = round(world * batch * args.seq * steps / dt, 1) if dt > 0 else None
@@ -190,8 +205,9 @@ def run_one(args: argparse.Namespace, part: str, runner: str, world: int, ckpt: 
             peak = max(x for x in row["peak_reserved_gib"] if x is not None) if row["peak_reserved_gib"] else None
             if peak:  # nvidia-smi's view = allocator reserve + the CUDA context the estimate also counts
                 row["measured_gib"] = round(peak + est["estimate_breakdown_gib"]["cuda_context"], 2)
-                row["estimate_error_pct"] = round(100 * (est["estimate_gib"] - row["measured_gib"])
-                                                  / row["measured_gib"], 1)
+                row["estimate_error_pct"] = round(
+                    100 * (est["estimate_gib"] - row["measured_gib"]) / row["measured_gib"], 1
+                )
     except (OSError, ValueError, KeyError, IndexError, RuntimeError) as exc:
         row["error"] = str(exc)
     return row
@@ -202,8 +218,10 @@ def environment() -> dict[str, Any]:
 
     import torch
 
-    env: dict[str, Any] = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                           "gpus": torch.cuda.device_count()}
+    env: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "gpus": torch.cuda.device_count(),
+    }
     for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets"):
         try:
             env[name] = metadata.version(name)
@@ -246,8 +264,7 @@ def main() -> int:
     data = build_dataset(args.work, args.seq * 2)
     parts = [x for x in args.parts.split(",") if x]
     runners = [x for x in args.runners.split(",") if x]
-    ckpts = {part: build_checkpoint(args.work, args.ddp_shape if part == "ddp" else args.fsdp_shape)
-             for part in parts}
+    ckpts = {part: build_checkpoint(args.work, args.ddp_shape if part == "ddp" else args.fsdp_shape) for part in parts}
     plan = []
     for part in parts:
         worlds = [1, args.gpus] if part == "ddp" else [args.gpus]
@@ -263,15 +280,32 @@ def main() -> int:
         print(json.dumps({k: v for k, v in row.items() if k not in ("env", "command", "step_s")}), flush=True)
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     for runner in runners:
-        one = [r for r in rows if r["part"] == "ddp" and r["runner"] == runner and r["world_size"] == 1
-               and r.get("tokens_per_s") and r.get("smoke") == args.smoke]
-        two = [r for r in rows if r["part"] == "ddp" and r["runner"] == runner and r["world_size"] == args.gpus
-               and r.get("tokens_per_s") and r.get("smoke") == args.smoke]
+        one = [
+            r
+            for r in rows
+            if r["part"] == "ddp"
+            and r["runner"] == runner
+            and r["world_size"] == 1
+            and r.get("tokens_per_s")
+            and r.get("smoke") == args.smoke
+        ]
+        two = [
+            r
+            for r in rows
+            if r["part"] == "ddp"
+            and r["runner"] == runner
+            and r["world_size"] == args.gpus
+            and r.get("tokens_per_s")
+            and r.get("smoke") == args.smoke
+        ]
         if one and two:
             ratio = two[-1]["tokens_per_s"] / one[-1]["tokens_per_s"]
-            print(f"DDP scaling ({runner}): {args.gpus} GPUs / 1 GPU = {ratio:.2f}x "
-                  f"({two[-1]['tokens_per_s']:.0f} vs {one[-1]['tokens_per_s']:.0f} tokens/s)", flush=True)
-    return 0 if all("error" not in r for r in rows[-len(plan):]) else 1
+            print(
+                f"DDP scaling ({runner}): {args.gpus} GPUs / 1 GPU = {ratio:.2f}x "
+                f"({two[-1]['tokens_per_s']:.0f} vs {one[-1]['tokens_per_s']:.0f} tokens/s)",
+                flush=True,
+            )
+    return 0 if all("error" not in r for r in rows[-len(plan) :]) else 1
 
 
 if __name__ == "__main__":

@@ -56,8 +56,9 @@ def _calls(log: Path) -> int:
 
 async def status_of_many(root: Path, n: int) -> dict[str, object]:
     log = _shim(root)
-    host = HostConfig(name="slurm", launcher="slurm", workdir=str(root / "work"),
-                      slurm=SlurmConfig(time_limit="00:10:00"))
+    host = HostConfig(
+        name="slurm", launcher="slurm", workdir=str(root / "work"), slurm=SlurmConfig(time_limit="00:10:00")
+    )
     eng = JobEngine(Config(hosts={"slurm": host}, default_host="slurm"), root / "state")
     try:
         ids = [(await eng.submit(_spec("sleep 300"))).job_id for _ in range(n)]
@@ -94,14 +95,16 @@ async def status_of_many(root: Path, n: int) -> dict[str, object]:
 
 
 async def submit_to_running(root: Path, runs: int) -> dict[str, object]:
-    host = HostConfig(name="slurm", launcher="slurm", workdir=str(root / "work2"),
-                      slurm=SlurmConfig(time_limit="00:10:00"))
+    host = HostConfig(
+        name="slurm", launcher="slurm", workdir=str(root / "work2"), slurm=SlurmConfig(time_limit="00:10:00")
+    )
     eng = JobEngine(Config(hosts={"slurm": host}, default_host="slurm"), root / "state2")
     engine_s, raw_s = [], []
     try:
         for _ in range(runs):
-            while subprocess.run(["squeue", "--noheader", "-t", "PD,R,CG"], capture_output=True, text=True,
-                                 check=False).stdout.strip():
+            while subprocess.run(
+                ["squeue", "--noheader", "-t", "PD,R,CG"], capture_output=True, text=True, check=False
+            ).stdout.strip():
                 await asyncio.sleep(0.2)  # idle node: nothing pending, running or completing
             t0 = time.perf_counter()
             r = await eng.submit(_spec("sleep 2", gpus=1))
@@ -110,14 +113,20 @@ async def submit_to_running(root: Path, runs: int) -> dict[str, object]:
             engine_s.append(time.perf_counter() - t0)
             await eng.wait(r.job_id, "finished", 60)
         for _ in range(runs):
-            while subprocess.run(["squeue", "--noheader", "-t", "PD,R,CG"], capture_output=True, text=True,
-                                 check=False).stdout.strip():
+            while subprocess.run(
+                ["squeue", "--noheader", "-t", "PD,R,CG"], capture_output=True, text=True, check=False
+            ).stdout.strip():
                 await asyncio.sleep(0.2)
             t0 = time.perf_counter()
-            jid = subprocess.run(["sbatch", "--parsable", "--gres=gpu:1", "-o", "/dev/null", "--wrap", "sleep 2"],
-                                 capture_output=True, text=True, check=True).stdout.strip()
-            while subprocess.run(["squeue", "--noheader", "-j", jid, "-o", "%T"], capture_output=True, text=True,
-                                 check=False).stdout.strip() not in ("RUNNING", "COMPLETING", "COMPLETED"):
+            jid = subprocess.run(
+                ["sbatch", "--parsable", "--gres=gpu:1", "-o", "/dev/null", "--wrap", "sleep 2"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            while subprocess.run(
+                ["squeue", "--noheader", "-j", jid, "-o", "%T"], capture_output=True, text=True, check=False
+            ).stdout.strip() not in ("RUNNING", "COMPLETING", "COMPLETED"):
                 time.sleep(0.02)
             raw_s.append(time.perf_counter() - t0)
     finally:

@@ -52,15 +52,21 @@ async def step_hosts(c: Client) -> None:
 
 async def step_estimate(c: Client) -> None:
     banner("estimate_memory: Llama 3.1 70B, serving at 8k context")
-    out = await call(c, "estimate_memory", {"model": "meta-llama/Llama-3.1-70B", "task": "inference",
-                                            "seq_len": 8192, "batch_size": 8})
+    out = await call(
+        c,
+        "estimate_memory",
+        {"model": "meta-llama/Llama-3.1-70B", "task": "inference", "seq_len": 8192, "batch_size": 8},
+    )
     b = out["breakdown_gib"]
     print("  per GPU (GiB): " + ", ".join(f"{k} {v:.1f}" for k, v in b.items() if v))
     print(f"  {'tier':<11} {'fits':<5} {'min GPUs':>8} {'headroom GiB':>13}")
     for tier, f in out["fits"].items():
         print(f"  {tier:<11} {'yes' if f['fits'] else 'no':<5} {f['min_gpus'] or '-':>8} {f['headroom_gib']:>13.1f}")
-    out = await call(c, "estimate_memory", {"model": "meta-llama/Llama-3.1-8B", "task": "qlora", "seq_len": 2048,
-                                            "batch_size": 2, "gpu": "RTX4090"})
+    out = await call(
+        c,
+        "estimate_memory",
+        {"model": "meta-llama/Llama-3.1-8B", "task": "qlora", "seq_len": 2048, "batch_size": 2, "gpu": "RTX4090"},
+    )
 
 
 async def follow_job(c: Client, job_id: str, max_s: float = 600) -> dict[str, Any]:
@@ -82,8 +88,10 @@ async def follow_job(c: Client, job_id: str, max_s: float = 600) -> dict[str, An
         job = st["job"]
         if job.get("metrics") and job["metrics"].get("loss") is not None:
             m = job["metrics"]
-            print(f"  progress: step {m.get('step')}/{m.get('total_steps')}, loss {m.get('loss'):.3f}, "
-                  f"ETA {job.get('eta_s') or 0:.0f} s")
+            print(
+                f"  progress: step {m.get('step')}/{m.get('total_steps')}, loss {m.get('loss'):.3f}, "
+                f"ETA {job.get('eta_s') or 0:.0f} s"
+            )
     return await call(c, "get_job_status", {"job_id": job_id})
 
 
@@ -94,8 +102,16 @@ async def step_finetune(c: Client, work: Path) -> str:
     model = build_tiny_model(work / "tiny-llama")
     data = make_dataset(work / "colours.jsonl", "alpaca", n=64)
     print(f"  built {model} (~60k parameters) and {data.name} (64 alpaca rows)")
-    args = {"model": str(model), "dataset": str(data), "max_steps": 30, "max_seq_length": 64,
-            "learning_rate": 5e-3, "save_steps": 15, "output_name": "tiny-colours", "save_merged": True}
+    args = {
+        "model": str(model),
+        "dataset": str(data),
+        "max_steps": 30,
+        "max_seq_length": 64,
+        "learning_rate": 5e-3,
+        "save_steps": 15,
+        "output_name": "tiny-colours",
+        "save_merged": True,
+    }
     await call(c, "submit_finetune", {**args, "dry_run": True})
     out = await call(c, "submit_finetune", args)
     job_id = out["job_id"]
@@ -129,25 +145,41 @@ def standin_env(work: Path) -> dict[str, str]:
         return {}
     from tests.standin_vllm_server import install_standin
 
-    print("NOTE: vLLM is not installed on this machine (it needs a CUDA GPU), so the serving step runs\n"
-          "      against tests/standin_vllm_server.py, a STAND-IN OpenAI-compatible server with no model\n"
-          "      behind it. Everything else in that step (planning, flag checks against vLLM 0.26.0's help,\n"
-          "      the job engine, readiness checks, the OpenAI client) is the real code.")
+    print(
+        "NOTE: vLLM is not installed on this machine (it needs a CUDA GPU), so the serving step runs\n"
+        "      against tests/standin_vllm_server.py, a STAND-IN OpenAI-compatible server with no model\n"
+        "      behind it. Everything else in that step (planning, flag checks against vLLM 0.26.0's help,\n"
+        "      the job engine, readiness checks, the OpenAI client) is the real code."
+    )
     return install_standin(work / "vllm-standin")
 
 
 async def step_serve(c: Client, model: str, finetune_job: str) -> None:
     banner("start_vllm_server: the tiny base model plus the fresh LoRA adapter, query, benchmark, stop")
-    out = await call(c, "start_vllm_server", {"model": model, "max_num_seqs": 4,
-                                              "lora_adapters": [{"name": "colours", "job_id": finetune_job}]})
+    out = await call(
+        c,
+        "start_vllm_server",
+        {"model": model, "max_num_seqs": 4, "lora_adapters": [{"name": "colours", "job_id": finetune_job}]},
+    )
     print(f"  command: {out['command_line']}")
     job = out["job_id"]
     await call(c, "wait_for_job", {"job_id": job, "until": "ready", "timeout_s": 90})
-    q = await call(c, "query_model", {"server_job_id": job, "model": "colours", "max_tokens": 8,
-                                      "messages": [{"role": "user", "content": "What colour is the sky?"}]})
+    q = await call(
+        c,
+        "query_model",
+        {
+            "server_job_id": job,
+            "model": "colours",
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": "What colour is the sky?"}],
+        },
+    )
     print(f"  answer: {q['text']!r}")
-    await call(c, "benchmark_server", {"server_job_id": job, "num_prompts": 16, "input_len": 32,
-                                       "output_len": 16, "concurrency": 4})
+    await call(
+        c,
+        "benchmark_server",
+        {"server_job_id": job, "num_prompts": 16, "input_len": 32, "output_len": 16, "concurrency": 4},
+    )
     await call(c, "stop_vllm_server", {"job_id": job})
 
 

@@ -123,12 +123,21 @@ def torchrun_argv(
     else:
         if node_rank is None:
             raise ValueError("a static rendezvous needs the node rank")
-        argv += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", "--rdzv-backend=static",
-                 f"--rdzv-endpoint={rdzv_endpoint}"]
+        argv += [
+            f"--nnodes={nnodes}",
+            f"--node-rank={node_rank}",
+            "--rdzv-backend=static",
+            f"--rdzv-endpoint={rdzv_endpoint}",
+        ]
         if rdzv_id:
             argv.append(f"--rdzv-id={rdzv_id}")
-    argv += [f"--nproc-per-node={nproc_per_node}", "--max-restarts=0", f"--log-dir={log_dir}", "--tee=3",
-             "--local-ranks-filter=0"]
+    argv += [
+        f"--nproc-per-node={nproc_per_node}",
+        "--max-restarts=0",
+        f"--log-dir={log_dir}",
+        "--tee=3",
+        "--local-ranks-filter=0",
+    ]
     return argv + script
 
 
@@ -139,8 +148,13 @@ def slurm_launch_argv(d: DistributedLaunch, interpreter: str, script: list[str])
     leaving them blocked in a collective until a timeout.
     """
     agent = torchrun_argv(
-        interpreter, script, nproc_per_node=d.nproc_per_node, nnodes=d.agents, node_rank=NODE_RANK,
-        rdzv_endpoint=f"{HEAD}:{PORT}", log_dir=f"{LOG_DIR}/agent{NODE_RANK}",
+        interpreter,
+        script,
+        nproc_per_node=d.nproc_per_node,
+        nnodes=d.agents,
+        node_rank=NODE_RANK,
+        rdzv_endpoint=f"{HEAD}:{PORT}",
+        log_dir=f"{LOG_DIR}/agent{NODE_RANK}",
     )
     argv = srun_argv(d.nodes, d.agents_per_node, d.gpus_per_node, d.gres)
     return [*argv, "bash", "-c", SRUN_AGENT_SCRIPT, "llm-ops-torchrun", *agent]

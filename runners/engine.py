@@ -117,8 +117,9 @@ def check_uploads(uploads: Mapping[str, bytes]) -> None:
     """Uploaded files land flat in the job directory: plain names only, never a job file or a path."""
     for name in uploads:
         if not _UPLOAD_NAME.match(name) or name in _RESERVED_FILES or name.endswith(".py"):
-            raise InvalidInput(f"{name!r} cannot be uploaded into a job directory.",
-                               "Use a plain file name such as dataset.jsonl.")
+            raise InvalidInput(
+                f"{name!r} cannot be uploaded into a job directory.", "Use a plain file name such as dataset.jsonl."
+            )
 
 
 def new_job_id(kind: str, now: float) -> str:
@@ -241,16 +242,25 @@ class JobEngine:
         now = self._clock()
         job_id = new_job_id(spec.kind, now)
         job = PreparedJob(
-            job_id=job_id, token=uuid.uuid4().hex, host=host, spec=spec,
+            job_id=job_id,
+            token=uuid.uuid4().hex,
+            host=host,
+            spec=spec,
             job_dir=job_dir_for(await self.workdir(host.name), job_id),
-            command=self._command(host, spec), created_at=now,
+            command=self._command(host, spec),
+            created_at=now,
             secret_names=sorted(set(host.secrets) | set(spec.secrets)),
         )
         job.env = job_env(job)
         return job, self._secret_values(host, spec.secrets)
 
     async def submit(
-        self, spec: JobSpec, host: str | None = None, *, idempotency_key: str | None = None, dry_run: bool = False,
+        self,
+        spec: JobSpec,
+        host: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+        dry_run: bool = False,
         uploads: Mapping[str, bytes] | None = None,
     ) -> SubmitResult:
         """Start ``spec`` on ``host``; the same ``idempotency_key`` returns the same job.
@@ -266,16 +276,32 @@ class JobEngine:
         script = launcher.render_script(job)
         if dry_run:
             return SubmitResult(
-                job=None, created=False, dry_run=True, job_id=job.job_id, job_dir=job.job_dir, run_script=script,
-                job_json=render_job_json(job), env_names=sorted({*job.env, *secrets}),
+                job=None,
+                created=False,
+                dry_run=True,
+                job_id=job.job_id,
+                job_dir=job.job_dir,
+                run_script=script,
+                job_json=render_job_json(job),
+                env_names=sorted({*job.env, *secrets}),
                 summary=f"Dry run: would start {shlex.join(job.command)} on {job.host.name} in {job.job_dir}.",
             )
         digest = _spec_hash(job.host.name, spec, uploads)
         now = self._clock()
         rec = JobRecord(
-            job_id=job.job_id, token=job.token, host=job.host.name, kind=spec.kind, state=JobState.QUEUED,
-            job_dir=job.job_dir, spec_json=spec.model_dump_json(), spec_hash=digest, created_at=job.created_at,
-            updated_at=now, phase="intent", name=spec.name, idempotency_key=idempotency_key,
+            job_id=job.job_id,
+            token=job.token,
+            host=job.host.name,
+            kind=spec.kind,
+            state=JobState.QUEUED,
+            job_dir=job.job_dir,
+            spec_json=spec.model_dump_json(),
+            spec_hash=digest,
+            created_at=job.created_at,
+            updated_at=now,
+            phase="intent",
+            name=spec.name,
+            idempotency_key=idempotency_key,
         )
         existing, created = self.catalog.insert_intent(rec)
         if not created:
@@ -286,12 +312,18 @@ class JobEngine:
                     "Use a new key for a different job, or repeat the original request exactly.",
                 )
             view = await self.status(existing.job_id, with_details=False)
-            return SubmitResult(job=view, created=False, job_id=existing.job_id, job_dir=existing.job_dir,
-                                summary=f"Same idempotency_key as before: {view.summary}")
+            return SubmitResult(
+                job=view,
+                created=False,
+                job_id=existing.job_id,
+                job_dir=existing.job_dir,
+                summary=f"Same idempotency_key as before: {view.summary}",
+            )
         await self._launch(job, secrets, script, uploads)
         view = await self.status(job.job_id, with_details=False)
-        return SubmitResult(job=view, created=True, job_id=job.job_id, job_dir=job.job_dir,
-                            summary=f"Submitted: {view.summary}")
+        return SubmitResult(
+            job=view, created=True, job_id=job.job_id, job_dir=job.job_dir, summary=f"Submitted: {view.summary}"
+        )
 
     async def _launch(
         self, job: PreparedJob, secrets: dict[str, str], script: str, uploads: Mapping[str, bytes] | None = None
@@ -328,13 +360,13 @@ class JobEngine:
         if getattr(launcher, "queues_jobs", False):  # SLURM: queued until the scheduler runs it (observe says)
             self.catalog.update(job.job_id, expect_state=JobState.QUEUED, native_id=pid)
             return
-        self.catalog.update(job.job_id, expect_state=JobState.QUEUED, native_id=pid, state=JobState.RUNNING,
-                            started_at=now)
+        self.catalog.update(
+            job.job_id, expect_state=JobState.QUEUED, native_id=pid, state=JobState.RUNNING, started_at=now
+        )
 
     def _fail(self, job_id: str, reason: str) -> None:
         now = self._clock()
-        self.catalog.update(job_id, expect_state=JobState.QUEUED, state=JobState.FAILED, reason=reason,
-                            ended_at=now)
+        self.catalog.update(job_id, expect_state=JobState.QUEUED, state=JobState.FAILED, reason=reason, ended_at=now)
 
     # -- observing ----------------------------------------------------------------------
     @staticmethod
@@ -384,7 +416,10 @@ class JobEngine:
         if not out.changed:
             return rec
         changes: dict[str, object] = {
-            "state": out.state, "exit_code": out.exit_code, "reason": out.reason, "native_id": out.native_id,
+            "state": out.state,
+            "exit_code": out.exit_code,
+            "reason": out.reason,
+            "native_id": out.native_id,
         }
         if out.state in (JobState.RUNNING, JobState.READY) and rec.started_at is None:
             changes["started_at"] = now
@@ -437,11 +472,13 @@ class JobEngine:
                 # its words beat our guess from the log (e.g. vLLM start-up failures, dataset errors).
                 ev = last[-1] if last and last[-1].get("event") == "error" else None
                 if ev and isinstance(ev.get("message"), str):
-                    err = err.model_copy(update={
-                        "kind": str(ev.get("kind") or err.kind),
-                        "line": redact(ev["message"])[:500],
-                        "hint": redact(str(ev.get("hint") or ev.get("suggestion") or err.hint)),
-                    })
+                    err = err.model_copy(
+                        update={
+                            "kind": str(ev.get("kind") or err.kind),
+                            "line": redact(ev["message"])[:500],
+                            "hint": redact(str(ev.get("hint") or ev.get("suggestion") or err.hint)),
+                        }
+                    )
                 out["error"] = err
         except HostError as e:
             out["note"] = f"details unavailable: {e.message}"
@@ -537,10 +574,19 @@ class JobEngine:
             try:
                 rx = re.compile(grep)
             except re.error as e:
-                raise InvalidInput(f"grep {grep!r} is not a valid regular expression ({e}).",
-                                   "Escape special characters or use a plain word.") from e
-        return await read_log(self.transport(rec.host), f"{rec.job_dir}/{LOG}", offset=offset,
-                              max_bytes=max_bytes, tail_lines=tail_lines, redact=await self._redactor(rec), grep=rx)
+                raise InvalidInput(
+                    f"grep {grep!r} is not a valid regular expression ({e}).",
+                    "Escape special characters or use a plain word.",
+                ) from e
+        return await read_log(
+            self.transport(rec.host),
+            f"{rec.job_dir}/{LOG}",
+            offset=offset,
+            max_bytes=max_bytes,
+            tail_lines=tail_lines,
+            redact=await self._redactor(rec),
+            grep=rx,
+        )
 
     # -- wait / cancel ------------------------------------------------------------------
     async def wait(
@@ -610,8 +656,13 @@ class JobEngine:
             what = await launcher.cancel(self.transport(rec.host), self._ref(rec), grace)
             log.info("cancel %s: %s", job_id, what)
         else:  # the submit has not written the directory yet; it will see cancel_requested
-            self.catalog.update(job_id, expect_state=JobState.QUEUED, state=JobState.CANCELLED,
-                                reason="cancelled before it started", ended_at=self._clock())
+            self.catalog.update(
+                job_id,
+                expect_state=JobState.QUEUED,
+                state=JobState.CANCELLED,
+                reason="cancelled before it started",
+                ended_at=self._clock(),
+            )
         return await self.status(job_id)
 
     async def aclose(self) -> None:

@@ -110,7 +110,7 @@ def parse_env(text: str) -> dict[str, str]:
         if not line.startswith("export "):
             continue
         try:
-            parts = shlex.split(line[len("export "):])
+            parts = shlex.split(line[len("export ") :])
         except ValueError:
             continue  # a torn line while a payload appends: skip it
         if parts and "=" in parts[0]:
@@ -156,7 +156,7 @@ def render_body(job: PreparedJob, *, kill_group_on_exit: bool, pre_command: tupl
             # A cancel that raced the start: stop before the command runs.
             f"[ -e {CANCEL_MARK} ] && exit 143",
             *pre_command,
-            f"echo \"[llm-ops] job {job.job_id} started on $(hostname) at $(date -u +%Y-%m-%dT%H:%M:%SZ)\"",
+            f'echo "[llm-ops] job {job.job_id} started on $(hostname) at $(date -u +%Y-%m-%dT%H:%M:%SZ)"',
             shlex.join(job.command),
             "exit $?",
             "",

@@ -47,8 +47,10 @@ class LogChunk(BaseModel):
 class ErrorExcerpt(BaseModel):
     """Why a job failed, as far as its log tells, and what to do next."""
 
-    kind: str = Field(description="cuda_oom, host_oom, nccl, missing_module, disk_full, python_exception, "
-                                  "rank_failure (a distributed rank), exit_code.")
+    kind: str = Field(
+        description="cuda_oom, host_oom, nccl, missing_module, disk_full, python_exception, "
+        "rank_failure (a distributed rank), exit_code."
+    )
     line: str | None = Field(None, description="The log line that shows it.")
     hint: str = Field(description="What to do next.")
     tail: str = Field(description="The last lines of the log (redacted).")
@@ -106,8 +108,14 @@ async def read_log(
             truncated = True
         end = start + len(data)
         text = redact(data.decode("utf-8", errors="replace"))
-        return LogChunk(text=_filter(text, grep), offset=start, next_offset=end, size=max(size, end),
-                        eof=end >= size, truncated=truncated)
+        return LogChunk(
+            text=_filter(text, grep),
+            offset=start,
+            next_offset=end,
+            size=max(size, end),
+            eof=end >= size,
+            truncated=truncated,
+        )
     if offset > size:
         raise InvalidInput(
             f"offset {offset} is past the end of the log ({size} bytes).",
@@ -124,8 +132,9 @@ async def read_log(
             end = offset + len(data)
     text = redact(data.decode("utf-8", errors="replace"))
     size = max(size, end)
-    return LogChunk(text=_filter(text, grep), offset=offset, next_offset=end, size=size,
-                    eof=end >= size, truncated=truncated)
+    return LogChunk(
+        text=_filter(text, grep), offset=offset, next_offset=end, size=size, eof=end >= size, truncated=truncated
+    )
 
 
 async def read_last_metrics(transport: Transport, path: str, n: int = 1, window: int = 65536) -> list[dict[str, Any]]:
@@ -165,32 +174,43 @@ def progress_from(metrics: Mapping[str, Any] | None, elapsed_s: float | None) ->
             eta = elapsed_s / step * max(0.0, total - step)
     elif isinstance(metrics.get("percent"), int | float):
         pct = float(metrics["percent"])
-    return (round(pct, 2) if pct is not None else None,
-            round(float(eta), 1) if isinstance(eta, int | float) else None)
+    return (round(pct, 2) if pct is not None else None, round(float(eta), 1) if isinstance(eta, int | float) else None)
 
 
 _RULES: list[tuple[str, re.Pattern[str], str]] = [
-    ("cuda_oom",
-     re.compile(r"CUDA out of memory|OutOfMemoryError|CUDA error: out of memory|CUBLAS_STATUS_ALLOC_FAILED"),
-     "The GPU ran out of memory: lower the batch size or sequence length, use QLoRA (4-bit), enable "
-     "gradient checkpointing, or use more/larger GPUs; estimate_memory tells what fits."),
-    ("nccl",
-     re.compile(r"NCCL error|ncclSystemError|ncclInternalError|ncclUnhandledCudaError|ncclRemoteError|"
-                r"ProcessGroupNCCL.*(?:[Tt]imeout|[Ee]rror)|NCCL WARN"),
-     "Multi-GPU communication failed: check that every GPU is visible (CUDA_VISIBLE_DEVICES) and healthy, "
-     "rerun with NCCL_DEBUG=INFO; on PCIe-only machines try NCCL_P2P_DISABLE=1."),
-    ("missing_module",
-     re.compile(r"(?:ModuleNotFoundError|ImportError): No module named '?([\w.]+)'?"),
-     "A Python package is missing on the host: install it into the host's interpreter, or set the host's "
-     "`python` to an environment that has it."),
-    ("disk_full",
-     re.compile(r"No space left on device|\[Errno 28\]|Disk quota exceeded|\[Errno 122\]"),
-     "The host's disk or quota is full: free space in the workdir and the HF cache, or point HF_HOME and "
-     "the workdir at a larger disk."),
-    ("host_oom",
-     re.compile(r"(?:^|\s)Killed(?:\s|$)|Out of memory: Killed process|oom-kill|^MemoryError\b"),
-     "The process was killed with SIGKILL, most likely by the host's OOM killer (CPU RAM ran out): "
-     "lower dataloader workers or batch size, load in lower precision, or use a host with more memory."),
+    (
+        "cuda_oom",
+        re.compile(r"CUDA out of memory|OutOfMemoryError|CUDA error: out of memory|CUBLAS_STATUS_ALLOC_FAILED"),
+        "The GPU ran out of memory: lower the batch size or sequence length, use QLoRA (4-bit), enable "
+        "gradient checkpointing, or use more/larger GPUs; estimate_memory tells what fits.",
+    ),
+    (
+        "nccl",
+        re.compile(
+            r"NCCL error|ncclSystemError|ncclInternalError|ncclUnhandledCudaError|ncclRemoteError|"
+            r"ProcessGroupNCCL.*(?:[Tt]imeout|[Ee]rror)|NCCL WARN"
+        ),
+        "Multi-GPU communication failed: check that every GPU is visible (CUDA_VISIBLE_DEVICES) and healthy, "
+        "rerun with NCCL_DEBUG=INFO; on PCIe-only machines try NCCL_P2P_DISABLE=1.",
+    ),
+    (
+        "missing_module",
+        re.compile(r"(?:ModuleNotFoundError|ImportError): No module named '?([\w.]+)'?"),
+        "A Python package is missing on the host: install it into the host's interpreter, or set the host's "
+        "`python` to an environment that has it.",
+    ),
+    (
+        "disk_full",
+        re.compile(r"No space left on device|\[Errno 28\]|Disk quota exceeded|\[Errno 122\]"),
+        "The host's disk or quota is full: free space in the workdir and the HF cache, or point HF_HOME and "
+        "the workdir at a larger disk.",
+    ),
+    (
+        "host_oom",
+        re.compile(r"(?:^|\s)Killed(?:\s|$)|Out of memory: Killed process|oom-kill|^MemoryError\b"),
+        "The process was killed with SIGKILL, most likely by the host's OOM killer (CPU RAM ran out): "
+        "lower dataloader workers or batch size, load in lower precision, or use a host with more memory.",
+    ),
 ]
 _EXC = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Fault)|[a-z_.]*\.[A-Z]\w+)(?::\s?(.*))?$")
 
@@ -248,8 +268,9 @@ def _torchrun_root_cause(lines: list[str]) -> tuple[str, str, str | None] | None
 def disk_full_excerpt(free_kib: int, tail: str) -> ErrorExcerpt:
     """The job's own filesystem is full: the log (on that disk) could not record why it failed."""
     hint = next(h for k, _rx, h in _RULES if k == "disk_full")
-    return ErrorExcerpt(kind="disk_full", line=f"{free_kib} KiB free on the job directory's filesystem",
-                        hint=hint, tail=tail)
+    return ErrorExcerpt(
+        kind="disk_full", line=f"{free_kib} KiB free on the job directory's filesystem", hint=hint, tail=tail
+    )
 
 
 def diagnose(log_tail: str, exit_code: int | None, tail_lines: int = 15) -> ErrorExcerpt:
@@ -268,29 +289,38 @@ def diagnose(log_tail: str, exit_code: int | None, tail_lines: int = 15) -> Erro
             if msg and rx.search(msg):
                 return ErrorExcerpt(kind=kind, line=line, hint=f"On rank {rank}: {hint}", tail=tail)
         return ErrorExcerpt(
-            kind="rank_failure", line=line, tail=tail,
+            kind="rank_failure",
+            line=line,
+            tail=tail,
             hint=f"Rank {rank} failed and torchrun stopped the other ranks. Its full output is in the job "
-                 f"directory under torchrun/ (per rank); get_job_logs with grep='rank {rank}|Error' shows the "
-                 "lines around it.",
+            f"directory under torchrun/ (per rank); get_job_logs with grep='rank {rank}|Error' shows the "
+            "lines around it.",
         )
     for kind, rx, hint in _RULES:
         for line in reversed(lines):
             m = rx.search(line)
             if m:
                 if kind == "missing_module" and m.group(1):
-                    hint = (f"The Python module {m.group(1)!r} is missing on the host: install it into the "
-                            "host's interpreter, or set the host's `python` to an environment that has it.")
+                    hint = (
+                        f"The Python module {m.group(1)!r} is missing on the host: install it into the "
+                        "host's interpreter, or set the host's `python` to an environment that has it."
+                    )
                 return ErrorExcerpt(kind=kind, line=line.strip()[:500], hint=hint, tail=tail)
     if exit_code == 137:
         return ErrorExcerpt(kind="host_oom", line=None, hint=_RULES[-1][2], tail=tail)
     for line in reversed(lines):
         if _EXC.match(line.strip()) and not line.startswith(" "):
             return ErrorExcerpt(
-                kind="python_exception", line=line.strip()[:500],
+                kind="python_exception",
+                line=line.strip()[:500],
                 hint="The job raised this exception; the traceback above it in the log shows where "
-                     "(get_job_logs with grep='Traceback|Error').",
+                "(get_job_logs with grep='Traceback|Error').",
                 tail=tail,
             )
     what = f"exit code {exit_code}" if exit_code is not None else "no exit code"
-    return ErrorExcerpt(kind="exit_code", line=None,
-                        hint=f"The job ended with {what}; read the last lines of its log for the cause.", tail=tail)
+    return ErrorExcerpt(
+        kind="exit_code",
+        line=None,
+        hint=f"The job ended with {what}; read the last lines of its log for the cause.",
+        tail=tail,
+    )

@@ -41,8 +41,7 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
-def _out(rec: JobRecord, state: JobState, exit_code: int | None, reason: str | None,
-         native_id: str | None) -> Outcome:
+def _out(rec: JobRecord, state: JobState, exit_code: int | None, reason: str | None, native_id: str | None) -> Outcome:
     if not can_transition(rec.state, state):
         return Outcome(rec.state, rec.exit_code, rec.reason, rec.native_id, False)
     native_id = native_id or rec.native_id
@@ -54,8 +53,7 @@ def _same(rec: JobRecord) -> Outcome:
     return Outcome(rec.state, rec.exit_code, rec.reason, rec.native_id, False)
 
 
-def reconcile(rec: JobRecord, obs: Observation | None, now: float, *,
-              start_grace_s: float = START_GRACE_S) -> Outcome:
+def reconcile(rec: JobRecord, obs: Observation | None, now: float, *, start_grace_s: float = START_GRACE_S) -> Outcome:
     """The state ``rec`` should move to given ``obs`` (None: the host did not answer)."""
     if rec.state.terminal and rec.state is not JobState.LOST:
         return _same(rec)
@@ -70,8 +68,11 @@ def reconcile(rec: JobRecord, obs: Observation | None, now: float, *,
             return _same(rec)
         if rec.phase == "intent" and young:
             return _same(rec)  # the submit is still writing the directory
-        why = ("the submit was interrupted before the job directory was written"
-               if rec.phase == "intent" else "its job directory is gone from the host")
+        why = (
+            "the submit was interrupted before the job directory was written"
+            if rec.phase == "intent"
+            else "its job directory is gone from the host"
+        )
         return _out(rec, JobState.LOST, None, why, None)
     if obs.exit_code is not None:
         code = obs.exit_code
@@ -96,13 +97,16 @@ def reconcile(rec: JobRecord, obs: Observation | None, now: float, *,
     if obs.native_id is None and young:
         return _same(rec)  # launched, but run.sh has not written its pid yet
     if cancel:
-        return _out(rec, JobState.CANCELLED, None, "cancelled (killed before it could write an exit code)",
-                    obs.native_id)
+        return _out(
+            rec, JobState.CANCELLED, None, "cancelled (killed before it could write an exit code)", obs.native_id
+        )
     if obs.timed_out:
         return _out(rec, JobState.FAILED, None, "time limit reached (killed)", obs.native_id)
     if obs.native_id is None:
         why = "the job never started (run.sh wrote no pid)"
     else:
-        why = ("its process is gone without an exit code (killed with SIGKILL, the host rebooted, "
-               "or the OOM killer took the job's shell)")
+        why = (
+            "its process is gone without an exit code (killed with SIGKILL, the host rebooted, "
+            "or the OOM killer took the job's shell)"
+        )
     return _out(rec, JobState.LOST, None, why, obs.native_id)

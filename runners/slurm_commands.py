@@ -321,8 +321,10 @@ def parse_squeue(stdout: str) -> list[SqueueRow]:
         parts = line.split(SEP)
         if len(parts) != len(names):
             raise ValueError(f"squeue line has {len(parts)} fields, expected {len(names)}: {line[:200]!r}")
-        vals = {k: ("" if v in ("(null)", "N/A") and k in ("comment", "nodes") else v.strip())
-                for k, v in zip(names, parts, strict=True)}
+        vals = {
+            k: ("" if v in ("(null)", "N/A") and k in ("comment", "nodes") else v.strip())
+            for k, v in zip(names, parts, strict=True)
+        }
         if vals["reason"] == "None":
             vals["reason"] = ""
         rows.append(SqueueRow(**vals))
@@ -335,8 +337,13 @@ def sacct_argv(job_ids: Sequence[str]) -> list[str]:
     if not ids:
         raise InvalidInput("sacct needs at least one job id.", None)
     return [
-        "sacct", "--noheader", "--allocations", "--parsable2", f"--delimiter={SEP}",
-        f"--format={','.join(SACCT_FIELDS)}", f"--jobs={','.join(ids)}",
+        "sacct",
+        "--noheader",
+        "--allocations",
+        "--parsable2",
+        f"--delimiter={SEP}",
+        f"--format={','.join(SACCT_FIELDS)}",
+        f"--jobs={','.join(ids)}",
     ]
 
 
@@ -370,12 +377,18 @@ def parse_sacct(stdout: str) -> list[SacctRow]:
         m = re.fullmatch(r"(\d+):(\d+)", exit_code.strip())
         if m:
             code, sig = int(m.group(1)), int(m.group(2))
-        rows.append(SacctRow(
-            job_id=jid, name=name, state=state.strip(), exit_code=code, signal=sig,
-            reason="" if reason in ("None", "(null)") else reason,
-            nodes="" if nodes in ("None assigned", "(null)") else nodes,
-            comment="" if comment == "(null)" else comment,
-        ))
+        rows.append(
+            SacctRow(
+                job_id=jid,
+                name=name,
+                state=state.strip(),
+                exit_code=code,
+                signal=sig,
+                reason="" if reason in ("None", "(null)") else reason,
+                nodes="" if nodes in ("None assigned", "(null)") else nodes,
+                comment="" if comment == "(null)" else comment,
+            )
+        )
     return rows
 
 

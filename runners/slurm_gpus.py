@@ -133,8 +133,16 @@ def slurm_gpu_status(sinfo_output: str, partition: str | None = None) -> SlurmGp
         if m:
             ci, ct = int(m.group(2)), int(m.group(4))
         usable = not any(s in state for s in _UNUSABLE) and not state.endswith("*")
-        seen[node] = NodeGpus(node=node, state=state, gpu_type=kind, total=total, allocated=min(alloc, total),
-                              usable=usable, cpus_idle=ci, cpus_total=ct)
+        seen[node] = NodeGpus(
+            node=node,
+            state=state,
+            gpu_type=kind,
+            total=total,
+            allocated=min(alloc, total),
+            usable=usable,
+            cpus_idle=ci,
+            cpus_total=ct,
+        )
     nodes = list(seen.values())
     total = sum(n.total for n in nodes)
     allocated = sum(n.allocated for n in nodes)
@@ -143,10 +151,21 @@ def slurm_gpu_status(sinfo_output: str, partition: str | None = None) -> SlurmGp
     types = sorted({n.gpu_type for n in nodes if n.gpu_type})
     where = f"partition {partition}" if partition else "the cluster"
     kind = f" {'/'.join(types)}" if types else ""
-    summary = (f"{where}: {total}{kind} GPUs on {len(nodes)} node(s); {allocated} allocated, {idle} idle"
-               + (f", {unavailable} on nodes that are down or drained" if unavailable else "") + ".")
-    return SlurmGpuStatus(partition=partition, total=total, allocated=allocated, idle=idle, unavailable=unavailable,
-                          gpu_types=types, nodes=nodes, summary=summary)
+    summary = (
+        f"{where}: {total}{kind} GPUs on {len(nodes)} node(s); {allocated} allocated, {idle} idle"
+        + (f", {unavailable} on nodes that are down or drained" if unavailable else "")
+        + "."
+    )
+    return SlurmGpuStatus(
+        partition=partition,
+        total=total,
+        allocated=allocated,
+        idle=idle,
+        unavailable=unavailable,
+        gpu_types=types,
+        nodes=nodes,
+        summary=summary,
+    )
 
 
 async def query_slurm_gpus(transport: Transport, partition: str | None, timeout_s: float = 30.0) -> SlurmGpuStatus:
@@ -157,12 +176,16 @@ async def query_slurm_gpus(transport: Transport, partition: str | None, timeout_
     """
     res = await transport.run(sinfo_gpus_argv(partition), timeout=timeout_s)
     if res.rc != 0:
-        raise SchedulerError(f"sinfo failed (exit {res.rc}): {res.err.strip()[:200] or 'no error output'}.",
-                             "Check the cluster (scontrol ping) and that SLURM's commands are on the login node's PATH.")
+        raise SchedulerError(
+            f"sinfo failed (exit {res.rc}): {res.err.strip()[:200] or 'no error output'}.",
+            "Check the cluster (scontrol ping) and that SLURM's commands are on the login node's PATH.",
+        )
     st = slurm_gpu_status(res.out, partition)
     if not st.nodes and partition is not None:
         parts = await transport.run(["sinfo", "--noheader", "--format=%P"], timeout=timeout_s)
         names = [p.rstrip("*") for p in parts.out.split()] if parts.rc == 0 else []
-        raise SchedulerError(f"Partition {partition!r} has no nodes on this cluster.",
-                             f"Use one of: {', '.join(names) or '(sinfo listed none)'} ([slurm] partition).")
+        raise SchedulerError(
+            f"Partition {partition!r} has no nodes on this cluster.",
+            f"Use one of: {', '.join(names) or '(sinfo listed none)'} ([slurm] partition).",
+        )
     return st

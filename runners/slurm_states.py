@@ -122,27 +122,41 @@ def from_log_marker(log_tail: str | None) -> tuple[str | None, str | None]:
 def _timeout(exit_code: int | None, node: str | None, time_limit: str | None) -> SlurmView:
     limit = f" of {time_limit}" if time_limit and time_limit not in ("UNLIMITED", "INVALID") else ""
     return SlurmView(
-        JobState.FAILED, "timeout", f"SLURM stopped the job at its time limit{limit}.",
+        JobState.FAILED,
+        "timeout",
+        f"SLURM stopped the job at its time limit{limit}.",
         "Resubmit with a larger time_limit (within the partition's maximum), or resume from its last checkpoint.",
-        exit_code, node, timed_out=True,
+        exit_code,
+        node,
+        timed_out=True,
     )
 
 
 def _oom(exit_code: int | None, node: str | None) -> SlurmView:
     return SlurmView(
-        JobState.FAILED, "oom", "SLURM killed the job for using more host memory than it was given (--mem).",
+        JobState.FAILED,
+        "oom",
+        "SLURM killed the job for using more host memory than it was given (--mem).",
         "Resubmit with more memory (memory_gib), a smaller batch, or fewer data-loader workers.",
-        exit_code, node,
+        exit_code,
+        node,
     )
 
 
 def _lost(reason: str, sentence: str, exit_code: int | None, node: str | None) -> SlurmView:
-    return SlurmView(JobState.LOST, reason, sentence, "Resubmit the job; it resumes from its last checkpoint if it has one.",
-                     exit_code, node)
+    return SlurmView(
+        JobState.LOST,
+        reason,
+        sentence,
+        "Resubmit the job; it resumes from its last checkpoint if it has one.",
+        exit_code,
+        node,
+    )
 
 
-def _from_exit(exit_code: int | None, node: str | None, *, cancel_requested: bool,
-               log_tail: str | None, time_limit: str | None) -> SlurmView:
+def _from_exit(
+    exit_code: int | None, node: str | None, *, cancel_requested: bool, log_tail: str | None, time_limit: str | None
+) -> SlurmView:
     """The job is no longer running: judge it from its exit code and slurmstepd's words."""
     why, mnode = from_log_marker(log_tail)
     node = node or mnode
@@ -155,14 +169,21 @@ def _from_exit(exit_code: int | None, node: str | None, *, cancel_requested: boo
     if why == "preempted":
         return _lost("preempted", "A higher-priority job preempted this one.", exit_code, node)
     if cancel_requested or why == "cancelled":
-        return SlurmView(JobState.CANCELLED, "cancelled", "The job was cancelled (scancel).", None,
-                         exit_code, node, cancelled=True)
+        return SlurmView(
+            JobState.CANCELLED, "cancelled", "The job was cancelled (scancel).", None, exit_code, node, cancelled=True
+        )
     if exit_code is None:
         return _lost("vanished", "SLURM no longer knows the job and it left no exit code.", None, node)
     if exit_code == 0:
         return SlurmView(JobState.SUCCEEDED, None, None, None, 0, node)
-    return SlurmView(JobState.FAILED, "exit_code", f"The job exited with code {exit_code}.",
-                     "Read its log (get_job_logs) for the error.", exit_code, node)
+    return SlurmView(
+        JobState.FAILED,
+        "exit_code",
+        f"The job exited with code {exit_code}.",
+        "Read its log (get_job_logs) for the error.",
+        exit_code,
+        node,
+    )
 
 
 def interpret(
@@ -183,18 +204,22 @@ def interpret(
     """
     node = node or None
     if slurm_state is None:
-        return _from_exit(exit_code, node, cancel_requested=cancel_requested, log_tail=log_tail,
-                          time_limit=time_limit)
+        return _from_exit(exit_code, node, cancel_requested=cancel_requested, log_tail=log_tail, time_limit=time_limit)
     st = slurm_state.strip().split()[0].upper().rstrip("+") if slurm_state.strip() else ""
     r = (reason or "").strip() or None
     if st in _QUEUED:
         code = "requeued" if st.startswith("REQUEUE") else (r or "None")
-        text = pending_text(r) if not st.startswith("REQUEUE") else "queued: requeued by SLURM (node failure or preemption)"
+        text = (
+            pending_text(r)
+            if not st.startswith("REQUEUE")
+            else "queued: requeued by SLURM (node failure or preemption)"
+        )
         return SlurmView(JobState.QUEUED, code, text, None, None, None)
     if st in _RUNNING:
         if st == "COMPLETING" and exit_code is not None:
-            return _from_exit(exit_code, node, cancel_requested=cancel_requested, log_tail=log_tail,
-                              time_limit=time_limit)
+            return _from_exit(
+                exit_code, node, cancel_requested=cancel_requested, log_tail=log_tail, time_limit=time_limit
+            )
         return SlurmView(JobState.RUNNING, None, f"running on {node}" if node else "running", None, None, node)
     if st == "COMPLETED":
         # The batch script exits with run.sh's status (exec), so COMPLETED is exit 0 even when a
@@ -209,8 +234,9 @@ def interpret(
         why, _ = from_log_marker(log_tail)
         if why == "timeout":
             return _timeout(exit_code, node, time_limit)
-        return SlurmView(JobState.CANCELLED, "cancelled", "The job was cancelled (scancel).", None, exit_code, node,
-                         cancelled=True)
+        return SlurmView(
+            JobState.CANCELLED, "cancelled", "The job was cancelled (scancel).", None, exit_code, node, cancelled=True
+        )
     if st == "NODE_FAIL":
         return _lost("node_fail", "The job's node failed (SLURM NODE_FAIL).", exit_code, node)
     if st == "BOOT_FAIL":
@@ -225,9 +251,18 @@ def interpret(
         why, _ = from_log_marker(log_tail)
         if why == "oom":
             return _oom(exit_code, node)
-        sentence = f"The job exited with code {exit_code}." if exit_code is not None else \
-            f"SLURM reports the job FAILED ({r or 'no reason given'})."
-        return SlurmView(JobState.FAILED, "exit_code" if exit_code is not None else (r or "failed"), sentence,
-                         "Read its log (get_job_logs) for the error.", exit_code, node)
+        sentence = (
+            f"The job exited with code {exit_code}."
+            if exit_code is not None
+            else f"SLURM reports the job FAILED ({r or 'no reason given'})."
+        )
+        return SlurmView(
+            JobState.FAILED,
+            "exit_code" if exit_code is not None else (r or "failed"),
+            sentence,
+            "Read its log (get_job_logs) for the error.",
+            exit_code,
+            node,
+        )
     # An unknown (newer) state: say what SLURM says, and keep the job active rather than guess an end.
     return SlurmView(JobState.RUNNING, st.lower() or None, f"SLURM state {st}", None, exit_code, node)

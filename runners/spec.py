@@ -100,8 +100,9 @@ class Resources(BaseModel):
 
     gpus: int = Field(0, ge=0, le=64, description="GPUs per node.")
     nodes: int = Field(1, ge=1, le=64, description="Nodes (SLURM only; direct jobs use one host).")
-    tasks_per_node: int = Field(1, ge=1, le=64, description="SLURM --ntasks-per-node (srun launches that many "
-                                                            "torchrun agents per node).")
+    tasks_per_node: int = Field(
+        1, ge=1, le=64, description="SLURM --ntasks-per-node (srun launches that many torchrun agents per node)."
+    )
     cpus: int | None = Field(None, ge=1, le=1024, description="CPU cores per task (SLURM --cpus-per-task).")
     memory_gib: float | None = Field(None, gt=0, description="Host memory (SLURM --mem).")
     time_limit_s: int | None = Field(None, gt=0, description="Wall-clock limit; the job is stopped after it.")

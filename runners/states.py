@@ -31,9 +31,7 @@ class JobState(StrEnum):
         return self in TERMINAL
 
 
-TERMINAL: frozenset[JobState] = frozenset(
-    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.LOST}
-)
+TERMINAL: frozenset[JobState] = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.LOST})
 ACTIVE: frozenset[JobState] = frozenset({JobState.QUEUED, JobState.RUNNING, JobState.READY})
 
 _ENDS = {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.LOST}

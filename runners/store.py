@@ -121,8 +121,7 @@ class Catalog:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > len(MIGRATIONS):
                 raise ConfigError(
-                    f"The job catalog {self.path} has schema {version}, newer than this server "
-                    f"({len(MIGRATIONS)}).",
+                    f"The job catalog {self.path} has schema {version}, newer than this server ({len(MIGRATIONS)}).",
                     "Upgrade llm-ops-mcp, or point LLM_OPS_MCP_STATE_DIR elsewhere.",
                 )
             while version < len(MIGRATIONS):

@@ -172,7 +172,9 @@ class LocalTransport:
         except OSError as e:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            raise HostError(f"Cannot write {path}: {e.strerror}.", "Check the workdir's permissions and free space.") from e
+            raise HostError(
+                f"Cannot write {path}: {e.strerror}.", "Check the workdir's permissions and free space."
+            ) from e
 
     async def read_range(self, path: str, offset: int, max_bytes: int) -> bytes:
         try:

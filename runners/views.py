@@ -81,11 +81,24 @@ def job_view(rec: JobRecord, now: float, **extra: Any) -> JobView:
     if rec.started_at is not None:
         duration = round((rec.ended_at or now) - rec.started_at, 3)
     v = JobView(
-        job_id=rec.job_id, host=rec.host, kind=rec.kind, name=rec.name, state=rec.state,
-        terminal=rec.state.terminal, exit_code=rec.exit_code, reason=rec.reason, native_id=rec.native_id,
-        job_dir=rec.job_dir, command=command, created_at=_ts(rec.created_at), started_at=_ts(rec.started_at),
-        ended_at=_ts(rec.ended_at), duration_s=duration, cancel_requested=rec.cancel_requested,
-        summary="", **extra,
+        job_id=rec.job_id,
+        host=rec.host,
+        kind=rec.kind,
+        name=rec.name,
+        state=rec.state,
+        terminal=rec.state.terminal,
+        exit_code=rec.exit_code,
+        reason=rec.reason,
+        native_id=rec.native_id,
+        job_dir=rec.job_dir,
+        command=command,
+        created_at=_ts(rec.created_at),
+        started_at=_ts(rec.started_at),
+        ended_at=_ts(rec.ended_at),
+        duration_s=duration,
+        cancel_requested=rec.cancel_requested,
+        summary="",
+        **extra,
     )
     v.summary, v.next_action = _summary(v)
     if v.stale and v.note:

@@ -52,28 +52,50 @@ def register(app: MCPServer, state: AppState) -> None:
             dataset_ref = f"{UPLOAD_NAME}{upload.suffix.lower()}"
             uploads[dataset_ref] = upload.read_bytes()
         spec = build_finetune_spec(p, host, plan, dataset_ref, resume_path)
-        res = await engine.submit(spec, host.name, idempotency_key=p.idempotency_key, dry_run=p.dry_run,
-                                  uploads=uploads)
-        mem = (f", estimated peak {plan.estimated_peak_gib:.1f} of {plan.gpu_memory_gib:.0f} GiB"
-               if plan.estimated_peak_gib is not None and plan.gpu_memory_gib else "")
-        where = (f"{plan.nodes} node(s) x {plan.world_size // plan.nodes} rank(s), {plan.strategy}"
-                 if plan.world_size > 1 else f"{plan.gpus}x {plan.gpu or 'CPU'}")
+        res = await engine.submit(
+            spec, host.name, idempotency_key=p.idempotency_key, dry_run=p.dry_run, uploads=uploads
+        )
+        mem = (
+            f", estimated peak {plan.estimated_peak_gib:.1f} of {plan.gpu_memory_gib:.0f} GiB"
+            if plan.estimated_peak_gib is not None and plan.gpu_memory_gib
+            else ""
+        )
+        where = (
+            f"{plan.nodes} node(s) x {plan.world_size // plan.nodes} rank(s), {plan.strategy}"
+            if plan.world_size > 1
+            else f"{plan.gpus}x {plan.gpu or 'CPU'}"
+        )
         if plan.world_size > 1 and plan.gpu:
             where += f" on {plan.gpu}"
-        what = (f"{p.method} of {p.model} with {plan.backend} on {host.name} "
-                f"({where}): micro-batch {plan.per_device_batch_size} x GA "
-                f"{plan.gradient_accumulation_steps}{mem}")
+        what = (
+            f"{p.method} of {p.model} with {plan.backend} on {host.name} "
+            f"({where}): micro-batch {plan.per_device_batch_size} x GA "
+            f"{plan.gradient_accumulation_steps}{mem}"
+        )
         if p.dry_run:
-            return SubmitFinetuneOutput(job_id=res.job_id, plan=plan, submit=res, summary=f"Dry run: {what}.",
-                                        next_action="Submit again without dry_run to start it.")
+            return SubmitFinetuneOutput(
+                job_id=res.job_id,
+                plan=plan,
+                submit=res,
+                summary=f"Dry run: {what}.",
+                next_action="Submit again without dry_run to start it.",
+            )
         return SubmitFinetuneOutput(
-            job_id=res.job_id, plan=plan, submit=res, summary=f"Submitted {res.job_id}: {what}.",
+            job_id=res.job_id,
+            plan=plan,
+            submit=res,
+            summary=f"Submitted {res.job_id}: {what}.",
             next_action=f"wait_for_job(job_id='{res.job_id}') or get_job_status to follow loss and ETA.",
         )
 
     add_tool(
         app,
-        ToolSpec("submit_finetune", "Start a LoRA/QLoRA/full fine-tune (Unsloth, or TRL+PEFT) planned to fit the GPU.",
-                 open_world=True),
-        FinetuneInput, submit_finetune, SubmitFinetuneOutput,
+        ToolSpec(
+            "submit_finetune",
+            "Start a LoRA/QLoRA/full fine-tune (Unsloth, or TRL+PEFT) planned to fit the GPU.",
+            open_world=True,
+        ),
+        FinetuneInput,
+        submit_finetune,
+        SubmitFinetuneOutput,
     )

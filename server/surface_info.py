@@ -45,13 +45,21 @@ def register(app: MCPServer, state: AppState) -> None:
         ListGpuTiersOutput,
     )
 
-    @app.resource("gpus://tiers", name="gpu_tiers", mime_type="application/json",
-                  description="The GPU tier catalog (memory, bf16/fp8/fp4, bandwidth, TFLOPS) as JSON.")
+    @app.resource(
+        "gpus://tiers",
+        name="gpu_tiers",
+        mime_type="application/json",
+        description="The GPU tier catalog (memory, bf16/fp8/fp4, bandwidth, TFLOPS) as JSON.",
+    )
     def gpu_tiers_resource() -> str:
         return json.dumps([t.model_dump() for t in TIERS.values()], indent=1)
 
-    @app.resource("hosts://", name="hosts", mime_type="application/json",
-                  description="The configured hosts (no probing; no secret values) as JSON.")
+    @app.resource(
+        "hosts://",
+        name="hosts",
+        mime_type="application/json",
+        description="The configured hosts (no probing; no secret values) as JSON.",
+    )
     async def hosts_resource() -> str:
         out = await list_hosts(state.config, ListHostsInput(check=False))
         return out.model_dump_json(indent=1)

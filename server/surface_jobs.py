@@ -139,16 +139,26 @@ def register(app: MCPServer, state: AppState) -> None:
                 f"Host {host.name!r} does not allow arbitrary commands.",
                 f"Set allow_scripts = true in [hosts.{host.name}] of the config to allow submit_command there.",
             )
-        spec = JobSpec(kind="command", name=p.name, argv=p.argv, env=p.env or {},
-                       resources=Resources(time_limit_s=parse_time_limit(p.time_limit)))
+        spec = JobSpec(
+            kind="command",
+            name=p.name,
+            argv=p.argv,
+            env=p.env or {},
+            resources=Resources(time_limit_s=parse_time_limit(p.time_limit)),
+        )
         engine = await get_engine(state)
         return await engine.submit(spec, host.name, idempotency_key=p.idempotency_key, dry_run=p.dry_run)
 
     add_tool(
         app,
-        ToolSpec("submit_command", "Run a command (argv list, no shell) as a job on a host; returns a job_id at once.",
-                 open_world=True),
-        SubmitCommandInput, submit_command, SubmitResult,
+        ToolSpec(
+            "submit_command",
+            "Run a command (argv list, no shell) as a job on a host; returns a job_id at once.",
+            open_world=True,
+        ),
+        SubmitCommandInput,
+        submit_command,
+        SubmitResult,
     )
 
     async def get_job_status(p: GetJobStatusInput) -> CallToolResult:
@@ -163,9 +173,16 @@ def register(app: MCPServer, state: AppState) -> None:
 
     add_tool(
         app,
-        ToolSpec("get_job_status", "A job's state, exit code, metrics, progress/ETA, failure cause; plot=true: loss PNG.",
-                 read_only=True, idempotent=True, open_world=True),
-        GetJobStatusInput, get_job_status, Annotated[CallToolResult, JobView],
+        ToolSpec(
+            "get_job_status",
+            "A job's state, exit code, metrics, progress/ETA, failure cause; plot=true: loss PNG.",
+            read_only=True,
+            idempotent=True,
+            open_world=True,
+        ),
+        GetJobStatusInput,
+        get_job_status,
+        Annotated[CallToolResult, JobView],
     )
 
     async def get_job_logs(p: GetJobLogsInput) -> GetJobLogsOutput:
@@ -173,20 +190,30 @@ def register(app: MCPServer, state: AppState) -> None:
         # State first, log second: a job that was finished before the read has nothing left to
         # write, so eof + a terminal state means the log is drained (a follower can stop).
         st = (await engine.status(p.job_id, with_details=False)).state
-        chunk = await engine.read_log(p.job_id, offset=p.offset, max_bytes=p.max_bytes, tail_lines=p.tail_lines,
-                                      grep=p.grep)
+        chunk = await engine.read_log(
+            p.job_id, offset=p.offset, max_bytes=p.max_bytes, tail_lines=p.tail_lines, grep=p.grep
+        )
         more = "more to read" if not chunk.eof else ("end of log" if st.terminal else "end of log so far")
         return GetJobLogsOutput(
-            **chunk.model_dump(), job_id=p.job_id, state=st,
+            **chunk.model_dump(),
+            job_id=p.job_id,
+            state=st,
             summary=f"{len(chunk.text)} characters of {p.job_id}'s log (bytes {chunk.offset}-{chunk.next_offset} "
-                    f"of {chunk.size}, {more}); job is {st.value}.",
+            f"of {chunk.size}, {more}); job is {st.value}.",
         )
 
     add_tool(
         app,
-        ToolSpec("get_job_logs", "Read a job's log: the tail, or from offset on (follow with next_offset). Redacted.",
-                 read_only=True, idempotent=True, open_world=True),
-        GetJobLogsInput, get_job_logs, GetJobLogsOutput,
+        ToolSpec(
+            "get_job_logs",
+            "Read a job's log: the tail, or from offset on (follow with next_offset). Redacted.",
+            read_only=True,
+            idempotent=True,
+            open_world=True,
+        ),
+        GetJobLogsInput,
+        get_job_logs,
+        GetJobLogsOutput,
     )
 
     async def wait_for_job(p: WaitForJobInput, ctx: Context) -> WaitForJobOutput:
@@ -207,9 +234,16 @@ def register(app: MCPServer, state: AppState) -> None:
 
     add_tool(
         app,
-        ToolSpec("wait_for_job", "Wait (<= 110 s, with progress) until a job is finished, running or ready.",
-                 read_only=True, idempotent=True, open_world=True),
-        WaitForJobInput, wait_for_job, WaitForJobOutput,
+        ToolSpec(
+            "wait_for_job",
+            "Wait (<= 110 s, with progress) until a job is finished, running or ready.",
+            read_only=True,
+            idempotent=True,
+            open_world=True,
+        ),
+        WaitForJobInput,
+        wait_for_job,
+        WaitForJobOutput,
     )
 
     async def cancel_job(p: CancelJobInput) -> JobView:
@@ -217,9 +251,16 @@ def register(app: MCPServer, state: AppState) -> None:
 
     add_tool(
         app,
-        ToolSpec("cancel_job", "Stop a job and everything it started (SIGTERM, then SIGKILL after grace_s).",
-                 destructive=True, idempotent=True, open_world=True),
-        CancelJobInput, cancel_job, JobView,
+        ToolSpec(
+            "cancel_job",
+            "Stop a job and everything it started (SIGTERM, then SIGKILL after grace_s).",
+            destructive=True,
+            idempotent=True,
+            open_world=True,
+        ),
+        CancelJobInput,
+        cancel_job,
+        JobView,
     )
 
     async def list_jobs(p: ListJobsInput) -> ListJobsOutput:
@@ -230,18 +271,30 @@ def register(app: MCPServer, state: AppState) -> None:
         for j in jobs:
             counts[j.state.value] = counts.get(j.state.value, 0) + 1
         detail = ", ".join(f"{n} {s}" for s, n in counts.items())
-        return ListJobsOutput(jobs=jobs, count=len(jobs),
-                              summary=f"{len(jobs)} job(s)" + (f": {detail}." if detail else "."))
+        return ListJobsOutput(
+            jobs=jobs, count=len(jobs), summary=f"{len(jobs)} job(s)" + (f": {detail}." if detail else ".")
+        )
 
     add_tool(
         app,
-        ToolSpec("list_jobs", "Jobs in the catalog, newest first, filtered by state, kind or host.",
-                 read_only=True, idempotent=True, open_world=True),
-        ListJobsInput, list_jobs, ListJobsOutput,
+        ToolSpec(
+            "list_jobs",
+            "Jobs in the catalog, newest first, filtered by state, kind or host.",
+            read_only=True,
+            idempotent=True,
+            open_world=True,
+        ),
+        ListJobsInput,
+        list_jobs,
+        ListJobsOutput,
     )
 
-    @app.resource("jobs://{job_id}/log", name="job_log", mime_type="text/plain",
-                  description="The last 200 lines of a job's log (redacted).")
+    @app.resource(
+        "jobs://{job_id}/log",
+        name="job_log",
+        mime_type="text/plain",
+        description="The last 200 lines of a job's log (redacted).",
+    )
     async def job_log(job_id: str) -> str:
         chunk = await (await get_engine(state)).read_log(job_id)
         return chunk.text

@@ -20,10 +20,14 @@ async def _estimate(params: MemoryInput) -> MemoryResult:
 def register(app: MCPServer, state: AppState) -> None:
     add_tool(
         app,
-        ToolSpec("estimate_memory",
-                 "Peak GPU memory per device for vLLM serving or LoRA/QLoRA/full fine-tuning, fit per GPU tier, "
-                 "and a plan (TP, quantization, batch).",
-                 read_only=True, idempotent=True, open_world=True),
+        ToolSpec(
+            "estimate_memory",
+            "Peak GPU memory per device for vLLM serving or LoRA/QLoRA/full fine-tuning, fit per GPU tier, "
+            "and a plan (TP, quantization, batch).",
+            read_only=True,
+            idempotent=True,
+            open_world=True,
+        ),
         MemoryInput,
         _estimate,
         MemoryResult,

@@ -34,6 +34,7 @@ def finetune_serve_evaluate(model: str, dataset: str, host: str = "", method: st
 
 
 def register(app: MCPServer, state: AppState) -> None:
-    app.prompt(name="finetune_serve_evaluate",
-               description="Fine-tune a model, serve the adapter with vLLM, and evaluate it against the base.")(
-        finetune_serve_evaluate)
+    app.prompt(
+        name="finetune_serve_evaluate",
+        description="Fine-tune a model, serve the adapter with vLLM, and evaluate it against the base.",
+    )(finetune_serve_evaluate)

@@ -52,10 +52,15 @@ def register(app: MCPServer, state: AppState) -> None:
 
     add_tool(
         app,
-        ToolSpec("start_vllm_server",
-                 "Serve a model (and LoRA adapters) with vLLM as a job: planned TP/context/quantization, "
-                 "returns job_id, endpoint and command at once.", open_world=True),
-        StartServerInput, _start, StartServerOutput,
+        ToolSpec(
+            "start_vllm_server",
+            "Serve a model (and LoRA adapters) with vLLM as a job: planned TP/context/quantization, "
+            "returns job_id, endpoint and command at once.",
+            open_world=True,
+        ),
+        StartServerInput,
+        _start,
+        StartServerOutput,
     )
 
     async def _query(p: QueryInput) -> QueryOutput:
@@ -63,9 +68,14 @@ def register(app: MCPServer, state: AppState) -> None:
 
     add_tool(
         app,
-        ToolSpec("query_model", "Ask a ready vLLM server job (chat messages or a prompt); returns text and usage.",
-                 open_world=True),
-        QueryInput, _query, QueryOutput,
+        ToolSpec(
+            "query_model",
+            "Ask a ready vLLM server job (chat messages or a prompt); returns text and usage.",
+            open_world=True,
+        ),
+        QueryInput,
+        _query,
+        QueryOutput,
     )
 
     async def _bench(p: BenchmarkInput) -> BenchmarkOutput:
@@ -73,10 +83,14 @@ def register(app: MCPServer, state: AppState) -> None:
 
     add_tool(
         app,
-        ToolSpec("benchmark_server",
-                 "Load-test a ready vLLM server: output tokens/s, requests/s, TTFT and ITL p50/p99.",
-                 open_world=True),
-        BenchmarkInput, _bench, BenchmarkOutput,
+        ToolSpec(
+            "benchmark_server",
+            "Load-test a ready vLLM server: output tokens/s, requests/s, TTFT and ITL p50/p99.",
+            open_world=True,
+        ),
+        BenchmarkInput,
+        _bench,
+        BenchmarkOutput,
     )
 
     async def _stop(p: StopServerInput) -> StopServerOutput:
@@ -84,7 +98,14 @@ def register(app: MCPServer, state: AppState) -> None:
 
     add_tool(
         app,
-        ToolSpec("stop_vllm_server", "Stop a vLLM server job (graceful, then kill) and check its GPU memory is freed.",
-                 destructive=True, idempotent=True, open_world=True),
-        StopServerInput, _stop, StopServerOutput,
+        ToolSpec(
+            "stop_vllm_server",
+            "Stop a vLLM server job (graceful, then kill) and check its GPU memory is freed.",
+            destructive=True,
+            idempotent=True,
+            open_world=True,
+        ),
+        StopServerInput,
+        _stop,
+        StopServerOutput,
     )

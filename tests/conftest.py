@@ -29,12 +29,22 @@ def anyio_backend() -> str:
 def job_host(request: pytest.FixtureRequest, tmp_path: Path) -> HostConfig:
     """A host that allows commands, with its workdir in this test's temp dir."""
     if request.param == "local":
-        return HostConfig(name="local", workdir=str(tmp_path / "work"), allow_scripts=True,
-                          secrets=["LLM_OPS_TEST_SECRET"], env={"LLM_OPS_TEST_HOST_ENV": "host-env"})
+        return HostConfig(
+            name="local",
+            workdir=str(tmp_path / "work"),
+            allow_scripts=True,
+            secrets=["LLM_OPS_TEST_SECRET"],
+            env={"LLM_OPS_TEST_HOST_ENV": "host-env"},
+        )
     if request.param == "ssh":  # a real sshd on 127.0.0.1 (tests/fixtures/sshd.py)
         sshd = request.getfixturevalue("sshd")
-        return sshd.host_config("ssh", workdir=str(tmp_path / "work"), allow_scripts=True,
-                                secrets=["LLM_OPS_TEST_SECRET"], env={"LLM_OPS_TEST_HOST_ENV": "host-env"})
+        return sshd.host_config(
+            "ssh",
+            workdir=str(tmp_path / "work"),
+            allow_scripts=True,
+            secrets=["LLM_OPS_TEST_SECRET"],
+            env={"LLM_OPS_TEST_HOST_ENV": "host-env"},
+        )
     raise NotImplementedError(request.param)
 
 
@@ -45,8 +55,9 @@ def job_config(job_host: HostConfig) -> Config:
 
 @pytest.fixture
 async def engine(job_config: Config, tmp_path: Path) -> AsyncIterator[JobEngine]:
-    eng = JobEngine(job_config, tmp_path / "state", environ={"LLM_OPS_TEST_SECRET": "s3cr3t-value-42"},
-                    cancel_grace_s=3.0)
+    eng = JobEngine(
+        job_config, tmp_path / "state", environ={"LLM_OPS_TEST_SECRET": "s3cr3t-value-42"}, cancel_grace_s=3.0
+    )
     try:
         yield eng
     finally:

@@ -80,8 +80,16 @@ def _prompt_tokens(prompt: Any) -> int:
 
 
 class StandinState:
-    def __init__(self, names: list[str], max_model_len: int, ready_at: float, api_key: str | None,
-                 token_delay: float, lora: dict[str, str], base: str) -> None:
+    def __init__(
+        self,
+        names: list[str],
+        max_model_len: int,
+        ready_at: float,
+        api_key: str | None,
+        token_delay: float,
+        lora: dict[str, str],
+        base: str,
+    ) -> None:
         self.names = names
         self.max_model_len = max_model_len
         self.ready_at = ready_at
@@ -140,9 +148,17 @@ def make_handler(st: StandinState) -> type[BaseHTTPRequestHandler]:
                     return
                 data = []
                 for n in st.names:
-                    data.append({"id": n, "object": "model", "created": int(time.time()), "owned_by": "vllm",
-                                 "root": st.lora.get(n, st.base), "parent": st.names[0] if n in st.lora else None,
-                                 "max_model_len": st.max_model_len})
+                    data.append(
+                        {
+                            "id": n,
+                            "object": "model",
+                            "created": int(time.time()),
+                            "owned_by": "vllm",
+                            "root": st.lora.get(n, st.base),
+                            "parent": st.names[0] if n in st.lora else None,
+                            "max_model_len": st.max_model_len,
+                        }
+                    )
                 self._json(200, {"object": "list", "data": data})
                 return
             self._error(404, "Not Found", "NotFoundError")
@@ -177,19 +193,26 @@ def make_handler(st: StandinState) -> type[BaseHTTPRequestHandler]:
                 st.requests += 1
             words = _words(n_out)
             rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n_out,
-                     "total_tokens": prompt_tokens + n_out}
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n_out, "total_tokens": prompt_tokens + n_out}
             finish = "length"
             if not req.get("stream"):
                 text = "".join(words)
                 if chat:
-                    choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                              "finish_reason": finish}
+                    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
                 else:
                     choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
                 time.sleep(st.token_delay * n_out)
-                self._json(200, {"id": rid, "object": "chat.completion" if chat else "text_completion",
-                                 "created": int(time.time()), "model": model, "choices": [choice], "usage": usage})
+                self._json(
+                    200,
+                    {
+                        "id": rid,
+                        "object": "chat.completion" if chat else "text_completion",
+                        "created": int(time.time()),
+                        "model": model,
+                        "choices": [choice],
+                        "usage": usage,
+                    },
+                )
                 return
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
@@ -213,8 +236,16 @@ def make_handler(st: StandinState) -> type[BaseHTTPRequestHandler]:
                     ch = {"index": 0, "text": w, "logprobs": None, "finish_reason": finish if last else None}
                 send({"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [ch]})
             if include_usage:
-                send({"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [],
-                      "usage": usage})
+                send(
+                    {
+                        "id": rid,
+                        "object": obj,
+                        "created": int(time.time()),
+                        "model": model,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
             self.close_connection = True
@@ -245,8 +276,11 @@ def main(argv: list[str]) -> int:
     args, unknown = p.parse_known_args(rest)
     if args.headless or args.node_rank > 0:
         return _headless_node(args)
-    print(f"(APIServer) INFO: stand-in vLLM server (not vLLM) for {args.model}; ignoring {len(unknown)} "
-          "other argument(s)", flush=True)
+    print(
+        f"(APIServer) INFO: stand-in vLLM server (not vLLM) for {args.model}; ignoring {len(unknown)} "
+        "other argument(s)",
+        flush=True,
+    )
     crash = os.environ.get("STANDIN_VLLM_CRASH", "")
     delay = float(os.environ.get("STANDIN_VLLM_START_DELAY_S") or 0)
     if delay:
@@ -272,9 +306,15 @@ def main(argv: list[str]) -> int:
             n, _, path = item.partition("=")
             lora[n] = path
     lag = float(os.environ.get("STANDIN_VLLM_READY_LAG_S") or 0)
-    st = StandinState(names + list(lora), args.max_model_len, time.time() + lag,
-                      os.environ.get("VLLM_API_KEY") or None,
-                      float(os.environ.get("STANDIN_VLLM_TOKEN_DELAY_S") or 0.002), lora, args.model)
+    st = StandinState(
+        names + list(lora),
+        args.max_model_len,
+        time.time() + lag,
+        os.environ.get("VLLM_API_KEY") or None,
+        float(os.environ.get("STANDIN_VLLM_TOKEN_DELAY_S") or 0.002),
+        lora,
+        args.model,
+    )
     try:
         srv = ThreadingHTTPServer((args.host or "0.0.0.0", args.port), make_handler(st))
     except OSError as e:
@@ -334,8 +374,10 @@ def _headless_node(args: argparse.Namespace) -> int:
                 return 1
             time.sleep(0.2)
     conn.sendall(f"{args.node_rank}\n".encode())
-    print(f"(Worker) INFO: headless node {args.node_rank} of {args.nnodes} joined {args.master_addr}:"
-          f"{args.master_port}", flush=True)
+    print(
+        f"(Worker) INFO: headless node {args.node_rank} of {args.nnodes} joined {args.master_addr}:{args.master_port}",
+        flush=True,
+    )
     conn.settimeout(None)
     try:
         gone = conn.recv(1) == b""
@@ -374,6 +416,6 @@ def install_standin(root: Path, version: str = "0.26.0") -> dict[str, str]:
     dist.mkdir(exist_ok=True)
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
     prog = bin_dir / "vllm"
-    prog.write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).resolve()} \"$@\"\n")
+    prog.write_text(f'#!/bin/sh\nexec {sys.executable} {Path(__file__).resolve()} "$@"\n')
     prog.chmod(0o755)
     return {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}", "PYTHONPATH": str(site)}

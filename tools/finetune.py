@@ -100,9 +100,13 @@ class FinetuneInput(BaseModel):
     packing: bool = False
     eval_fraction: float = Field(0.0, ge=0.0, lt=0.5)
     save_steps: int = Field(200, ge=0, description="Checkpoint every N steps (0: only at the end).")
-    resume_from: str | None = Field(None, description="A fine-tune job_id (same host) or a checkpoint path on the host.")
+    resume_from: str | None = Field(
+        None, description="A fine-tune job_id (same host) or a checkpoint path on the host."
+    )
     save_merged: bool = Field(False, description="Also save the merged 16-bit model.")
-    chat_template: str | None = Field(None, description="'simple', 'chatml', or a Jinja template; default the tokenizer's.")
+    chat_template: str | None = Field(
+        None, description="'simple', 'chatml', or a Jinja template; default the tokenizer's."
+    )
     seed: int = Field(3407, ge=0)
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     wandb_project: str | None = Field(None, description="Log to Weights & Biases (WANDB_API_KEY is a secret).")
@@ -110,15 +114,21 @@ class FinetuneInput(BaseModel):
         None, description="Default: offline on SLURM hosts, online elsewhere."
     )
     output_name: str | None = Field(None, description="A label for the outputs and list_jobs.")
-    gpus: int | None = Field(None, ge=0, le=64,
-                             description="GPUs per node; default 1 on a GPU host, 0 on CPU. >1 runs under torchrun.")
+    gpus: int | None = Field(
+        None, ge=0, le=64, description="GPUs per node; default 1 on a GPU host, 0 on CPU. >1 runs under torchrun."
+    )
     nodes: int = Field(1, ge=1, le=64, description="Nodes (SLURM hosts only): srun starts torchrun on each.")
     strategy: Strategy = Field(
-        "auto", description="auto: DDP when model + optimizer fit one GPU, else FSDP (estimate_memory decides).")
-    cpu_offload: bool = Field(False, description="FSDP / ZeRO: keep optimizer states (ZeRO-3/FSDP: also weights) "
-                                                 "in CPU RAM; slower, fits bigger models.")
+        "auto", description="auto: DDP when model + optimizer fit one GPU, else FSDP (estimate_memory decides)."
+    )
+    cpu_offload: bool = Field(
+        False,
+        description="FSDP / ZeRO: keep optimizer states (ZeRO-3/FSDP: also weights) "
+        "in CPU RAM; slower, fits bigger models.",
+    )
     processes_per_node: int | None = Field(
-        None, ge=1, le=64, description="Ranks per node; default gpus. On a CPU host >1 runs DDP over gloo.")
+        None, ge=1, le=64, description="Ranks per node; default gpus. On a CPU host >1 runs DDP over gloo."
+    )
     time_limit: str | None = Field(None, description="HH:MM:SS or D-HH:MM:SS; the job is stopped after it.")
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     dry_run: bool = Field(False, description="Return the plan and the job script without submitting.")
@@ -199,7 +209,9 @@ class FinetunePlan(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
-def classify_dataset(dataset: str, fmt: str) -> tuple[Literal["upload", "host_path", "hub"], Path | None, dsf.DatasetCheck | None]:
+def classify_dataset(
+    dataset: str, fmt: str
+) -> tuple[Literal["upload", "host_path", "hub"], Path | None, dsf.DatasetCheck | None]:
     """Decide where the dataset comes from; check an uploaded file's rows like the payload will.
 
     A path that exists on the controller with a data-file suffix is uploaded into the
@@ -259,30 +271,42 @@ def _world(p: FinetuneInput, host: HostConfig, gpus: int) -> tuple[int, int]:
     return per_node, per_node * p.nodes
 
 
-def _auto_strategy(p: FinetuneInput, arch: ModelArch | None, tier: GpuTier | None, world: int,
-                   fit: Callable[[int, bool], Plan | None]) -> tuple[str, list[str]]:
+def _auto_strategy(
+    p: FinetuneInput, arch: ModelArch | None, tier: GpuTier | None, world: int, fit: Callable[[int, bool], Plan | None]
+) -> tuple[str, list[str]]:
     """DDP when model + optimizer fit one GPU, else FSDP (ZeRO-3 sharding); the estimate is the proof."""
     if p.strategy != "auto":
         return p.strategy, [f"strategy {p.strategy} as asked."]
     if p.method == "qlora":
-        return "ddp", ["strategy auto -> ddp: QLoRA's 4-bit base is replicated per GPU (FSDP would need "
-                       "bnb_4bit_quant_storage and gains little at this size)."]
+        return "ddp", [
+            "strategy auto -> ddp: QLoRA's 4-bit base is replicated per GPU (FSDP would need "
+            "bnb_4bit_quant_storage and gains little at this size)."
+        ]
     if arch is None or tier is None:
         st = "fsdp" if p.method == "full" else "ddp"
-        return st, [f"strategy auto -> {st}: no GPU tier or model architecture to estimate with, so the "
-                    f"{'sharded' if st == 'fsdp' else 'replicated'} default for a {p.method} fine-tune."]
+        return st, [
+            f"strategy auto -> {st}: no GPU tier or model architecture to estimate with, so the "
+            f"{'sharded' if st == 'fsdp' else 'replicated'} default for a {p.method} fine-tune."
+        ]
     one = fit(0, False)
     if one is not None and not p.cpu_offload:
-        return "ddp", [f"strategy auto -> ddp: {p.method} needs {one.estimated_gib:.1f} GiB per GPU with a full "
-                       f"replica (estimate_memory num_gpus={world}, zero_stage=0), which fits one {tier.id} "
-                       f"({tier.memory_gib:.0f} GiB): DDP, no parameter traffic."]
+        return "ddp", [
+            f"strategy auto -> ddp: {p.method} needs {one.estimated_gib:.1f} GiB per GPU with a full "
+            f"replica (estimate_memory num_gpus={world}, zero_stage=0), which fits one {tier.id} "
+            f"({tier.memory_gib:.0f} GiB): DDP, no parameter traffic."
+        ]
     sharded = fit(3, p.cpu_offload)
     if sharded is not None:
-        why = (f"a full replica does not fit one {tier.id} ({tier.memory_gib:.0f} GiB)" if one is None
-               else "cpu_offload asks for a sharded strategy")
-        return "fsdp", [f"strategy auto -> fsdp: {why}; FSDP full_shard across {world} GPUs needs "
-                        f"{sharded.estimated_gib:.1f} GiB per GPU (estimate_memory num_gpus={world}, zero_stage=3"
-                        f"{', cpu_offload' if p.cpu_offload else ''})."]
+        why = (
+            f"a full replica does not fit one {tier.id} ({tier.memory_gib:.0f} GiB)"
+            if one is None
+            else "cpu_offload asks for a sharded strategy"
+        )
+        return "fsdp", [
+            f"strategy auto -> fsdp: {why}; FSDP full_shard across {world} GPUs needs "
+            f"{sharded.estimated_gib:.1f} GiB per GPU (estimate_memory num_gpus={world}, zero_stage=3"
+            f"{', cpu_offload' if p.cpu_offload else ''})."
+        ]
     return "fsdp", []  # does not fit: plan_finetune says why
 
 
@@ -321,15 +345,18 @@ def plan_finetune(
     if not distributed and (p.strategy not in ("auto", "ddp") or p.cpu_offload):
         raise InvalidInput(
             f"strategy {p.strategy}{' with cpu_offload' if p.cpu_offload else ''} shards across processes; "
-            "this job has one.", "Use gpus >= 2 (or nodes >= 2), or leave strategy on 'auto'.",
+            "this job has one.",
+            "Use gpus >= 2 (or nodes >= 2), or leave strategy on 'auto'.",
         )
     backend = "unsloth" if (p.backend == "unsloth" or (p.backend == "auto" and gpus > 0 and not distributed)) else "trl"
     notes: list[str] = []
     if p.backend == "auto" and gpus > 0 and not distributed:
         notes.append("backend auto: Unsloth if it imports on the host, else TRL + PEFT (the payload decides).")
     if distributed and p.backend == "auto":
-        notes.append(f"backend auto -> trl: {world} ranks under torchrun use TRL + accelerate; Unsloth "
-                     "(2026.10.9) supports one GPU officially.")
+        notes.append(
+            f"backend auto -> trl: {world} ranks under torchrun use TRL + accelerate; Unsloth "
+            "(2026.10.9) supports one GPU officially."
+        )
     arch: ModelArch | None
     try:
         arch = resolve_model(p.model)
@@ -347,9 +374,15 @@ def plan_finetune(
     zero = 0
     if arch is not None:
         mi = MemoryInput(
-            model=p.model, task=p.method, backend="unsloth" if backend == "unsloth" else "hf",
-            seq_len=p.max_seq_length, batch_size=batch, gradient_checkpointing=ckpt, lora_r=lora_r,
-            lora_targets=p.target_modules, num_gpus=world,
+            model=p.model,
+            task=p.method,
+            backend="unsloth" if backend == "unsloth" else "hf",
+            seq_len=p.max_seq_length,
+            batch_size=batch,
+            gradient_checkpointing=ckpt,
+            lora_r=lora_r,
+            lora_targets=p.target_modules,
+            num_gpus=world,
         )
         params, _, _ = arch.param_counts()
 
@@ -357,8 +390,7 @@ def plan_finetune(
             """The plan at this sharding if it fits with the requested method, else None."""
             if tier is None or gpus == 0:
                 return None
-            s = resolve_settings(mi.model_copy(update={"zero_stage": zero_stage or None,
-                                                       "cpu_offload": offload}), arch)
+            s = resolve_settings(mi.model_copy(update={"zero_stage": zero_stage or None, "cpu_offload": offload}), arch)
             pl = plan_training(arch, s, tier, target_batch=p.target_effective_batch, max_gpus=world)
             # As asked: a replica that fits only with 8-bit Adam loses to sharding with the real optimizer.
             return pl if pl.fits and pl.task == p.method and pl.optimizer == s.optimizer else None
@@ -387,8 +419,11 @@ def plan_finetune(
                     f"{plan.estimated_gib:.1f} GiB per GPU on {where}; {host.name}'s {tier.id} has "
                     f"{mem_gib:.0f} GiB.",
                     ("Use method 'qlora', " if p.method != "qlora" else "")
-                    + ("gpus >= 2 with strategy 'auto' (FSDP shards the model), " if not distributed
-                       and p.method == "full" else "")
+                    + (
+                        "gpus >= 2 with strategy 'auto' (FSDP shards the model), "
+                        if not distributed and p.method == "full"
+                        else ""
+                    )
                     + ("strategy 'fsdp', " if distributed and zero < 3 else "")
                     + ("cpu_offload=true, " if distributed and not p.cpu_offload else "")
                     + ("more GPUs or nodes (FSDP shards over all of them), " if distributed else "")
@@ -401,8 +436,10 @@ def plan_finetune(
             if plan.optimizer:
                 optimizer = plan.optimizer
             notes += plan.notes
-            s2 = resolve_settings(mi.model_copy(update={"batch_size": batch, "gradient_checkpointing": ckpt,
-                                                        "optimizer": optimizer}), arch)
+            s2 = resolve_settings(
+                mi.model_copy(update={"batch_size": batch, "gradient_checkpointing": ckpt, "optimizer": optimizer}),
+                arch,
+            )
             est = breakdown_bytes(arch, s2).total() / GIB
             if mem_gib is not None and est > mem_gib:
                 raise DoesNotFit(
@@ -416,11 +453,15 @@ def plan_finetune(
         zero = ZERO_STAGE[strategy]
     if distributed:
         if strategy is not None and strategy.startswith("deepspeed"):
-            notes.append("DeepSpeed must be installed in the host's Python (pip install deepspeed); "
-                         "FSDP needs nothing beyond torch.")
+            notes.append(
+                "DeepSpeed must be installed in the host's Python (pip install deepspeed); "
+                "FSDP needs nothing beyond torch."
+            )
         launcher = "srun + torchrun" if host.launcher == "slurm" and p.nodes > 1 else "torchrun"
-        notes.append(f"{launcher}: {p.nodes} node(s) x {per_node} rank(s) = {world}; rank 0 writes metrics and "
-                     "outputs; a failure on any rank fails the job with that rank's error.")
+        notes.append(
+            f"{launcher}: {p.nodes} node(s) x {per_node} rank(s) = {world}; rank 0 writes metrics and "
+            "outputs; a failure on any rank fails the job with that rank's error."
+        )
     if p.gradient_accumulation_steps == "auto":
         ga = max(1, -(-p.target_effective_batch // (batch * world)))
     else:
@@ -428,15 +469,29 @@ def plan_finetune(
     fmt = check.format if check is not None else p.dataset_format
     return (
         FinetunePlan(
-            backend=backend, method=p.method, gpu=tier.id if tier and gpus else None, gpus=gpus, nodes=p.nodes,
-            world_size=world, strategy=strategy, zero_stage=zero if distributed else None,
+            backend=backend,
+            method=p.method,
+            gpu=tier.id if tier and gpus else None,
+            gpus=gpus,
+            nodes=p.nodes,
+            world_size=world,
+            strategy=strategy,
+            zero_stage=zero if distributed else None,
             cpu_offload=p.cpu_offload,
-            per_device_batch_size=batch, gradient_accumulation_steps=ga, effective_batch=batch * ga * world,
-            gradient_checkpointing=ckpt, optimizer=optimizer, max_seq_length=p.max_seq_length,
+            per_device_batch_size=batch,
+            gradient_accumulation_steps=ga,
+            effective_batch=batch * ga * world,
+            gradient_checkpointing=ckpt,
+            optimizer=optimizer,
+            max_seq_length=p.max_seq_length,
             estimated_peak_gib=round(est, 2) if est is not None else None,
             gpu_memory_gib=round(mem_gib, 2) if mem_gib and gpus else None,
-            model_params=params, trainable_params=trainable, dataset_source=source,
-            dataset_rows=check.rows if check is not None else None, dataset_format=fmt, notes=notes,
+            model_params=params,
+            trainable_params=trainable,
+            dataset_source=source,
+            dataset_rows=check.rows if check is not None else None,
+            dataset_format=fmt,
+            notes=notes,
         ),
         upload,
     )
@@ -452,8 +507,13 @@ _OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_8bit", "paged_adamw_8bit"
 
 
 def build_finetune_spec(
-    p: FinetuneInput, host: HostConfig, plan: FinetunePlan, dataset_ref: str, resume_path: str | None,
-    *, agents_per_node: int = 1,
+    p: FinetuneInput,
+    host: HostConfig,
+    plan: FinetunePlan,
+    dataset_ref: str,
+    resume_path: str | None,
+    *,
+    agents_per_node: int = 1,
 ) -> JobSpec:
     """The JobSpec the engine starts: payload ``finetune`` with its config (no secrets in it).
 
@@ -513,8 +573,11 @@ def build_finetune_spec(
             raise InvalidInput(f"{per_node} ranks per node do not split into {agents_per_node} agents.", None)
         slurm = host.launcher == "slurm"
         d = DistributedLaunch(
-            nodes=plan.nodes, nproc_per_node=per_node // agents_per_node, agents_per_node=agents_per_node,
-            launcher="slurm" if slurm else "direct", gpus_per_node=plan.gpus,
+            nodes=plan.nodes,
+            nproc_per_node=per_node // agents_per_node,
+            agents_per_node=agents_per_node,
+            launcher="slurm" if slurm else "direct",
+            gpus_per_node=plan.gpus,
             gres=host.slurm_settings.gres if slurm else "gpu",
         )
         argv = launch_argv(d, host.interpreter, ["finetune.py", "job.json"])
@@ -527,6 +590,7 @@ def build_finetune_spec(
         payload_config=cfg,
         env=env,
         secrets=secrets,
-        resources=Resources(gpus=plan.gpus, nodes=plan.nodes, tasks_per_node=tasks,
-                            time_limit_s=parse_time_limit(p.time_limit)),
+        resources=Resources(
+            gpus=plan.gpus, nodes=plan.nodes, tasks_per_node=tasks, time_limit_s=parse_time_limit(p.time_limit)
+        ),
     )

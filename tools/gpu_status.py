@@ -201,8 +201,9 @@ async def get_gpu_status(cfg: Config, params: GpuStatusInput, transport: Transpo
         part = await query_slurm_gpus(t, host.slurm_settings.partition)
         extra = "This is the login node; partition_gpus shows the partition's GPUs (sinfo)."
         note = f"{note} {extra}" if note else extra
-        return GpuStatusOutput(host=host.name, gpus=gpus, partition_gpus=part, note=note,
-                               summary=f"{host.name}: {part.summary}")
+        return GpuStatusOutput(
+            host=host.name, gpus=gpus, partition_gpus=part, note=note, summary=f"{host.name}: {part.summary}"
+        )
     return GpuStatusOutput(host=host.name, gpus=gpus, note=note, summary=_summary(host, gpus, note))
 
 

@@ -77,15 +77,23 @@ class MemoryInput(BaseModel):
 
     model: str = Field(description="Hub id, local directory with config.json, or catalog name.")
     task: Task = Field("inference", description="inference | lora | qlora | full.")
-    backend: Backend | None = Field(None, description="vllm | hf | unsloth; default vllm for inference, "
-                                                       "unsloth for training.")
-    seq_len: int = Field(4096, description="Tokens per sequence (max_model_len for inference). Positive.",
-                         json_schema_extra={"minimum": 1})
-    batch_size: int = Field(1, description="Concurrent sequences (inference) or per-device micro-batch. Positive.",
-                            json_schema_extra={"minimum": 1})
+    backend: Backend | None = Field(
+        None, description="vllm | hf | unsloth; default vllm for inference, unsloth for training."
+    )
+    seq_len: int = Field(
+        4096,
+        description="Tokens per sequence (max_model_len for inference). Positive.",
+        json_schema_extra={"minimum": 1},
+    )
+    batch_size: int = Field(
+        1,
+        description="Concurrent sequences (inference) or per-device micro-batch. Positive.",
+        json_schema_extra={"minimum": 1},
+    )
     dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="Weights as loaded.")
     mixed_precision: Literal["bf16", "fp16", "none"] | None = Field(
-        None, description="Autocast for training; default bf16 (fp16 where dtype is float16).")
+        None, description="Autocast for training; default bf16 (fp16 where dtype is float16)."
+    )
     quantization: Quant | None = Field(None, description="Default: as stored; bnb-4bit for qlora.")
     kv_cache_dtype: Literal["auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
     gradient_checkpointing: bool | None = Field(None, description="Default on for training.")
@@ -94,10 +102,17 @@ class MemoryInput(BaseModel):
     lora_targets: list[str] | None = Field(None, description="Default: all linear layers.")
     num_gpus: int | None = Field(None, ge=1, le=1024, description="GPUs used; default from `gpu` or TP.")
     tensor_parallel_size: int | None = Field(None, ge=1, le=1024, description="vLLM TP; default num_gpus.")
-    zero_stage: int | None = Field(None, ge=0, le=3, description="DeepSpeed ZeRO stage for multi-GPU training "
-                                                                 "(FSDP full_shard = 3, shard_grad_op = 2, DDP = 0).")
-    cpu_offload: bool = Field(False, description="ZeRO-Offload / FSDP CPU offload: optimizer states (and with "
-                                                 "stage 3 the weights and gradients) live in CPU RAM.")
+    zero_stage: int | None = Field(
+        None,
+        ge=0,
+        le=3,
+        description="DeepSpeed ZeRO stage for multi-GPU training (FSDP full_shard = 3, shard_grad_op = 2, DDP = 0).",
+    )
+    cpu_offload: bool = Field(
+        False,
+        description="ZeRO-Offload / FSDP CPU offload: optimizer states (and with "
+        "stage 3 the weights and gradients) live in CPU RAM.",
+    )
     gpu: str | None = Field(None, description="GPU tier such as 'H100' or 'A100-80GB:2'.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM's share of GPU memory.")
     max_num_batched_tokens: int | None = Field(None, ge=1, description="vLLM profile-run tokens; default 8192.")
@@ -188,8 +203,10 @@ def tp_is_valid(arch: ModelArch, tp: int) -> bool:
 def resolve_settings(p: MemoryInput, arch: ModelArch) -> Settings:
     """Apply defaults and cross-field rules; raise InvalidInput with what to change."""
     if p.seq_len <= 0 or p.batch_size <= 0:
-        raise InvalidInput(f"seq_len ({p.seq_len}) and batch_size ({p.batch_size}) must be positive.",
-                           "Use seq_len >= 1 (e.g. 4096) and batch_size >= 1.")
+        raise InvalidInput(
+            f"seq_len ({p.seq_len}) and batch_size ({p.batch_size}) must be positive.",
+            "Use seq_len >= 1 (e.g. 4096) and batch_size >= 1.",
+        )
     training = p.task != "inference"
     backend = p.backend or ("unsloth" if training else "vllm")
     if training and backend == "vllm":
@@ -199,45 +216,57 @@ def resolve_settings(p: MemoryInput, arch: ModelArch) -> Settings:
     if stored in ("awq", "gptq", "fp8") and quant != stored:
         quant = stored  # a pre-quantized checkpoint is loaded as it is stored
     if p.task == "qlora" and quant not in ("bnb-4bit", "bnb-8bit"):
-        raise InvalidInput(f"qlora trains LoRA on a bitsandbytes-quantized base, not {quant}.",
-                           "Use quantization 'bnb-4bit' (or leave it unset) with task 'qlora'.")
+        raise InvalidInput(
+            f"qlora trains LoRA on a bitsandbytes-quantized base, not {quant}.",
+            "Use quantization 'bnb-4bit' (or leave it unset) with task 'qlora'.",
+        )
     if p.task == "lora" and quant in ("awq", "fp8"):
-        raise InvalidInput(f"{quant.upper()} checkpoints can't be fine-tuned here.",
-                           "Train the 16-bit model (task 'lora'/'qlora') and quantize after merging.")
+        raise InvalidInput(
+            f"{quant.upper()} checkpoints can't be fine-tuned here.",
+            "Train the 16-bit model (task 'lora'/'qlora') and quantize after merging.",
+        )
     if p.task == "lora" and quant == "bnb-4bit":
         raise InvalidInput("LoRA on a 4-bit bitsandbytes base is QLoRA.", "Use task 'qlora'.")
     if p.task == "full" and quant != "none":
-        raise InvalidInput(f"Full fine-tuning updates every weight; a {quant} base can't be trained.",
-                           "Use quantization 'none' for task 'full', or task 'qlora'/'lora'.")
+        raise InvalidInput(
+            f"Full fine-tuning updates every weight; a {quant} base can't be trained.",
+            "Use quantization 'none' for task 'full', or task 'qlora'/'lora'.",
+        )
     tp = p.tensor_parallel_size
     num = p.num_gpus
     if training and tp not in (None, 1):
-        raise InvalidInput("tensor_parallel_size applies to vLLM serving.",
-                           "For multi-GPU training set num_gpus and zero_stage instead.")
+        raise InvalidInput(
+            "tensor_parallel_size applies to vLLM serving.",
+            "For multi-GPU training set num_gpus and zero_stage instead.",
+        )
     if not training:
         if p.cpu_offload:
             raise InvalidInput("cpu_offload applies to training (ZeRO / FSDP).", "Leave cpu_offload off for serving.")
         tp = tp or num or 1
         num = num or tp
         if tp > num:
-            raise InvalidInput(f"tensor_parallel_size {tp} exceeds num_gpus {num}.",
-                               f"Set num_gpus to at least {tp}.")
+            raise InvalidInput(f"tensor_parallel_size {tp} exceeds num_gpus {num}.", f"Set num_gpus to at least {tp}.")
         if not tp_is_valid(arch, tp):
             ok = [t for t in (1, 2, 4, 8, 16) if tp_is_valid(arch, t)]
             raise InvalidInput(
                 f"tensor_parallel_size {tp} does not divide {arch.name}'s {arch.num_heads} attention heads and "
                 f"{arch.num_kv_heads} KV heads, which vLLM requires.",
-                f"Use one of {ok}.")
+                f"Use one of {ok}.",
+            )
         if p.zero_stage is not None:
             raise InvalidInput("zero_stage applies to training.", "Leave zero_stage unset for inference.")
     else:
         tp, num = 1, num or 1
         if p.zero_stage not in (None, 0) and num == 1:
-            raise InvalidInput(f"ZeRO stage {p.zero_stage} shards across GPUs; with one GPU it does nothing.",
-                               "Set num_gpus >= 2, or leave zero_stage unset.")
+            raise InvalidInput(
+                f"ZeRO stage {p.zero_stage} shards across GPUs; with one GPU it does nothing.",
+                "Set num_gpus >= 2, or leave zero_stage unset.",
+            )
         if p.cpu_offload and not (p.zero_stage or 0) >= 1:
-            raise InvalidInput("cpu_offload moves ZeRO/FSDP shards to CPU RAM; plain DDP has none to move.",
-                               "Set num_gpus >= 2 with zero_stage 2 or 3 (FSDP = 3), or leave cpu_offload off.")
+            raise InvalidInput(
+                "cpu_offload moves ZeRO/FSDP shards to CPU RAM; plain DDP has none to move.",
+                "Set num_gpus >= 2 with zero_stage 2 or 3 (FSDP = 3), or leave cpu_offload off.",
+            )
     mp = p.mixed_precision or ("fp16" if p.dtype == "float16" else "bf16")
     kv = {"auto": 4 if p.dtype == "float32" else 2, "bfloat16": 2, "float16": 2}.get(p.kv_cache_dtype, 1)
     targets: list[str] = []
@@ -247,11 +276,23 @@ def resolve_settings(p: MemoryInput, arch: ModelArch) -> Settings:
     if unknown:
         raise InvalidInput(f"Unknown LoRA target(s) {unknown}.", f"Use names from {list(ALL_TARGETS)} or 'all-linear'.")
     return Settings(
-        task=p.task, backend=backend, seq_len=p.seq_len, batch_size=p.batch_size, dtype=p.dtype,
-        mixed_precision=mp, quantization=quant, kv_bytes=kv,
+        task=p.task,
+        backend=backend,
+        seq_len=p.seq_len,
+        batch_size=p.batch_size,
+        dtype=p.dtype,
+        mixed_precision=mp,
+        quantization=quant,
+        kv_bytes=kv,
         gradient_checkpointing=training if p.gradient_checkpointing is None else p.gradient_checkpointing,
-        optimizer=p.optimizer, lora_r=p.lora_r, targets=tuple(dict.fromkeys(targets)), num_gpus=num, tp=tp,
-        zero_stage=p.zero_stage or 0, util=p.gpu_memory_utilization, cpu_offload=p.cpu_offload,
+        optimizer=p.optimizer,
+        lora_r=p.lora_r,
+        targets=tuple(dict.fromkeys(targets)),
+        num_gpus=num,
+        tp=tp,
+        zero_stage=p.zero_stage or 0,
+        util=p.gpu_memory_utilization,
+        cpu_offload=p.cpu_offload,
         mnbt=p.max_num_batched_tokens or VLLM_MAX_NUM_BATCHED_TOKENS,
     )
 
@@ -276,8 +317,17 @@ class _Parts:
     trainable: int = 0
 
     def total(self) -> float:
-        return (self.weights + self.kv_cache + self.activations + self.logits + self.gradients
-                + self.optimizer_states + self.adapter + self.cuda_context + self.allocator_overhead)
+        return (
+            self.weights
+            + self.kv_cache
+            + self.activations
+            + self.logits
+            + self.gradients
+            + self.optimizer_states
+            + self.adapter
+            + self.cuda_context
+            + self.allocator_overhead
+        )
 
 
 def _counts(arch: ModelArch) -> tuple[int, int, int]:
@@ -299,19 +349,26 @@ def _weight_bytes(arch: ModelArch, s: Settings) -> float:
         return float(arch.checkpoint_bytes)
     other_b = 4 if (s.task == "qlora" and s.backend == "hf") else 2  # prepare_model_for_kbit_training
     per = {"bnb-4bit": _NF4_BYTES, "bnb-8bit": _INT8_BYTES, "fp8": 1.0 + 4 / 4096}.get(
-        q, (arch.quant_bits or 4) / 8 + _GROUP_BYTES)
+        q, (arch.quant_bits or 4) / 8 + _GROUP_BYTES
+    )
     return linear * per + other * other_b
 
 
 def _lora_params(arch: ModelArch, s: Settings) -> int:
     """Trainable LoRA parameters: r x (in + out) per adapted module; routed experts are not targeted."""
     h, r = arch.hidden_size, s.lora_r
-    dims = {"q_proj": (h, arch.q_dim), "k_proj": (h, arch.kv_dim), "v_proj": (h, arch.kv_dim),
-            "o_proj": (arch.q_dim, h)}
+    dims = {
+        "q_proj": (h, arch.q_dim),
+        "k_proj": (h, arch.kv_dim),
+        "v_proj": (h, arch.kv_dim),
+        "o_proj": (arch.q_dim, h),
+    }
     if arch.is_mla:
         dims["k_proj"] = (h, (arch.kv_lora_rank or 0) + (arch.qk_rope_head_dim or 0))
-        dims["v_proj"] = (arch.kv_lora_rank or 0, arch.num_heads * ((arch.qk_nope_head_dim or 0)
-                                                                    + (arch.v_head_dim or 0)))
+        dims["v_proj"] = (
+            arch.kv_lora_rank or 0,
+            arch.num_heads * ((arch.qk_nope_head_dim or 0) + (arch.v_head_dim or 0)),
+        )
         dims["o_proj"] = (arch.num_heads * (arch.v_head_dim or 128), h)
     attn = sum(r * sum(dims[t]) for t in s.targets if t in dims)
     total = arch.num_layers * attn
@@ -345,8 +402,15 @@ def _kv_per_token(arch: ModelArch, s: Settings, tp: int) -> tuple[float, float]:
     return per_layer * (arch.num_layers - n_slide), per_layer * n_slide
 
 
-def breakdown_bytes(arch: ModelArch, s: Settings, *, tp: int | None = None, num_gpus: int | None = None,
-                    zero_stage: int | None = None, gpu_gib: float | None = None) -> _Parts:
+def breakdown_bytes(
+    arch: ModelArch,
+    s: Settings,
+    *,
+    tp: int | None = None,
+    num_gpus: int | None = None,
+    zero_stage: int | None = None,
+    gpu_gib: float | None = None,
+) -> _Parts:
     """Per-GPU bytes for one configuration. Fast (no allocation beyond one dataclass)."""
     tp = s.tp if tp is None else tp
     n = s.num_gpus if num_gpus is None else num_gpus
@@ -416,8 +480,15 @@ def breakdown_bytes(arch: ModelArch, s: Settings, *, tp: int | None = None, num_
         if s.task == "full":
             saved = 16 * h + 4 * q + 4 * kvd + 8 * inter
         else:
-            lora_in = {"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": q, "gate_proj": h, "up_proj": h,
-                       "down_proj": inter}
+            lora_in = {
+                "q_proj": h,
+                "k_proj": h,
+                "v_proj": h,
+                "o_proj": q,
+                "gate_proj": h,
+                "up_proj": h,
+                "down_proj": inter,
+            }
             saved = 8 * h + 4 * q + 4 * kvd + 6 * inter + 2 * sum(lora_in[t] for t in s.targets)
         saved *= scale
         transient = (8 * h + 4 * inter) * scale
@@ -526,50 +597,85 @@ def _min_gpus(arch: ModelArch, s: Settings, tier: GpuTier) -> TierFit:
 def _assumptions(arch: ModelArch, s: Settings, tier: GpuTier | None) -> list[str]:
     a = [f"Architecture from {arch.source}."]
     if s.task == "inference" and s.backend == "vllm":
-        a.append(f"vLLM profile run with max_num_batched_tokens={s.mnbt} and {VLLM_MAX_NUM_SEQS} sequences; "
-                 f"non-torch memory {VLLM_NON_TORCH_GIB[s.tp > 1]} GiB and CUDA graphs {VLLM_CUDA_GRAPHS_GIB} GiB.")
-        a.append("KV bytes per token = 2 x layers x KV heads x head_dim x dtype bytes / TP "
-                 "(the MLA latent for DeepSeek).")
+        a.append(
+            f"vLLM profile run with max_num_batched_tokens={s.mnbt} and {VLLM_MAX_NUM_SEQS} sequences; "
+            f"non-torch memory {VLLM_NON_TORCH_GIB[s.tp > 1]} GiB and CUDA graphs {VLLM_CUDA_GRAPHS_GIB} GiB."
+        )
+        a.append(
+            "KV bytes per token = 2 x layers x KV heads x head_dim x dtype bytes / TP (the MLA latent for DeepSeek)."
+        )
     if arch.sliding_window:
-        a.append(f"{arch.sliding_fraction:.0%} of layers use a {arch.sliding_window}-token sliding window; "
-                 "their KV is counted up to the window.")
+        a.append(
+            f"{arch.sliding_fraction:.0%} of layers use a {arch.sliding_window}-token sliding window; "
+            "their KV is counted up to the window."
+        )
     if arch.is_moe:
         a.append(f"MoE: all {arch.num_experts} experts are resident; {arch.experts_per_token} are active per token.")
     if s.task != "inference":
-        ck = ("Unsloth's offloaded gradient checkpointing (layer inputs in CPU RAM)" if s.backend == "unsloth"
-              else "gradient checkpointing (one hidden state per layer)") if s.gradient_checkpointing \
+        ck = (
+            (
+                "Unsloth's offloaded gradient checkpointing (layer inputs in CPU RAM)"
+                if s.backend == "unsloth"
+                else "gradient checkpointing (one hidden state per layer)"
+            )
+            if s.gradient_checkpointing
             else "no gradient checkpointing (all layer activations kept)"
+        )
         a.append(f"Training with {ck}, SDPA/flash attention, lora_dropout 0.")
         if s.backend == "hf":
-            a.append("HF: the loss upcasts logits to fp32; logits, log-softmax and their gradient are counted "
-                     "(a plain transformers training loop). TRL 1.15's SFTTrainer was measured well below this "
-                     "(it does not hold the full fp32 logits), so for TRL runs this is an upper bound.")
+            a.append(
+                "HF: the loss upcasts logits to fp32; logits, log-softmax and their gradient are counted "
+                "(a plain transformers training loop). TRL 1.15's SFTTrainer was measured well below this "
+                "(it does not hold the full fp32 logits), so for TRL runs this is an upper bound."
+            )
         else:
-            a.append("Unsloth: fused chunked cross-entropy, so full logits are never materialised; "
-                     f"{UNSLOTH_WORKSPACE_GIB} GiB of kernel workspaces.")
+            a.append(
+                "Unsloth: fused chunked cross-entropy, so full logits are never materialised; "
+                f"{UNSLOTH_WORKSPACE_GIB} GiB of kernel workspaces."
+            )
         if s.task in ("lora", "qlora"):
-            a.append(f"LoRA r={s.lora_r} on {', '.join(s.targets)}; adapters, gradients and Adam states in fp32"
-                     + ("; routed experts are not adapted." if arch.is_moe else "."))
+            a.append(
+                f"LoRA r={s.lora_r} on {', '.join(s.targets)}; adapters, gradients and Adam states in fp32"
+                + ("; routed experts are not adapted." if arch.is_moe else ".")
+            )
         if s.task == "qlora":
-            a.append("NF4 with double quantization (~0.516 bytes per linear weight)"
-                     + ("; prepare_model_for_kbit_training keeps embeddings, lm_head and norms in fp32."
-                        if s.backend == "hf" else "."))
+            a.append(
+                "NF4 with double quantization (~0.516 bytes per linear weight)"
+                + (
+                    "; prepare_model_for_kbit_training keeps embeddings, lm_head and norms in fp32."
+                    if s.backend == "hf"
+                    else "."
+                )
+            )
         if s.optimizer == "paged_adamw_8bit":
             a.append("Paged 8-bit Adam can spill its states to CPU memory under pressure.")
         if s.num_gpus > 1:
-            a.append(f"{s.num_gpus} GPUs with ZeRO stage {s.zero_stage}" + (" (plain DDP: every GPU holds "
-                     "everything)." if s.zero_stage == 0 else " (FSDP full_shard shards like stage 3)."))
+            a.append(
+                f"{s.num_gpus} GPUs with ZeRO stage {s.zero_stage}"
+                + (
+                    " (plain DDP: every GPU holds everything)."
+                    if s.zero_stage == 0
+                    else " (FSDP full_shard shards like stage 3)."
+                )
+            )
             if s.cpu_offload:
-                a.append("CPU offload: optimizer states and the optimizer step in CPU RAM"
-                         + ("; stage 3 also keeps weights and gradients there, gathering one layer at a time."
-                            if s.zero_stage >= 3 else "."))
+                a.append(
+                    "CPU offload: optimizer states and the optimizer step in CPU RAM"
+                    + (
+                        "; stage 3 also keeps weights and gradients there, gathering one layer at a time."
+                        if s.zero_stage >= 3
+                        else "."
+                    )
+                )
     if s.dtype == "bfloat16" and tier is not None and not tier.bf16:
         a.append(f"{tier.id} has no bf16: use dtype float16 there (same memory).")
     if arch.max_position and s.seq_len > arch.max_position:
         a.append(f"seq_len {s.seq_len} exceeds the model's max_position_embeddings {arch.max_position}.")
     ctx = CUDA_CONTEXT_GIB + (UNSLOTH_EXTRA_CONTEXT_GIB if s.backend == "unsloth" else 0.0)
-    a.append(f"CUDA context {ctx:.2f} GiB per GPU" + (" (Unsloth's Triton kernels included)." if
-                                                       s.backend == "unsloth" else "."))
+    a.append(
+        f"CUDA context {ctx:.2f} GiB per GPU"
+        + (" (Unsloth's Triton kernels included)." if s.backend == "unsloth" else ".")
+    )
     return a
 
 
@@ -586,10 +692,17 @@ def estimate_memory(p: MemoryInput, *, with_plan: bool = True) -> MemoryResult:
     parts = breakdown_bytes(arch, s, gpu_gib=tier.memory_gib if tier else None)
     total, active, _ = _counts(arch)
     trainable = parts.trainable if s.task != "inference" else 0
-    bd = Breakdown(weights=_gib(parts.weights), kv_cache=_gib(parts.kv_cache), activations=_gib(parts.activations),
-                   logits=_gib(parts.logits), gradients=_gib(parts.gradients),
-                   optimizer_states=_gib(parts.optimizer_states), adapter=_gib(parts.adapter),
-                   cuda_context=_gib(parts.cuda_context), allocator_overhead=_gib(parts.allocator_overhead))
+    bd = Breakdown(
+        weights=_gib(parts.weights),
+        kv_cache=_gib(parts.kv_cache),
+        activations=_gib(parts.activations),
+        logits=_gib(parts.logits),
+        gradients=_gib(parts.gradients),
+        optimizer_states=_gib(parts.optimizer_states),
+        adapter=_gib(parts.adapter),
+        cuda_context=_gib(parts.cuda_context),
+        allocator_overhead=_gib(parts.allocator_overhead),
+    )
     total_gib = round(parts.total() / GIB, 2)
     fits = {tid: _min_gpus(arch, s, t) for tid, t in TIERS.items()}
     max_kv = conc = None
@@ -602,22 +715,35 @@ def estimate_memory(p: MemoryInput, *, with_plan: bool = True) -> MemoryResult:
 
         rec = _plan.recommend(arch, s, tier, fits).model_dump()
     where = f" on {tier.id}" if tier else ""
-    summary = (f"{arch.name} {s.task} ({s.backend}, {s.quantization if s.quantization != 'none' else s.dtype}, "
-               f"seq {s.seq_len} x batch {s.batch_size}{', TP ' + str(s.tp) if s.tp > 1 else ''}): "
-               f"{total_gib:.1f} GiB per GPU{where}")
+    summary = (
+        f"{arch.name} {s.task} ({s.backend}, {s.quantization if s.quantization != 'none' else s.dtype}, "
+        f"seq {s.seq_len} x batch {s.batch_size}{', TP ' + str(s.tp) if s.tp > 1 else ''}): "
+        f"{total_gib:.1f} GiB per GPU{where}"
+    )
     if max_kv is not None:
         summary += f"; KV cache {max_kv:,} tokens (~{conc:g} sequences of {s.seq_len})"
     if tier is not None:
         f = fits[tier.id]
         summary += f"; fits {tier.id}: {'yes' if f.fits else 'no'}" + (
-            f" with {f.min_gpus} GPU{'s' if f.min_gpus and f.min_gpus > 1 else ''}" if f.min_gpus else "")
+            f" with {f.min_gpus} GPU{'s' if f.min_gpus and f.min_gpus > 1 else ''}" if f.min_gpus else ""
+        )
     else:
-        smallest = min((t for t in TIERS.values() if fits[t.id].min_gpus == 1), key=lambda t: t.memory_gib,
-                       default=None)
+        smallest = min(
+            (t for t in TIERS.values() if fits[t.id].min_gpus == 1), key=lambda t: t.memory_gib, default=None
+        )
         summary += f"; smallest single GPU that fits: {smallest.id if smallest else 'none'}"
     return MemoryResult(
-        model=arch.name, model_source=arch.source, task=s.task, backend=s.backend,  # type: ignore[arg-type]
-        total_gib=total_gib, breakdown_gib=bd, params=ParamCounts(total=total, trainable=trainable, active=active),
-        fits=fits, max_kv_tokens=max_kv, max_concurrency=conc, recommendation=rec,
-        assumptions=_assumptions(arch, s, tier), summary=summary + ".",
+        model=arch.name,
+        model_source=arch.source,
+        task=s.task,
+        backend=s.backend,  # type: ignore[arg-type]
+        total_gib=total_gib,
+        breakdown_gib=bd,
+        params=ParamCounts(total=total, trainable=trainable, active=active),
+        fits=fits,
+        max_kv_tokens=max_kv,
+        max_concurrency=conc,
+        recommendation=rec,
+        assumptions=_assumptions(arch, s, tier),
+        summary=summary + ".",
     )

@@ -37,8 +37,22 @@ __all__ = [
 
 _CATALOG_PATH = Path(__file__).parent / "data" / "model_catalog.json"
 _DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F4": 0.5, "U32": 4, "U16": 2,
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E8M0": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F4": 0.5,
+    "U32": 4,
+    "U16": 2,
 }
 StoredQuant = Literal["none", "awq", "gptq", "fp8", "bnb-4bit", "bnb-8bit", "other"]
 
@@ -255,21 +269,35 @@ def arch_from_config(cfg: dict[str, Any], name: str, source: str) -> ModelArch:
     if kv_lora:
         head_dim = int(text.get("qk_nope_head_dim", 128)) + int(text.get("qk_rope_head_dim", 64))
     return ModelArch(
-        name=name, source=source, model_type=model_type, hidden_size=h, intermediate_size=inter,
-        num_layers=layers, num_heads=heads, num_kv_heads=kv, head_dim=head_dim, vocab_size=vocab,
-        tie_embeddings=tied, qkv_bias=bool(text.get("attention_bias") or model_type.startswith("qwen2")),
-        num_experts=experts, experts_per_token=top_k if experts else 0,
+        name=name,
+        source=source,
+        model_type=model_type,
+        hidden_size=h,
+        intermediate_size=inter,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv,
+        head_dim=head_dim,
+        vocab_size=vocab,
+        tie_embeddings=tied,
+        qkv_bias=bool(text.get("attention_bias") or model_type.startswith("qwen2")),
+        num_experts=experts,
+        experts_per_token=top_k if experts else 0,
         moe_intermediate_size=int(_get(text, "moe_intermediate_size", default=inter if experts else 0) or 0),
         shared_experts=int(_get(text, "n_shared_experts", default=0) or 0),
         shared_expert_intermediate_size=int(_get(text, "shared_expert_intermediate_size", default=0) or 0),
         first_dense_layers=int(_get(text, "first_k_dense_replace", default=0) or 0),
-        sliding_window=int(sliding) if sliding else None, sliding_fraction=frac,
+        sliding_window=int(sliding) if sliding else None,
+        sliding_fraction=frac,
         kv_lora_rank=int(kv_lora) if kv_lora else None,
         q_lora_rank=int(text["q_lora_rank"]) if text.get("q_lora_rank") else None,
-        qk_nope_head_dim=text.get("qk_nope_head_dim"), qk_rope_head_dim=text.get("qk_rope_head_dim"),
+        qk_nope_head_dim=text.get("qk_nope_head_dim"),
+        qk_rope_head_dim=text.get("qk_rope_head_dim"),
         v_head_dim=text.get("v_head_dim"),
         max_position=_get(text, "max_position_embeddings", "n_positions"),
-        stored_dtype=dtype.removeprefix("torch."), stored_quantization=quant, quant_bits=bits,
+        stored_dtype=dtype.removeprefix("torch."),
+        stored_quantization=quant,
+        quant_bits=bits,
     )
 
 

@@ -59,8 +59,7 @@ def plan_inference(arch: ModelArch, s: Settings, tier: GpuTier, max_gpus: int | 
     max_gpus = max_gpus or tier.typical_max_per_node
     tps = [t for t in (1, 2, 4, 8, 16) if t <= max_gpus and tp_is_valid(arch, t)]
     if not tps:
-        raise InvalidInput(f"No tensor-parallel size up to {max_gpus} divides {arch.name}'s heads.",
-                           "Allow more GPUs.")
+        raise InvalidInput(f"No tensor-parallel size up to {max_gpus} divides {arch.name}'s heads.", "Allow more GPUs.")
     notes: list[str] = []
     for quant in _inference_quants(s, tier):
         qs = replace(s, quantization=quant)
@@ -80,25 +79,40 @@ def plan_inference(arch: ModelArch, s: Settings, tier: GpuTier, max_gpus: int | 
         notes.append(f"max_model_len cut from {s.seq_len} to {mml} to fit {qs.batch_size} sequence(s).")
         return _inf_plan(arch, replace(qs, seq_len=mml), tier, tp, mml, 0.0, True, notes)
     notes.append(f"Does not fit {max_gpus}x {tier.id} even at {qs.quantization}; use a larger tier or more nodes.")
-    return _inf_plan(arch, qs, tier, tp, s.seq_len, -(parts.non_kv - tier.memory_gib * GIB * qs.util) / GIB,
-                     False, notes)
+    return _inf_plan(
+        arch, qs, tier, tp, s.seq_len, -(parts.non_kv - tier.memory_gib * GIB * qs.util) / GIB, False, notes
+    )
 
 
-def _inf_plan(arch: ModelArch, s: Settings, tier: GpuTier, tp: int, mml: int, head: float, ok: bool,
-              notes: list[str]) -> Plan:
+def _inf_plan(
+    arch: ModelArch, s: Settings, tier: GpuTier, tp: int, mml: int, head: float, ok: bool, notes: list[str]
+) -> Plan:
     parts = breakdown_bytes(arch, s, tp=tp, num_gpus=tp, gpu_gib=tier.memory_gib)
     est = parts.total() / GIB
     kv_tokens = int(parts.kv_cache // parts.kv_per_token) if parts.kv_per_token else 0
-    summary = (f"{tp}x {tier.id}, TP {tp}, {s.quantization if s.quantization != 'none' else s.dtype}, "
-               f"max_model_len {mml}: KV {kv_tokens:,} tokens ({kv_tokens / mml:.1f} sequences)"
-               + ("" if ok else " — does not fit"))
-    return Plan(gpu=tier.id, num_gpus=tp, tensor_parallel_size=tp, quantization=s.quantization,
-                max_model_len=mml, task=s.task, estimated_gib=round(est, 2), headroom_gib=round(head, 2),
-                fits=ok, notes=notes, summary=summary)
+    summary = (
+        f"{tp}x {tier.id}, TP {tp}, {s.quantization if s.quantization != 'none' else s.dtype}, "
+        f"max_model_len {mml}: KV {kv_tokens:,} tokens ({kv_tokens / mml:.1f} sequences)"
+        + ("" if ok else " — does not fit")
+    )
+    return Plan(
+        gpu=tier.id,
+        num_gpus=tp,
+        tensor_parallel_size=tp,
+        quantization=s.quantization,
+        max_model_len=mml,
+        task=s.task,
+        estimated_gib=round(est, 2),
+        headroom_gib=round(head, 2),
+        fits=ok,
+        notes=notes,
+        summary=summary,
+    )
 
 
-def plan_training(arch: ModelArch, s: Settings, tier: GpuTier, target_batch: int | None = None,
-                  max_gpus: int | None = None) -> Plan:
+def plan_training(
+    arch: ModelArch, s: Settings, tier: GpuTier, target_batch: int | None = None, max_gpus: int | None = None
+) -> Plan:
     """Micro-batch, accumulation, checkpointing (and if needed 8-bit Adam, QLoRA, ZeRO-3) for ``tier``."""
     target = target_batch or s.batch_size * s.num_gpus
     max_gpus = max_gpus or tier.typical_max_per_node
@@ -113,7 +127,7 @@ def plan_training(arch: ModelArch, s: Settings, tier: GpuTier, target_batch: int
     for n in gpu_counts:
         for v, why in variants:
             zero = v.zero_stage if n == s.num_gpus else 3
-            for ckpt in ([False, True] if not v.gradient_checkpointing else [True]):
+            for ckpt in [False, True] if not v.gradient_checkpointing else [True]:
                 mb = v.batch_size
                 while mb >= 1:
                     cand = replace(v, gradient_checkpointing=ckpt, batch_size=mb, num_gpus=n, zero_stage=zero)
@@ -128,23 +142,55 @@ def plan_training(arch: ModelArch, s: Settings, tier: GpuTier, target_batch: int
                     mb //= 2
     worst = replace(s, gradient_checkpointing=True, batch_size=1)
     tot = breakdown_bytes(arch, worst).total()
-    return _train_plan(worst, tier, s.num_gpus, s.zero_stage, 1, target, tot, mem, False,
-                       [f"Does not fit {tier.id} even at micro-batch 1 with checkpointing; shorten seq_len "
-                        "or use a larger tier."])
+    return _train_plan(
+        worst,
+        tier,
+        s.num_gpus,
+        s.zero_stage,
+        1,
+        target,
+        tot,
+        mem,
+        False,
+        [f"Does not fit {tier.id} even at micro-batch 1 with checkpointing; shorten seq_len or use a larger tier."],
+    )
 
 
-def _train_plan(s: Settings, tier: GpuTier, n: int, zero: int, mb: int, target: int, tot: float, mem: float,
-                ok: bool, notes: list[str]) -> Plan:
+def _train_plan(
+    s: Settings,
+    tier: GpuTier,
+    n: int,
+    zero: int,
+    mb: int,
+    target: int,
+    tot: float,
+    mem: float,
+    ok: bool,
+    notes: list[str],
+) -> Plan:
     ga = max(1, math.ceil(target / (mb * n)))
-    summary = (f"{n}x {tier.id}, {s.task} {s.quantization if s.quantization != 'none' else s.dtype}, micro-batch "
-               f"{mb} x GA {ga} (effective {mb * ga * n}), seq {s.seq_len}, checkpointing "
-               f"{'on' if s.gradient_checkpointing else 'off'}: {tot / GIB:.1f} of {mem / GIB:.0f} GiB"
-               + ("" if ok else " — does not fit"))
-    return Plan(gpu=tier.id, num_gpus=n, quantization=s.quantization, micro_batch_size=mb,
-                gradient_accumulation_steps=ga, gradient_checkpointing=s.gradient_checkpointing,
-                zero_stage=zero if n > 1 else None, optimizer=s.optimizer, task=s.task,
-                estimated_gib=round(tot / GIB, 2), headroom_gib=round((mem - tot) / GIB, 2), fits=ok,
-                notes=notes, summary=summary)
+    summary = (
+        f"{n}x {tier.id}, {s.task} {s.quantization if s.quantization != 'none' else s.dtype}, micro-batch "
+        f"{mb} x GA {ga} (effective {mb * ga * n}), seq {s.seq_len}, checkpointing "
+        f"{'on' if s.gradient_checkpointing else 'off'}: {tot / GIB:.1f} of {mem / GIB:.0f} GiB"
+        + ("" if ok else " — does not fit")
+    )
+    return Plan(
+        gpu=tier.id,
+        num_gpus=n,
+        quantization=s.quantization,
+        micro_batch_size=mb,
+        gradient_accumulation_steps=ga,
+        gradient_checkpointing=s.gradient_checkpointing,
+        zero_stage=zero if n > 1 else None,
+        optimizer=s.optimizer,
+        task=s.task,
+        estimated_gib=round(tot / GIB, 2),
+        headroom_gib=round((mem - tot) / GIB, 2),
+        fits=ok,
+        notes=notes,
+        summary=summary,
+    )
 
 
 def recommend(arch: ModelArch, s: Settings, tier: GpuTier | None, fits: dict[str, TierFit]) -> Plan:
@@ -157,8 +203,16 @@ def recommend(arch: ModelArch, s: Settings, tier: GpuTier | None, fits: dict[str
             parts = breakdown_bytes(arch, s)
             tot = parts.total()
             mem = tier.memory_gib * GIB
-            return Plan(gpu=tier.id, num_gpus=1, quantization=s.quantization, max_model_len=s.seq_len,
-                        task=s.task, estimated_gib=round(tot / GIB, 2), headroom_gib=round((mem - tot) / GIB, 2),
-                        fits=tot <= mem, summary=f"1x {tier.id}: {tot / GIB:.1f} GiB of {mem / GIB:.0f}")
+            return Plan(
+                gpu=tier.id,
+                num_gpus=1,
+                quantization=s.quantization,
+                max_model_len=s.seq_len,
+                task=s.task,
+                estimated_gib=round(tot / GIB, 2),
+                headroom_gib=round((mem - tot) / GIB, 2),
+                fits=tot <= mem,
+                summary=f"1x {tier.id}: {tot / GIB:.1f} GiB of {mem / GIB:.0f}",
+            )
         return plan_inference(arch, s, tier, max_gpus=max(s.num_gpus, tier.typical_max_per_node))
     return plan_training(arch, s, tier)

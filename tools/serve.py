@@ -71,8 +71,14 @@ __all__ = [
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,199}$")
 # Our plan's quantization names → vLLM's --quantization (None: vLLM reads it from the checkpoint).
 _TO_VLLM_QUANT = {"none": None, "fp8": "fp8", "bnb-4bit": "bitsandbytes", "awq": None, "gptq": None}
-_FROM_VLLM_QUANT = {"fp8": "fp8", "bitsandbytes": "bnb-4bit", "awq": "awq", "awq_marlin": "awq", "gptq": "gptq",
-                    "gptq_marlin": "gptq"}
+_FROM_VLLM_QUANT = {
+    "fp8": "fp8",
+    "bitsandbytes": "bnb-4bit",
+    "awq": "awq",
+    "awq_marlin": "awq",
+    "gptq": "gptq",
+    "gptq_marlin": "gptq",
+}
 
 
 class LoraAdapterRef(BaseModel):
@@ -104,19 +110,28 @@ class StartServerInput(BaseModel):
     model: str = Field(description="Hub id, catalog name, or a model directory on the host.")
     host: str | None = Field(None, description="Host from list_hosts; default host when omitted.")
     gpus: int | list[int] | None = Field(
-        None, description="How many GPUs may be used, or which device indices; default: all of the host's.")
+        None, description="How many GPUs may be used, or which device indices; default: all of the host's."
+    )
     tensor_parallel_size: int | Literal["auto"] = Field(
-        "auto", description="'auto': the smallest size that fits and divides the attention heads.")
+        "auto", description="'auto': the smallest size that fits and divides the attention heads."
+    )
     pipeline_parallel_size: int = Field(
-        1, ge=1, le=64, description="Pipeline stages (layers split); GPUs used = TP x PP.")
+        1, ge=1, le=64, description="Pipeline stages (layers split); GPUs used = TP x PP."
+    )
     nodes: int = Field(
-        1, ge=1, le=64, description="SLURM nodes the server spans (vLLM's multiprocessing backend, one vllm "
-                                    "process per node): TP x PP GPUs split evenly; with TP and PP left at their "
-                                    "defaults, TP within a node and one pipeline stage per node.")
+        1,
+        ge=1,
+        le=64,
+        description="SLURM nodes the server spans (vLLM's multiprocessing backend, one vllm "
+        "process per node): TP x PP GPUs split evenly; with TP and PP left at their "
+        "defaults, TP within a node and one pipeline stage per node.",
+    )
     quantization: str = Field(
-        "auto", description="'auto' (only if needed), 'none', or a vLLM method: fp8, bitsandbytes, awq, gptq...")
+        "auto", description="'auto' (only if needed), 'none', or a vLLM method: fp8, bitsandbytes, awq, gptq..."
+    )
     max_model_len: int | Literal["auto"] = Field(
-        "auto", description="Context length; 'auto': the model's, shortened only to fit max_num_seqs.")
+        "auto", description="Context length; 'auto': the model's, shortened only to fit max_num_seqs."
+    )
     gpu_memory_utilization: float = Field(0.9, gt=0.05, le=0.99, description="vLLM's share of each GPU's memory.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     kv_cache_dtype: Literal["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
@@ -126,13 +141,18 @@ class StartServerInput(BaseModel):
     lora_adapters: list[LoraAdapterRef] = Field([], description="Adapters served by name.")
     served_model_name: str | None = Field(None, description="Name of the base model for clients; default: model.")
     port: int | Literal["auto"] = Field("auto", description="Port on the host; 'auto' picks a free one.")
-    api_key: str = Field("auto", description="'auto' (a new key in the job's env file), 'none', or 'env:NAME' "
-                                             "(a secret from the server's environment).")
+    api_key: str = Field(
+        "auto",
+        description="'auto' (a new key in the job's env file), 'none', or 'env:NAME' "
+        "(a secret from the server's environment).",
+    )
     extra_args: dict[str, ExtraValue] = Field(
-        {}, description="More vLLM flags, checked against the host's vLLM version.")
+        {}, description="More vLLM flags, checked against the host's vLLM version."
+    )
     time_limit: str | None = Field(None, description="Stop the server after HH:MM:SS (default: no limit).")
-    idempotency_key: str | None = Field(None, min_length=1, max_length=200,
-                                        description="Same key returns the same server instead of a second one.")
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=200, description="Same key returns the same server instead of a second one."
+    )
     dry_run: bool = Field(False, description="Plan and build the command without starting anything.")
 
     @field_validator("model")
@@ -248,10 +268,15 @@ def _pipeline_stage(arch: ModelArch, pp: int) -> ModelArch:
     """The largest of ``pp`` pipeline stages as a model of its own: ceil(layers / pp) layers, and
     (conservatively) both the embedding and lm_head, so weights and KV per GPU plan like a TP-only run."""
     layers = -(-arch.num_layers // pp)
-    return arch.model_copy(update={
-        "num_layers": layers, "checkpoint_params": None,
-        "checkpoint_bytes": int(arch.checkpoint_bytes * layers / arch.num_layers) if arch.checkpoint_bytes else None,
-    })
+    return arch.model_copy(
+        update={
+            "num_layers": layers,
+            "checkpoint_params": None,
+            "checkpoint_bytes": int(arch.checkpoint_bytes * layers / arch.num_layers)
+            if arch.checkpoint_bytes
+            else None,
+        }
+    )
 
 
 def plan_server(arch: ModelArch, p: StartServerInput, tier: GpuTier | None, gpus: int | None) -> ServePlan:
@@ -268,17 +293,28 @@ def plan_server(arch: ModelArch, p: StartServerInput, tier: GpuTier | None, gpus
     pp = p.pipeline_parallel_size
     if pp > 1:
         if pp > arch.num_layers:
-            raise InvalidInput(f"pipeline_parallel_size {pp} exceeds {arch.name}'s {arch.num_layers} layers.",
-                               f"Use at most {arch.num_layers}.")
+            raise InvalidInput(
+                f"pipeline_parallel_size {pp} exceeds {arch.name}'s {arch.num_layers} layers.",
+                f"Use at most {arch.num_layers}.",
+            )
         if gpus is not None and gpus < pp:
-            raise InvalidInput(f"pipeline_parallel_size {pp} needs at least {pp} GPUs; {gpus} are available.",
-                               f"Use at most {gpus} stages, or more GPUs.")
-        stage = plan_server(_pipeline_stage(arch, pp), p.model_copy(update={"pipeline_parallel_size": 1}), tier,
-                            gpus // pp if gpus is not None else None)
+            raise InvalidInput(
+                f"pipeline_parallel_size {pp} needs at least {pp} GPUs; {gpus} are available.",
+                f"Use at most {gpus} stages, or more GPUs.",
+            )
+        stage = plan_server(
+            _pipeline_stage(arch, pp),
+            p.model_copy(update={"pipeline_parallel_size": 1}),
+            tier,
+            gpus // pp if gpus is not None else None,
+        )
         tp = stage.tensor_parallel_size
-        stage.reasons.insert(0, f"pipeline_parallel_size {pp}: {arch.num_layers} layers in {pp} stages of at most "
-                                f"{-(-arch.num_layers // pp)}, TP {tp} within each stage: {tp * pp} GPUs, "
-                                "each holding one stage's share (the estimate is per GPU).")
+        stage.reasons.insert(
+            0,
+            f"pipeline_parallel_size {pp}: {arch.num_layers} layers in {pp} stages of at most "
+            f"{-(-arch.num_layers // pp)}, TP {tp} within each stage: {tp * pp} GPUs, "
+            "each holding one stage's share (the estimate is per GPU).",
+        )
         return stage.model_copy(update={"pipeline_parallel_size": pp})
     reasons: list[str] = []
     explicit_tp = p.tensor_parallel_size if isinstance(p.tensor_parallel_size, int) else None
@@ -289,10 +325,13 @@ def plan_server(arch: ModelArch, p: StartServerInput, tier: GpuTier | None, gpus
             raise InvalidInput(
                 f"tensor_parallel_size {explicit_tp} does not divide {arch.name}'s {arch.num_heads} attention heads "
                 f"({arch.num_kv_heads} KV heads), which vLLM requires.",
-                f"Use one of {valid} (or 'auto').")
+                f"Use one of {valid} (or 'auto').",
+            )
         if gpus is not None and explicit_tp > gpus:
-            raise InvalidInput(f"tensor_parallel_size {explicit_tp} needs {explicit_tp} GPUs; only {gpus} are "
-                               "available.", f"Use at most {gpus}, or a host with more GPUs.")
+            raise InvalidInput(
+                f"tensor_parallel_size {explicit_tp} needs {explicit_tp} GPUs; only {gpus} are available.",
+                f"Use at most {gpus}, or a host with more GPUs.",
+            )
     quant_req = p.quantization.lower()
     if quant_req not in ("auto", "none") and not re.fullmatch(r"[a-z0-9_.-]{1,64}", quant_req):
         raise InvalidInput(f"quantization {p.quantization!r} is not a method name.", "Use auto, none, fp8, ...")
@@ -300,20 +339,36 @@ def plan_server(arch: ModelArch, p: StartServerInput, tier: GpuTier | None, gpus
     mml = p.max_model_len if isinstance(p.max_model_len, int) else None
     seqs = p.max_num_seqs or 1
     if tier is None:
-        reasons.append("The host declares no GPUs (set `gpus` in its config): no memory plan; vLLM's defaults "
-                       "apply where 'auto' was asked.")
-        return ServePlan(tensor_parallel_size=explicit_tp or 1, quantization=vllm_quant, max_model_len=mml,
-                         max_num_seqs=p.max_num_seqs, reasons=reasons)
+        reasons.append(
+            "The host declares no GPUs (set `gpus` in its config): no memory plan; vLLM's defaults "
+            "apply where 'auto' was asked."
+        )
+        return ServePlan(
+            tensor_parallel_size=explicit_tp or 1,
+            quantization=vllm_quant,
+            max_model_len=mml,
+            max_num_seqs=p.max_num_seqs,
+            reasons=reasons,
+        )
     seq_len = mml or arch.max_position or 4096
     plan_quant = "none" if quant_req in ("auto", "none") else _FROM_VLLM_QUANT.get(quant_req, "none")
     if arch.stored_quantization in ("awq", "gptq", "fp8"):
         plan_quant = arch.stored_quantization
         reasons.append(f"The checkpoint is stored as {arch.stored_quantization}; vLLM loads it as it is.")
     dtype = "float16" if p.dtype == "float16" else "float32" if p.dtype == "float32" else "bfloat16"
-    mi = MemoryInput(model=arch.name, task="inference", backend="vllm", seq_len=seq_len, batch_size=seqs,
-                     dtype=dtype, quantization=plan_quant, kv_cache_dtype=p.kv_cache_dtype,
-                     num_gpus=explicit_tp or 1, tensor_parallel_size=explicit_tp or 1,
-                     gpu_memory_utilization=p.gpu_memory_utilization)
+    mi = MemoryInput(
+        model=arch.name,
+        task="inference",
+        backend="vllm",
+        seq_len=seq_len,
+        batch_size=seqs,
+        dtype=dtype,
+        quantization=plan_quant,
+        kv_cache_dtype=p.kv_cache_dtype,
+        num_gpus=explicit_tp or 1,
+        tensor_parallel_size=explicit_tp or 1,
+        gpu_memory_utilization=p.gpu_memory_utilization,
+    )
     s = resolve_settings(mi, arch)
     plan = plan_inference(arch, s, tier, max_gpus=explicit_tp or limit)
     if plan.quantization == "bnb-8bit":  # vLLM quantizes in flight to 4-bit only
@@ -325,44 +380,61 @@ def plan_server(arch: ModelArch, p: StartServerInput, tier: GpuTier | None, gpus
         raise DoesNotFit(
             f"{arch.name} does not fit {limit}x {tier.id} for serving ({seqs} sequence(s) of "
             f"{seq_len} tokens), even quantized and with a shorter context.",
-            f"It would fit on: {_would_fit(arch, s) or 'no single node we know'}; or lower max_num_seqs.")
+            f"It would fit on: {_would_fit(arch, s) or 'no single node we know'}; or lower max_num_seqs.",
+        )
     tp = explicit_tp or plan.tensor_parallel_size
     if explicit_tp is not None and plan.tensor_parallel_size < explicit_tp:
         reasons.append(f"TP {explicit_tp} as asked (TP {plan.tensor_parallel_size} would already fit).")
     elif explicit_tp is None:
         smaller = [t for t in _valid_tps(arch, tp) if t < tp]
-        why = "the weights and KV cache fit on one GPU" if tp == 1 else \
-            f"TP {smaller[-1] if smaller else 1} does not fit, and {tp} divides the {arch.num_heads} heads"
+        why = (
+            "the weights and KV cache fit on one GPU"
+            if tp == 1
+            else f"TP {smaller[-1] if smaller else 1} does not fit, and {tp} divides the {arch.num_heads} heads"
+        )
         reasons.append(f"tensor_parallel_size {tp}: {why}.")
     q_plan = plan.quantization
     if quant_req == "none" and q_plan not in ("none", arch.stored_quantization):
         raise DoesNotFit(
             f"{arch.name} does not fit {limit}x {tier.id} unquantized (quantization='none').",
-            f"Allow quantization ('auto' would use {q_plan}), or use: {_would_fit(arch, s)}.")
+            f"Allow quantization ('auto' would use {q_plan}), or use: {_would_fit(arch, s)}.",
+        )
     if quant_req == "auto":
         vllm_quant = _TO_VLLM_QUANT.get(q_plan)
         if q_plan == "none" or q_plan == arch.stored_quantization:
-            reasons.append("No quantization: the 16-bit weights fit." if q_plan == "none" else
-                           f"Quantization as stored ({q_plan}).")
+            reasons.append(
+                "No quantization: the 16-bit weights fit."
+                if q_plan == "none"
+                else f"Quantization as stored ({q_plan})."
+            )
         else:
-            reasons.append(f"quantization {vllm_quant}: the 16-bit weights with the KV cache don't fit "
-                           f"{limit}x {tier.id}.")
+            reasons.append(
+                f"quantization {vllm_quant}: the 16-bit weights with the KV cache don't fit {limit}x {tier.id}."
+            )
     if mml is not None and plan.max_model_len is not None and plan.max_model_len < mml:
         raise DoesNotFit(
             f"max_model_len {mml} does not fit {seqs} sequence(s) on {tp}x {tier.id}.",
-            f"Use max_model_len {plan.max_model_len} or less, fewer max_num_seqs, kv_cache_dtype='fp8', or more GPUs.")
+            f"Use max_model_len {plan.max_model_len} or less, fewer max_num_seqs, kv_cache_dtype='fp8', or more GPUs.",
+        )
     out_mml = plan.max_model_len if (mml is not None or (plan.max_model_len or seq_len) < seq_len) else None
     if mml is None:
         if out_mml is None:
-            reasons.append(f"max_model_len: the model's own ({seq_len}); the KV cache holds {seqs} such "
-                           "sequence(s).")
+            reasons.append(f"max_model_len: the model's own ({seq_len}); the KV cache holds {seqs} such sequence(s).")
         else:
-            reasons.append(f"max_model_len {out_mml} (the model allows {seq_len}) so that {seqs} sequence(s) fit "
-                           "the KV cache.")
+            reasons.append(
+                f"max_model_len {out_mml} (the model allows {seq_len}) so that {seqs} sequence(s) fit the KV cache."
+            )
     reasons.extend(n for n in plan.notes if n not in reasons)
-    return ServePlan(gpu=tier.id, gpus_available=gpus, tensor_parallel_size=tp, quantization=vllm_quant,
-                     max_model_len=out_mml, max_num_seqs=p.max_num_seqs,
-                     estimated_gib_per_gpu=plan.estimated_gib, reasons=reasons)
+    return ServePlan(
+        gpu=tier.id,
+        gpus_available=gpus,
+        tensor_parallel_size=tp,
+        quantization=vllm_quant,
+        max_model_len=out_mml,
+        max_num_seqs=p.max_num_seqs,
+        estimated_gib_per_gpu=plan.estimated_gib,
+        reasons=reasons,
+    )
 
 
 # --------------------------------------------------------------------------- resolve
@@ -373,8 +445,10 @@ async def _model_arch(engine: JobEngine, host: HostConfig, model: str) -> ModelA
         path = await t.expand_path(model)
         data = await t.read_range(f"{path}/config.json", 0, 1 << 20)
         if not data:
-            raise NotFound(f"No config.json in {path} on host {host.name!r}.",
-                           "Give a model directory (config.json + weights) that exists on that host.")
+            raise NotFound(
+                f"No config.json in {path} on host {host.name!r}.",
+                "Give a model directory (config.json + weights) that exists on that host.",
+            )
         try:
             cfg = json.loads(data)
         except ValueError as e:
@@ -389,19 +463,27 @@ async def _resolve_adapter(engine: JobEngine, host: HostConfig, ref: LoraAdapter
     if ref.job_id is not None:
         view: JobView = await engine.status(ref.job_id, with_details=False)
         if view.kind != "finetune":
-            raise InvalidInput(f"Job {ref.job_id} is a {view.kind} job, not a fine-tune.",
-                               "Give the job_id of a finetune job, or the adapter's path.")
+            raise InvalidInput(
+                f"Job {ref.job_id} is a {view.kind} job, not a fine-tune.",
+                "Give the job_id of a finetune job, or the adapter's path.",
+            )
         if view.state in (JobState.FAILED, JobState.CANCELLED, JobState.LOST):
             raise InvalidInput(
                 f"Adapter {ref.name!r} comes from fine-tune job {ref.job_id}, which {view.state.value}"
-                + (f" ({view.reason})" if view.reason else "") + ": it has no usable adapter.",
-                "Fix and rerun the fine-tune (get_job_status shows why it failed), or serve another adapter.")
+                + (f" ({view.reason})" if view.reason else "")
+                + ": it has no usable adapter.",
+                "Fix and rerun the fine-tune (get_job_status shows why it failed), or serve another adapter.",
+            )
         if not view.terminal:
-            raise Conflict(f"Fine-tune job {ref.job_id} is still {view.state.value}.",
-                           f"wait_for_job(job_id='{ref.job_id}') until it finishes, then start the server.")
+            raise Conflict(
+                f"Fine-tune job {ref.job_id} is still {view.state.value}.",
+                f"wait_for_job(job_id='{ref.job_id}') until it finishes, then start the server.",
+            )
         if view.host != host.name:
-            raise InvalidInput(f"Fine-tune job {ref.job_id} ran on host {view.host!r}, not {host.name!r}.",
-                               f"Serve on host {view.host!r}, or copy the adapter and give its path.")
+            raise InvalidInput(
+                f"Fine-tune job {ref.job_id} ran on host {view.host!r}, not {host.name!r}.",
+                f"Serve on host {view.host!r}, or copy the adapter and give its path.",
+            )
         path = f"{view.job_dir}/outputs"
     else:
         assert ref.path is not None
@@ -414,8 +496,10 @@ async def _resolve_adapter(engine: JobEngine, host: HostConfig, ref: LoraAdapter
             path = cand
             break
     if not data:
-        raise NotFound(f"No LoRA adapter (adapter_config.json) in {path} on host {host.name!r}.",
-                       "A full fine-tune is a model: serve its directory as `model` instead.")
+        raise NotFound(
+            f"No LoRA adapter (adapter_config.json) in {path} on host {host.name!r}.",
+            "A full fine-tune is a model: serve its directory as `model` instead.",
+        )
     try:
         rank = int(json.loads(data).get("r") or 16)
     except (ValueError, TypeError, AttributeError):
@@ -427,13 +511,15 @@ def _lora_rank(rank: int) -> int:
     for r in MAX_LORA_RANKS:
         if r >= rank:
             return r
-    raise InvalidInput(f"LoRA rank {rank} is above vLLM's maximum {MAX_LORA_RANKS[-1]}.",
-                       "Serve the merged model instead.")
+    raise InvalidInput(
+        f"LoRA rank {rank} is above vLLM's maximum {MAX_LORA_RANKS[-1]}.", "Serve the merged model instead."
+    )
 
 
 # ----------------------------------------------------------------------------- start
-async def start_vllm_server(engine: JobEngine, runtime: ServeRuntime, cache: FlagCache,
-                            p: StartServerInput, *, tasks_per_node: int = 1) -> StartServerOutput:
+async def start_vllm_server(
+    engine: JobEngine, runtime: ServeRuntime, cache: FlagCache, p: StartServerInput, *, tasks_per_node: int = 1
+) -> StartServerOutput:
     """Plan, check against the host's vLLM, and submit a ``serve`` job (see the module docstring).
 
     ``tasks_per_node`` > 1 runs several vLLM processes on each SLURM node, each counted as a
@@ -442,8 +528,10 @@ async def start_vllm_server(engine: JobEngine, runtime: ServeRuntime, cache: Fla
     host = engine.config.host(p.host)
     agents = p.nodes * tasks_per_node  # vLLM processes: vLLM's --nnodes
     if agents > 1 and host.launcher != "slurm":
-        raise InvalidInput(f"nodes={p.nodes}: a server spanning nodes needs a SLURM host; {host.name!r} runs jobs "
-                           "on one machine.", "Use nodes=1 (TP x PP within the host), or a SLURM host.")
+        raise InvalidInput(
+            f"nodes={p.nodes}: a server spanning nodes needs a SLURM host; {host.name!r} runs jobs on one machine.",
+            "Use nodes=1 (TP x PP within the host), or a SLURM host.",
+        )
     digest = _request_digest(host.name, p)
     if p.idempotency_key and not p.dry_run:
         again = await _repeat(engine, runtime, p.idempotency_key, digest)
@@ -513,9 +601,11 @@ async def start_vllm_server(engine: JobEngine, runtime: ServeRuntime, cache: Fla
     if agents > 1 and known is not None:
         lacking = [f for f in MULTINODE_TASK_FLAGS if known.get(f) is None]
         if lacking:
-            raise InvalidInput(f"vLLM {known.version} on {host.name} has no --{', --'.join(lacking)}: it can't span "
-                               "nodes with its multiprocessing backend.",
-                               "Upgrade vLLM on the host (0.26 is tested), or serve on one node (nodes=1).")
+            raise InvalidInput(
+                f"vLLM {known.version} on {host.name} has no --{', --'.join(lacking)}: it can't span "
+                "nodes with its multiprocessing backend.",
+                "Upgrade vLLM on the host (0.26 is tested), or serve on one node (nodes=1).",
+            )
     if port is None:  # SLURM: the payload picks a free port on the compute node
         i = argv.index("--port") if "--port" in argv else -1
         if i >= 0:
@@ -525,8 +615,10 @@ async def start_vllm_server(engine: JobEngine, runtime: ServeRuntime, cache: Fla
     typed = {flag_name(f) for f in VllmServeArgs.model_fields}
     if p.extra_args:
         if known is None:
-            raise NotFound("extra_args can't be checked: vLLM is not installed on the host.",
-                           "Install vLLM there first, or drop extra_args.")
+            raise NotFound(
+                "extra_args can't be checked: vLLM is not installed on the host.",
+                "Install vLLM there first, or drop extra_args.",
+            )
         argv += build_extra_argv(p.extra_args, known, typed)
     command = ["vllm", "serve", *argv]
 
@@ -535,28 +627,42 @@ async def start_vllm_server(engine: JobEngine, runtime: ServeRuntime, cache: Fla
         secrets_.append(p.api_key[4:])
     env: dict[str, str] = {}
     if isinstance(p.gpus, list):
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in p.gpus[:per_task * tasks_per_node])
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in p.gpus[: per_task * tasks_per_node])
     gpus_per_node = per_task * tasks_per_node if tier is not None else 0
     launch = None
     if agents > 1:  # one payload (and one vllm serve) per SLURM task; task 0 serves the API
-        launch = [*srun_argv(p.nodes, tasks_per_node, gpus_per_node, host.slurm_settings.gres),
-                  host.interpreter, "serve.py", "job.json"]
+        launch = [
+            *srun_argv(p.nodes, tasks_per_node, gpus_per_node, host.slurm_settings.gres),
+            host.interpreter,
+            "serve.py",
+            "job.json",
+        ]
     spec = JobSpec(
         kind="serve",
         name=f"vllm {base_name}"[:120],
         payload="serve",
         payload_config={
-            "argv": command, "port": port if port is not None else "auto", "bind_host": bind,
-            "served_names": names, "probe_model": base_name, "api_key": p.api_key,
+            "argv": command,
+            "port": port if port is not None else "auto",
+            "bind_host": bind,
+            "served_names": names,
+            "probe_model": base_name,
+            "api_key": p.api_key,
             # for a repeated idempotency_key: the same answer without planning (or picking a port) again
-            "request_sha256": digest, "plan": plan.model_dump(mode="json"),
-            "vllm_version": install.version if install else None, "tasks": agents,
+            "request_sha256": digest,
+            "plan": plan.model_dump(mode="json"),
+            "vllm_version": install.version if install else None,
+            "tasks": agents,
         },
         argv=launch,
         env=env,
         secrets=secrets_,
-        resources=Resources(gpus=gpus_per_node, nodes=p.nodes, tasks_per_node=tasks_per_node if agents > 1 else 1,
-                            time_limit_s=parse_time_limit(p.time_limit)),
+        resources=Resources(
+            gpus=gpus_per_node,
+            nodes=p.nodes,
+            tasks_per_node=tasks_per_node if agents > 1 else 1,
+            time_limit_s=parse_time_limit(p.time_limit),
+        ),
         endpoint_port=port,
     )
     res = await engine.submit(spec, host.name, idempotency_key=p.idempotency_key, dry_run=p.dry_run)
@@ -578,25 +684,39 @@ async def start_vllm_server(engine: JobEngine, runtime: ServeRuntime, cache: Fla
         summary = f"Server job {res.job_id} on {host.name} already {state.value}."
         nxt = "get_job_status shows why; get_job_logs shows vLLM's output."
     else:
-        summary = (f"Starting vLLM {vv} for {', '.join(names)} on {host.name} (TP {plan.tensor_parallel_size}"
-                   f"{f' x PP {plan.pipeline_parallel_size}' if plan.pipeline_parallel_size > 1 else ''}"
-                   f"{f' over {p.nodes} nodes' if p.nodes > 1 else ''}"
-                   f"{', ' + plan.quantization if plan.quantization else ''}): job {res.job_id}"
-                   + (f", endpoint {endpoint}" if endpoint else "") + ".")
+        summary = (
+            f"Starting vLLM {vv} for {', '.join(names)} on {host.name} (TP {plan.tensor_parallel_size}"
+            f"{f' x PP {plan.pipeline_parallel_size}' if plan.pipeline_parallel_size > 1 else ''}"
+            f"{f' over {p.nodes} nodes' if p.nodes > 1 else ''}"
+            f"{', ' + plan.quantization if plan.quantization else ''}): job {res.job_id}"
+            + (f", endpoint {endpoint}" if endpoint else "")
+            + "."
+        )
         nxt = f"wait_for_job(job_id='{res.job_id}', until='ready'), then query_model(server_job_id='{res.job_id}')."
     return StartServerOutput(
-        job_id=res.job_id, created=res.created, dry_run=p.dry_run, state=state, host=host.name,
-        endpoint=endpoint, endpoint_note=note, served_models=names, api_key=key_mode, plan=plan,
-        vllm_version=vv, command=command, command_line=shlex.join(command), job_dir=res.job_dir,
-        summary=summary, next_action=nxt,
+        job_id=res.job_id,
+        created=res.created,
+        dry_run=p.dry_run,
+        state=state,
+        host=host.name,
+        endpoint=endpoint,
+        endpoint_note=note,
+        served_models=names,
+        api_key=key_mode,
+        plan=plan,
+        vllm_version=vv,
+        command=command,
+        command_line=shlex.join(command),
+        job_dir=res.job_dir,
+        summary=summary,
+        next_action=nxt,
     )
 
 
 MULTINODE_TASK_FLAGS = ("nnodes", "node-rank", "master-addr", "master-port", "headless")
 
 
-def _split_over_nodes(plan: ServePlan, agents: int, tasks_per_node: int, per_node: int | None,
-                      auto_pp: bool) -> int:
+def _split_over_nodes(plan: ServePlan, agents: int, tasks_per_node: int, per_node: int | None, auto_pp: bool) -> int:
     """GPUs per vLLM process; checks that TP x PP splits evenly over the processes and fits a node.
 
     Adds the split to ``plan`` (its ``nodes`` and a reason). One process: all TP x PP GPUs.
@@ -606,19 +726,30 @@ def _split_over_nodes(plan: ServePlan, agents: int, tasks_per_node: int, per_nod
         return n_gpus
     tp, pp = plan.tensor_parallel_size, plan.pipeline_parallel_size
     if n_gpus % agents:
-        raise InvalidInput(f"TP {tp} x PP {pp} = {n_gpus} GPUs do not split evenly over {agents} nodes.",
-                           "Make tensor_parallel_size x pipeline_parallel_size a multiple of nodes (PP = nodes "
-                           "keeps tensor parallelism inside a node).")
+        raise InvalidInput(
+            f"TP {tp} x PP {pp} = {n_gpus} GPUs do not split evenly over {agents} nodes.",
+            "Make tensor_parallel_size x pipeline_parallel_size a multiple of nodes (PP = nodes "
+            "keeps tensor parallelism inside a node).",
+        )
     per_task = n_gpus // agents
     if per_node is not None and per_task * tasks_per_node > per_node:
-        raise InvalidInput(f"TP {tp} x PP {pp} over {agents} nodes needs {per_task * tasks_per_node} GPUs per node; "
-                           f"the host's nodes have {per_node}.", "Use more nodes or a smaller TP x PP.")
+        raise InvalidInput(
+            f"TP {tp} x PP {pp} over {agents} nodes needs {per_task * tasks_per_node} GPUs per node; "
+            f"the host's nodes have {per_node}.",
+            "Use more nodes or a smaller TP x PP.",
+        )
     nodes = agents // tasks_per_node
     plan.nodes = nodes
-    why = "one pipeline stage per node, TP within it (tensor parallelism needs the fast links inside a node)" \
-        if auto_pp else ("TP spans nodes: slower than PP = nodes" if tp > per_task else "as asked")
-    plan.reasons.insert(0, f"nodes={nodes}: {agents} vLLM processes with {per_task} GPU(s) each, {why}; SLURM task "
-                           "0 (the allocation's first node) serves the API, the others run headless.")
+    why = (
+        "one pipeline stage per node, TP within it (tensor parallelism needs the fast links inside a node)"
+        if auto_pp
+        else ("TP spans nodes: slower than PP = nodes" if tp > per_task else "as asked")
+    )
+    plan.reasons.insert(
+        0,
+        f"nodes={nodes}: {agents} vLLM processes with {per_task} GPU(s) each, {why}; SLURM task "
+        "0 (the allocation's first node) serves the API, the others run headless.",
+    )
     return per_task
 
 
@@ -638,8 +769,10 @@ async def _repeat(engine: JobEngine, runtime: ServeRuntime, key: str, digest: st
         return None
     cfg = json.loads(rec.spec_json).get("payload_config", {})
     if rec.kind != "serve" or cfg.get("request_sha256") != digest:
-        raise InvalidInput(f"idempotency_key {key!r} was already used for job {rec.job_id} with a different request.",
-                           "Use a new key for a different server, or repeat the original request exactly.")
+        raise InvalidInput(
+            f"idempotency_key {key!r} was already used for job {rec.job_id} with a different request.",
+            "Use a new key for a different server, or repeat the original request exactly.",
+        )
     view = await engine.status(rec.job_id, with_details=False)
     host = engine.config.host(rec.host)
     port = cfg.get("port")
@@ -648,12 +781,21 @@ async def _repeat(engine: JobEngine, runtime: ServeRuntime, key: str, digest: st
         endpoint = await runtime.url_for(host, str(cfg.get("bind_host") or "127.0.0.1"), port)
     command = [str(a) for a in cfg.get("argv", [])]
     return StartServerOutput(
-        job_id=rec.job_id, created=False, dry_run=False, state=view.state, host=rec.host, endpoint=endpoint,
-        endpoint_note=None, served_models=list(cfg.get("served_names", [])),
+        job_id=rec.job_id,
+        created=False,
+        dry_run=False,
+        state=view.state,
+        host=rec.host,
+        endpoint=endpoint,
+        endpoint_note=None,
+        served_models=list(cfg.get("served_names", [])),
         api_key="env" if str(cfg.get("api_key")).startswith("env:") else cfg.get("api_key", "auto"),
         plan=ServePlan.model_validate(cfg.get("plan") or {"tensor_parallel_size": 1}),
-        vllm_version=cfg.get("vllm_version"), command=command, command_line=shlex.join(command),
-        job_dir=rec.job_dir, summary=f"Same idempotency_key as before: {view.summary}",
+        vllm_version=cfg.get("vllm_version"),
+        command=command,
+        command_line=shlex.join(command),
+        job_dir=rec.job_dir,
+        summary=f"Same idempotency_key as before: {view.summary}",
         next_action=None if view.terminal else f"wait_for_job(job_id='{rec.job_id}', until='ready').",
     )
 
@@ -678,6 +820,9 @@ async def stop_vllm_server(engine: JobEngine, runtime: ServeRuntime, p: StopServ
     view = await engine.cancel(p.job_id, grace_s=p.grace_s)
     host = engine.config.host(view.host)
     gpu = await check_gpu_release(engine, host, p.job_id)
-    gpu_txt = ("GPU memory released" if gpu.released else (gpu.note or "GPU memory still held")) if gpu.checked \
+    gpu_txt = (
+        ("GPU memory released" if gpu.released else (gpu.note or "GPU memory still held"))
+        if gpu.checked
         else (gpu.note or "GPU memory not checked")
+    )
     return StopServerOutput(job=view, gpu=gpu, summary=f"{view.summary} {gpu_txt.rstrip('.')}.")

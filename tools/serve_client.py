@@ -41,7 +41,35 @@ __all__ = [
 ]
 
 JOB_ID_PATTERN = r"^[a-z][a-z0-9-]{2,79}$"
-_WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wise", "owls", "watch", "from", "old", "oak", "trees", "and", "count", "every", "star", "in", "the", "silent", "night", "sky"]
+_WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "seven",
+    "wise",
+    "owls",
+    "watch",
+    "from",
+    "old",
+    "oak",
+    "trees",
+    "and",
+    "count",
+    "every",
+    "star",
+    "in",
+    "the",
+    "silent",
+    "night",
+    "sky",
+]
 
 
 class ChatMessage(BaseModel):
@@ -120,11 +148,15 @@ async def server_connection(engine: JobEngine, runtime: ServeRuntime, job_id: st
         m = view.metrics or {}
         if m.get("event") == "error" and m.get("hint"):
             raise Conflict(f"Server job {job_id} is {view.state.value}: {m.get('message') or err}.", str(m["hint"]))
-        raise Conflict(f"Server job {job_id} is {view.state.value}" + (f": {err}." if err else "."),
-                       "Start it again with start_vllm_server (get_job_logs shows vLLM's output).")
+        raise Conflict(
+            f"Server job {job_id} is {view.state.value}" + (f": {err}." if err else "."),
+            "Start it again with start_vllm_server (get_job_logs shows vLLM's output).",
+        )
     if view.state is not JobState.READY:
-        raise Conflict(f"Server job {job_id} is {view.state.value}, not ready yet.",
-                       f"wait_for_job(job_id='{job_id}', until='ready') first.")
+        raise Conflict(
+            f"Server job {job_id} is {view.state.value}, not ready yet.",
+            f"wait_for_job(job_id='{job_id}', until='ready') first.",
+        )
     host = engine.config.host(view.host)
     doc = await runtime.endpoint_doc(view.host, view.job_dir)
     if doc is None or not isinstance(doc.get("port"), int):
@@ -156,20 +188,26 @@ def _translate(e: Exception, url: str) -> OpsError:
     import openai
 
     if isinstance(e, openai.NotFoundError):
-        return InvalidInput(f"The server does not serve that model: {getattr(e, 'message', e)}",
-                            "Use one of the served_models of start_vllm_server.")
+        return InvalidInput(
+            f"The server does not serve that model: {getattr(e, 'message', e)}",
+            "Use one of the served_models of start_vllm_server.",
+        )
     if isinstance(e, openai.AuthenticationError):
         return Conflict("The server refused the API key.", "Restart the server; its env file holds the key.")
     if isinstance(e, openai.BadRequestError):
-        return InvalidInput(f"The server refused the request: {getattr(e, 'message', e)}",
-                            "Shorten the prompt or max_tokens (max_model_len bounds both).")
+        return InvalidInput(
+            f"The server refused the request: {getattr(e, 'message', e)}",
+            "Shorten the prompt or max_tokens (max_model_len bounds both).",
+        )
     if isinstance(e, openai.APITimeoutError):
         return HostError("The server did not answer in time.", "Lower max_tokens or raise timeout_s (<= 110).")
     if isinstance(e, openai.APIConnectionError):
         return HostError(f"Cannot reach the server at {url}.", "get_job_status shows whether it is still ready.")
     if isinstance(e, openai.APIStatusError):
-        return HostError(f"The server answered HTTP {e.status_code}: {getattr(e, 'message', e)}",
-                         "Read the server's log with get_job_logs.")
+        return HostError(
+            f"The server answered HTTP {e.status_code}: {getattr(e, 'message', e)}",
+            "Read the server's log with get_job_logs.",
+        )
     return HostError(f"Request failed: {type(e).__name__}: {e}", "Read the server's log with get_job_logs.")
 
 
@@ -186,15 +224,18 @@ async def query_model(engine: JobEngine, runtime: ServeRuntime, p: QueryInput) -
     client = _client(url, key, p.timeout_s)
     t0 = time.perf_counter()
     try:
-        common: dict[str, Any] = {"model": model, "max_tokens": p.max_tokens, "temperature": p.temperature,
-                                  "top_p": p.top_p}
+        common: dict[str, Any] = {
+            "model": model,
+            "max_tokens": p.max_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+        }
         if p.stop:
             common["stop"] = p.stop
         if p.seed is not None:
             common["seed"] = p.seed
         if p.messages is not None:
-            r = await client.chat.completions.create(
-                messages=[m.model_dump() for m in p.messages], **common)  # type: ignore[arg-type]
+            r = await client.chat.completions.create(messages=[m.model_dump() for m in p.messages], **common)  # type: ignore[arg-type]
             text = r.choices[0].message.content or "" if r.choices else ""
         else:
             r = await client.completions.create(prompt=p.prompt, **common)
@@ -207,10 +248,15 @@ async def query_model(engine: JobEngine, runtime: ServeRuntime, p: QueryInput) -
     finish = r.choices[0].finish_reason if r.choices else None
     usage = r.usage
     toks = f", {usage.completion_tokens} tokens" if usage else ""
-    return QueryOutput(text=text, model=model, finish_reason=finish,
-                       prompt_tokens=usage.prompt_tokens if usage else None,
-                       completion_tokens=usage.completion_tokens if usage else None, latency_s=round(dt, 3),
-                       summary=f"{model} answered in {dt:.2f} s{toks} (finish: {finish}).")
+    return QueryOutput(
+        text=text,
+        model=model,
+        finish_reason=finish,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+        latency_s=round(dt, 3),
+        summary=f"{model} answered in {dt:.2f} s{toks} (finish: {finish}).",
+    )
 
 
 def _pct(values: list[float]) -> Percentiles:
@@ -256,9 +302,14 @@ async def benchmark_server(engine: JobEngine, runtime: ServeRuntime, p: Benchmar
             usage_out: int | None = None
             try:
                 stream = await client.completions.create(
-                    model=model, prompt=" ".join(words), max_tokens=p.output_len, temperature=0.0, stream=True,
+                    model=model,
+                    prompt=" ".join(words),
+                    max_tokens=p.output_len,
+                    temperature=0.0,
+                    stream=True,
                     stream_options={"include_usage": True},
-                    extra_body={"ignore_eos": True, "min_tokens": p.output_len})
+                    extra_body={"ignore_eos": True, "min_tokens": p.output_len},
+                )
                 async for ev in stream:
                     now = time.perf_counter()
                     if ev.choices and ev.choices[0].text:
@@ -289,14 +340,26 @@ async def benchmark_server(engine: JobEngine, runtime: ServeRuntime, p: Benchmar
     if completed == 0 and failed:
         raise HostError(f"Every benchmark request failed: {errors[0]}", "Check the server with query_model first.")
     out = BenchmarkOutput(
-        completed=completed, failed=failed, duration_s=round(dur, 3), requests_per_s=round(completed / dur, 3),
-        output_tokens_per_s=round(out_tokens / dur, 2), total_output_tokens=out_tokens,
+        completed=completed,
+        failed=failed,
+        duration_s=round(dur, 3),
+        requests_per_s=round(completed / dur, 3),
+        output_tokens_per_s=round(out_tokens / dur, 2),
+        total_output_tokens=out_tokens,
         mean_input_tokens=round(statistics.fmean(in_tokens), 1) if in_tokens else None,
-        ttft_ms=_pct(ttfts), itl_ms=_pct(itls), errors=errors, summary="")
+        ttft_ms=_pct(ttfts),
+        itl_ms=_pct(itls),
+        errors=errors,
+        summary="",
+    )
     skipped = p.num_prompts - completed - failed
-    out.summary = (f"{completed}/{p.num_prompts} requests at concurrency {p.concurrency} in {dur:.1f} s: "
-                   f"{out.output_tokens_per_s:.1f} output tok/s, {out.requests_per_s:.2f} req/s, TTFT p50 "
-                   f"{out.ttft_ms.p50} ms / p99 {out.ttft_ms.p99} ms, ITL p50 {out.itl_ms.p50} ms / p99 "
-                   f"{out.itl_ms.p99} ms" + (f"; {skipped} not sent (time budget)" if skipped else "")
-                   + (f"; {failed} failed" if failed else "") + ".")
+    out.summary = (
+        f"{completed}/{p.num_prompts} requests at concurrency {p.concurrency} in {dur:.1f} s: "
+        f"{out.output_tokens_per_s:.1f} output tok/s, {out.requests_per_s:.2f} req/s, TTFT p50 "
+        f"{out.ttft_ms.p50} ms / p99 {out.ttft_ms.p99} ms, ITL p50 {out.itl_ms.p50} ms / p99 "
+        f"{out.itl_ms.p99} ms"
+        + (f"; {skipped} not sent (time budget)" if skipped else "")
+        + (f"; {failed} failed" if failed else "")
+        + "."
+    )
     return out

@@ -122,11 +122,20 @@ async def detect_vllm(engine: JobEngine, host: HostConfig, cache: FlagCache) -> 
     version = str(doc["version"])
     cached = cache.get(host.name, version)
     if cached is not None:
-        return VllmInstall(host=host.name, version=version, python=doc.get("python") or host.interpreter,
-                           program=doc.get("program"), flags_cached=True, flags=cached)
+        return VllmInstall(
+            host=host.name,
+            version=version,
+            python=doc.get("python") or host.interpreter,
+            program=doc.get("program"),
+            flags_cached=True,
+            flags=cached,
+        )
     program = doc.get("program")
-    cmd = [program, "serve", "--help=all"] if program else \
-        [host.interpreter, "-m", "vllm.entrypoints.cli.main", "serve", "--help=all"]
+    cmd = (
+        [program, "serve", "--help=all"]
+        if program
+        else [host.interpreter, "-m", "vllm.entrypoints.cli.main", "serve", "--help=all"]
+    )
     res = await t.run(host_command(host, cmd), timeout=300)
     if res.rc != 0:
         tail = " | ".join(res.err.strip().splitlines()[-2:]) or "no error output"
@@ -136,8 +145,14 @@ async def detect_vllm(engine: JobEngine, host: HostConfig, cache: FlagCache) -> 
         )
     flags = parse_help(res.out, version, source=f"host {host.name}: {shlex.join(cmd)}")
     cache.put(host.name, flags)
-    return VllmInstall(host=host.name, version=version, python=doc.get("python") or host.interpreter,
-                       program=program, flags_cached=False, flags=flags)
+    return VllmInstall(
+        host=host.name,
+        version=version,
+        python=doc.get("python") or host.interpreter,
+        program=program,
+        flags_cached=False,
+        flags=flags,
+    )
 
 
 async def check_port(engine: JobEngine, host: HostConfig, bind: str, port: int | None) -> int:
@@ -151,9 +166,10 @@ async def check_port(engine: JobEngine, host: HostConfig, bind: str, port: int |
             raise CommandFailed(f"No free port found on {host.name} ({out!r}).", "Pass an explicit port.")
         return int(out)
     if out == "busy":
-        raise Conflict(f"Port {port} is already in use on host {host.name!r} ({bind}).",
-                       "Use port='auto', or stop the process that listens there (a server of yours? "
-                       "list_jobs kind='serve').")
+        raise Conflict(
+            f"Port {port} is already in use on host {host.name!r} ({bind}).",
+            "Use port='auto', or stop the process that listens there (a server of yours? list_jobs kind='serve').",
+        )
     return port
 
 
@@ -199,8 +215,10 @@ async def check_gpu_release(engine: JobEngine, host: HostConfig, job_id: str, wa
         rel = parse_gpu_lines(res.out)
         if not rel.checked or rel.released or time.monotonic() >= deadline:
             if rel.checked and not rel.released:
-                rel.note = (f"{len(rel.leftover_pids)} GPU process(es) of the job still hold memory after "
-                            f"{wait_s:.0f} s: pids {rel.leftover_pids}.")
+                rel.note = (
+                    f"{len(rel.leftover_pids)} GPU process(es) of the job still hold memory after "
+                    f"{wait_s:.0f} s: pids {rel.leftover_pids}."
+                )
             return rel
         await asyncio.sleep(1.0)
 
@@ -243,8 +261,10 @@ class ServeRuntime:
         else:
             forward = getattr(t, "forward_local_port", None)
             if forward is None:
-                raise HostError(f"The transport of host {host.name!r} cannot forward ports.",
-                                "Use an SSH host (runners/ssh.py) for remote servers.")
+                raise HostError(
+                    f"The transport of host {host.name!r} cannot forward ports.",
+                    "Use an SSH host (runners/ssh.py) for remote servers.",
+                )
             fwd = await forward(node, port)
             ep = _Endpoint(url=fwd.url, forward=fwd)
         self._endpoints[key] = ep

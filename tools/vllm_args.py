@@ -291,8 +291,9 @@ def parse_help(text: str, version: str, source: str) -> KnownFlags:
                 choices = [c.strip() for c in meta[1 : meta.index("}")].split(",") if c.strip()]
             elif meta and meta.startswith("['") and meta.endswith("]"):  # vLLM prints some choices as a list
                 choices = [c.strip().strip("'") for c in meta[1:-1].split(",") if c.strip()]
-            flags[name] = FlagInfo(name=name, takes_value=meta is not None, negatable=name in negs,
-                                   choices=choices, metavar=meta)
+            flags[name] = FlagInfo(
+                name=name, takes_value=meta is not None, negatable=name in negs, choices=choices, metavar=meta
+            )
     if len(flags) < 20:
         raise InvalidInput(
             f"`vllm serve --help=all` ({source}) listed only {len(flags)} options; it did not look like vLLM's help.",
@@ -334,11 +335,14 @@ def _check_value(flag: str, value: str, info: FlagInfo, version: str) -> str:
     if _CTRL_RE.search(value):
         raise InvalidInput(f"The value of --{flag} holds a control character.", "Give a plain one-line value.")
     if value.startswith("-") and not re.fullmatch(r"-\d+(\.\d+)?(e-?\d+)?", value):
-        raise InvalidInput(f"The value {value!r} of --{flag} starts with '-'.",
-                           "Values may not look like flags; give the value itself.")
+        raise InvalidInput(
+            f"The value {value!r} of --{flag} starts with '-'.",
+            "Values may not look like flags; give the value itself.",
+        )
     if info.choices and value not in info.choices:
-        raise InvalidInput(f"--{flag} {value!r} is not accepted by vLLM {version}.",
-                           f"Use one of: {', '.join(info.choices)}.")
+        raise InvalidInput(
+            f"--{flag} {value!r} is not accepted by vLLM {version}.", f"Use one of: {', '.join(info.choices)}."
+        )
     return value
 
 
@@ -348,19 +352,27 @@ def build_extra_argv(extra: dict[str, ExtraValue], known: KnownFlags, typed: set
     for key, value in extra.items():
         flag = key.strip().removeprefix("--").replace("_", "-")
         if not _FLAG_RE.match(flag):
-            raise InvalidInput(f"extra_args key {key!r} is not a flag name.", "Use names like 'max_num_batched_tokens'.")
+            raise InvalidInput(
+                f"extra_args key {key!r} is not a flag name.", "Use names like 'max_num_batched_tokens'."
+            )
         base = flag[3:] if flag.startswith("no-") and flag[3:] in known.flags else flag
         if base in MANAGED_FLAGS:
-            raise InvalidInput(f"--{base} can't be passed in extra_args: {MANAGED_FLAGS[base]}.",
-                               "Remove it from extra_args.")
+            raise InvalidInput(
+                f"--{base} can't be passed in extra_args: {MANAGED_FLAGS[base]}.", "Remove it from extra_args."
+            )
         if base in typed or base.replace("-", "_") in VllmServeArgs.model_fields:
-            raise InvalidInput(f"--{base} is a parameter of start_vllm_server.",
-                               f"Pass {base.replace('-', '_')}=... instead of putting it in extra_args.")
+            raise InvalidInput(
+                f"--{base} is a parameter of start_vllm_server.",
+                f"Pass {base.replace('-', '_')}=... instead of putting it in extra_args.",
+            )
         info = known.get(flag)
         if info is None:
             close = difflib.get_close_matches(flag, list(known.flags), n=3, cutoff=0.6)
-            hint = f"Did you mean {', '.join('--' + c for c in close)}?" if close else \
-                f"Run `vllm serve --help=all` on the host for the {len(known.flags)} flags it knows."
+            hint = (
+                f"Did you mean {', '.join('--' + c for c in close)}?"
+                if close
+                else f"Run `vllm serve --help=all` on the host for the {len(known.flags)} flags it knows."
+            )
             raise InvalidInput(f"vLLM {known.version} on this host has no flag --{flag}.", hint)
         if flag != base:  # --no-x given as a key
             if value is not True:
@@ -379,8 +391,9 @@ def build_extra_argv(extra: dict[str, ExtraValue], known: KnownFlags, typed: set
             out += [f"--{flag}", _check_value(flag, _render(value), info, known.version)]
             continue
         if not info.takes_value:
-            raise InvalidInput(f"--{flag} is a switch and takes no value ({value!r} given).",
-                               f"Use {{'{key}': true}} (or false).")
+            raise InvalidInput(
+                f"--{flag} is a switch and takes no value ({value!r} given).", f"Use {{'{key}': true}} (or false)."
+            )
         if isinstance(value, list):
             if not value:
                 raise InvalidInput(f"extra_args {key!r} is an empty list.", "Give at least one value.")

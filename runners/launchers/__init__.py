@@ -84,7 +84,7 @@ def make_launcher(host: HostConfig) -> Launcher:
         except ModuleNotFoundError as e:
             raise ConfigError(
                 f"Host {host.name!r} uses launcher 'slurm', which this build does not have yet.",
-                "Use launcher = \"direct\" for now.",
+                'Use launcher = "direct" for now.',
             ) from e
         return mod.SlurmLauncher(host)  # type: ignore[no-any-return]
     raise ConfigError(f"Host {host.name!r}: unknown launcher {host.launcher!r}.", "Use 'direct' or 'slurm'.")

@@ -83,7 +83,9 @@ read_pid() {
 """
 
 # $1 job dir, $2 token. Idempotent: a job that wrote its pid already is not started twice.
-START_SCRIPT = _FUNCS + rf"""
+START_SCRIPT = (
+    _FUNCS
+    + rf"""
 cd -- "$1" || {{ echo "job directory $1 is missing" >&2; exit 97; }}
 read_pid {PID}
 if [ -n "$pid" ]; then echo "$pid"; exit 0; fi
@@ -101,12 +103,15 @@ while :; do
   sleep 0.005
 done
 """
+)
 
 # Triples of (job id, job dir, token); one line per job, fields split by \x1f:
 # id, exists, pid, alive, exit_code, cancel_requested, timed_out, ready.
 # Alive is checked BEFORE the exit code: run.sh writes exit_code before it dies, so
 # "dead and no exit code" read in this order really means it died without one.
-STATUS_SCRIPT = _FUNCS + rf"""
+STATUS_SCRIPT = (
+    _FUNCS
+    + rf"""
 while [ $# -ge 3 ]; do
   id=$1; d=$2; tok=$3; shift 3
   if [ ! -d "$d" ]; then printf '%s\0370\n' "$id"; continue; fi
@@ -121,9 +126,12 @@ while [ $# -ge 3 ]; do
   printf '%s\0371\037%s\037%s\037%s\037%s\037%s\037%s\n' "$id" "$pid" "$alive" "$ec" "$c" "$t" "$r"
 done
 """
+)
 
 # $1 job dir, $2 token, $3 grace in tenths of a second. Prints what it did.
-CANCEL_SCRIPT = _FUNCS + rf"""
+CANCEL_SCRIPT = (
+    _FUNCS
+    + rf"""
 cd -- "$1" 2>/dev/null || {{ echo missing; exit 0; }}
 : > {CANCEL_MARK}
 [ -e {EXIT_CODE} ] && {{ echo finished; exit 0; }}
@@ -145,6 +153,7 @@ done
 kill -KILL -- "-$pid" 2>/dev/null
 echo killed
 """
+)
 
 
 def parse_status_output(text: str) -> dict[str, Observation]:
@@ -193,7 +202,7 @@ class DirectLauncher:
         if limit:
             pre.append(
                 f"( sleep {int(limit)}; [ -e {EXIT_CODE} ] && exit 0; : > {TIMED_OUT_MARK}; "
-                f"echo \"[llm-ops] time limit of {int(limit)} s reached: stopping the job\"; "
+                f'echo "[llm-ops] time limit of {int(limit)} s reached: stopping the job"; '
                 f"trap '' TERM; kill -TERM -- -$$; sleep {KILL_GRACE_AFTER_TIME_LIMIT_S}; "
                 "kill -KILL -- -$$ ) &"
             )
@@ -204,8 +213,9 @@ class DirectLauncher:
         res.check(f"Starting job {job.job_id}")
         pid = res.out.strip().splitlines()[-1] if res.out.strip() else ""
         if not pid.isdigit():
-            raise CommandFailed(f"Starting job {job.job_id} printed no pid ({res.out.strip()[:80]!r}).",
-                                "See the job's output.log.")
+            raise CommandFailed(
+                f"Starting job {job.job_id} printed no pid ({res.out.strip()[:80]!r}).", "See the job's output.log."
+            )
         return pid
 
     async def observe(self, transport: Transport, refs: Sequence[JobRef]) -> dict[str, Observation]:

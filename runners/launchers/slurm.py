@@ -216,9 +216,13 @@ def parse_observe_output(text: str) -> ObserveResult:
             elif len(f) in (8, 9):
                 ec = f[3].strip()
                 jobs[f[0]] = _JobLine(
-                    exists=True, native_id=f[2] or None,
+                    exists=True,
+                    native_id=f[2] or None,
                     exit_code=int(ec) if re.fullmatch(r"-?\d+", ec) else None,
-                    cancel=f[4] == "1", node=f[5] or None, submitting=f[6] == "1", marker=f[7].strip() or None,
+                    cancel=f[4] == "1",
+                    node=f[5] or None,
+                    submitting=f[6] == "1",
+                    marker=f[7].strip() or None,
                     ready=len(f) == 9 and f[8].strip() == "1",
                 )
     err = "\n".join(err_lines)
@@ -241,11 +245,23 @@ def to_observation(view: SlurmView, native_id: str | None, *, cancel_marker: boo
     cannot tell; the reason sentence carries its hint.
     """
     if view.state is JobState.QUEUED:
-        return Observation(exists=True, alive=True, pending=True, native_id=native_id, detail=view.detail,
-                           cancel_requested=cancel_marker)
+        return Observation(
+            exists=True,
+            alive=True,
+            pending=True,
+            native_id=native_id,
+            detail=view.detail,
+            cancel_requested=cancel_marker,
+        )
     if view.state is JobState.RUNNING:
-        return Observation(exists=True, alive=True, native_id=native_id, detail=view.detail,
-                           cancel_requested=cancel_marker, ready=ready)
+        return Observation(
+            exists=True,
+            alive=True,
+            native_id=native_id,
+            detail=view.detail,
+            cancel_requested=cancel_marker,
+            ready=ready,
+        )
     code = None if view.state is JobState.LOST else view.exit_code
     reason: str | None = None
     if view.state is not JobState.SUCCEEDED:
@@ -257,8 +273,14 @@ def to_observation(view: SlurmView, native_id: str | None, *, cancel_marker: boo
         if view.hint:
             reason += f". {view.hint.rstrip('.')}"
     return Observation(
-        exists=True, alive=False, native_id=native_id, exit_code=code,
-        cancel_requested=view.cancelled, timed_out=view.timed_out, detail=reason, verdict=view.state,
+        exists=True,
+        alive=False,
+        native_id=native_id,
+        exit_code=code,
+        cancel_requested=view.cancelled,
+        timed_out=view.timed_out,
+        detail=reason,
+        verdict=view.state,
     )
 
 
@@ -279,9 +301,17 @@ class SlurmLauncher:
     def options(self, job: PreparedJob) -> SbatchOptions:
         r = job.spec.resources
         return resolve_options(
-            self.slurm, job_name=job_name_for(job.job_id), token=job.token, job_dir=job.job_dir,
-            gpus=r.gpus, nodes=r.nodes, ntasks_per_node=r.tasks_per_node, time_limit_s=r.time_limit_s, partition=r.partition,
-            memory_gib=r.memory_gib, cpus=r.cpus,
+            self.slurm,
+            job_name=job_name_for(job.job_id),
+            token=job.token,
+            job_dir=job.job_dir,
+            gpus=r.gpus,
+            nodes=r.nodes,
+            ntasks_per_node=r.tasks_per_node,
+            time_limit_s=r.time_limit_s,
+            partition=r.partition,
+            memory_gib=r.memory_gib,
+            cpus=r.cpus,
         )
 
     def sbatch_argv(self, job: PreparedJob) -> list[str]:
@@ -305,8 +335,10 @@ class SlurmLauncher:
         out = []
         for h in self.slurm.header:
             if "\n" in h or "\x00" in h:
-                raise SchedulerError(f"Host {self.host.name!r}: a [slurm] header line holds a newline.",
-                                     "Give one command per header entry.")
+                raise SchedulerError(
+                    f"Host {self.host.name!r}: a [slurm] header line holds a newline.",
+                    "Give one command per header entry.",
+                )
             out.append(h)
         return out
 
@@ -314,15 +346,18 @@ class SlurmLauncher:
     async def start(self, transport: Transport, job: PreparedJob) -> str:
         argv = self.sbatch_argv(job)
         for force in ("0", "1"):
-            res = await transport.run(["bash", "-c", START_SCRIPT, "llm-ops-sbatch", job.job_dir, force, *argv],
-                                      timeout=120)
+            res = await transport.run(
+                ["bash", "-c", START_SCRIPT, "llm-ops-sbatch", job.job_dir, force, *argv], timeout=120
+            )
             if res.rc != 0:
                 raise await self._rejected(transport, job, res.err)
             out = res.out.strip().splitlines()[-1] if res.out.strip() else ""
             if out != _AMBIGUOUS:
                 if not re.fullmatch(r"\d+(_\d+)?", out):
-                    raise CommandFailed(f"sbatch for job {job.job_id} printed no job id ({out[:80]!r}).",
-                                        "See sbatch.err in the job directory.")
+                    raise CommandFailed(
+                        f"sbatch for job {job.job_id} printed no job id ({out[:80]!r}).",
+                        "See sbatch.err in the job directory.",
+                    )
                 return out
             found = await self._lookup(transport, job.job_id, job.token)
             if found is not None:  # the earlier sbatch went through; its reply was lost
@@ -358,10 +393,14 @@ class SlurmLauncher:
                 "Pick one of those partitions (resources.partition, or [slurm] partition in the host's config).",
             )
         if "unable to contact slurm controller" in stderr.lower() or "socket timed out" in stderr.lower():
-            return SchedulerError(f"SLURM did not answer the submit of job {job.job_id}: {msg}.",
-                                  "Check the controller (scontrol ping) and retry; the job will not run twice.")
-        return SchedulerError(f"SLURM rejected job {job.job_id}: {msg}.",
-                              "Fix the request (GPUs, time limit, memory, account) or the host's [slurm] table.")
+            return SchedulerError(
+                f"SLURM did not answer the submit of job {job.job_id}: {msg}.",
+                "Check the controller (scontrol ping) and retry; the job will not run twice.",
+            )
+        return SchedulerError(
+            f"SLURM rejected job {job.job_id}: {msg}.",
+            "Fix the request (GPUs, time limit, memory, account) or the host's [slurm] table.",
+        )
 
     async def partitions(self, transport: Transport) -> list[str]:
         """Partition names, the default one marked ``(default)``; [] when sinfo cannot say."""
@@ -387,16 +426,26 @@ class SlurmLauncher:
             for r in chunk:
                 args += [r.job_id, r.job_dir, r.token, r.native_id or ""]
             res = await transport.run(
-                ["bash", "-c", OBSERVE_SCRIPT, "llm-ops-squeue", fmt, "1" if self._use_sacct else "0",
-                 ",".join(SACCT_FIELDS), *args],
+                [
+                    "bash",
+                    "-c",
+                    OBSERVE_SCRIPT,
+                    "llm-ops-squeue",
+                    fmt,
+                    "1" if self._use_sacct else "0",
+                    ",".join(SACCT_FIELDS),
+                    *args,
+                ],
                 timeout=120,
             )
             res.check("Reading SLURM job states")
             parsed = parse_observe_output(res.out)
             if not parsed.squeue_ok:
                 # Controller down or overloaded: the state is unknown (never lost); the engine marks it stale.
-                raise SchedulerError(f"SLURM did not answer squeue on {self.host.name}: {parsed.squeue_error}.",
-                                     "The jobs keep running; ask again once the controller is back (scontrol ping).")
+                raise SchedulerError(
+                    f"SLURM did not answer squeue on {self.host.name}: {parsed.squeue_error}.",
+                    "The jobs keep running; ask again once the controller is back (scontrol ping).",
+                )
             if parsed.sacct_disabled:
                 self._use_sacct = False
             out.update(self._interpret(chunk, parsed))
@@ -424,33 +473,48 @@ class SlurmLauncher:
             if row is not None:
                 nid = row.job_id
             if row is not None:
-                view = interpret(row.state, reason=row.reason, exit_code=line.exit_code,
-                                 node=row.nodes or line.node, cancel_requested=line.cancel,
-                                 log_tail=line.marker, time_limit=row.time_limit)
+                view = interpret(
+                    row.state,
+                    reason=row.reason,
+                    exit_code=line.exit_code,
+                    node=row.nodes or line.node,
+                    cancel_requested=line.cancel,
+                    log_tail=line.marker,
+                    time_limit=row.time_limit,
+                )
             elif nid is not None and nid in acct:
                 a = acct[nid]
                 code = line.exit_code if line.exit_code is not None else a.exit_code
-                view = interpret(a.state, reason=a.reason, exit_code=code, node=a.nodes or line.node,
-                                 cancel_requested=line.cancel, log_tail=line.marker)
+                view = interpret(
+                    a.state,
+                    reason=a.reason,
+                    exit_code=code,
+                    node=a.nodes or line.node,
+                    cancel_requested=line.cancel,
+                    log_tail=line.marker,
+                )
             elif nid is None:
                 # Not submitted (yet), or an ambiguous submit SLURM does not know: never started.
-                out[ref.job_id] = Observation(exists=True, alive=False, native_id=None,
-                                              cancel_requested=line.cancel)
+                out[ref.job_id] = Observation(exists=True, alive=False, native_id=None, cancel_requested=line.cancel)
                 continue
             else:
-                view = interpret(None, exit_code=line.exit_code, node=line.node, cancel_requested=line.cancel,
-                                 log_tail=line.marker)
+                view = interpret(
+                    None, exit_code=line.exit_code, node=line.node, cancel_requested=line.cancel, log_tail=line.marker
+                )
             out[ref.job_id] = to_observation(view, nid, cancel_marker=line.cancel, ready=line.ready)
         return out
 
     # -- cancel -----------------------------------------------------------------------
     async def cancel(self, transport: Transport, ref: JobRef, grace_s: float) -> str:
         """``scancel``: SLURM sends TERM, waits the cluster's KillWait, then KILL (``grace_s`` is SLURM's)."""
-        res = await transport.run(["bash", "-c", CANCEL_SCRIPT, "llm-ops-scancel", ref.job_dir, ref.native_id or ""],
-                                  timeout=60)
+        res = await transport.run(
+            ["bash", "-c", CANCEL_SCRIPT, "llm-ops-scancel", ref.job_dir, ref.native_id or ""], timeout=60
+        )
         if res.rc != 0:
-            raise SchedulerError(f"scancel of job {ref.job_id} failed: {res.err.strip()[:200]}.",
-                                 "Check the cluster (scontrol ping) and cancel again.")
+            raise SchedulerError(
+                f"scancel of job {ref.job_id} failed: {res.err.strip()[:200]}.",
+                "Check the cluster (scontrol ping) and cancel again.",
+            )
         what = res.out.strip() or "unknown"
         if what == "no-id":
             found = await self._lookup(transport, ref.job_id, ref.token)

@@ -87,8 +87,7 @@ def detect_format(row: Mapping[str, Any]) -> str:
         return "text"
     raise DatasetFormatError(
         f"cannot tell the dataset format from the fields {sorted(keys)}; name dataset_format "
-        f"({', '.join(FORMATS)}) or use one of: "
-        + "; ".join(f"{f} needs {'/'.join(r)}" for f, r in REQUIRED.items())
+        f"({', '.join(FORMATS)}) or use one of: " + "; ".join(f"{f} needs {'/'.join(r)}" for f, r in REQUIRED.items())
     )
 
 
@@ -99,14 +98,10 @@ def _missing(row: Mapping[str, Any], key: str) -> bool:
 def validate_row(row: Any, fmt: str, index: int) -> None:
     """Raise ``DatasetFormatError`` naming row ``index`` (1-based) if it lacks what ``fmt`` needs."""
     if fmt not in REQUIRED:
-        raise DatasetFormatError(
-            f"unknown dataset_format {fmt!r}; expected auto or one of {', '.join(FORMATS)}"
-        )
+        raise DatasetFormatError(f"unknown dataset_format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
     need = "/".join(REQUIRED[fmt])
     if not isinstance(row, Mapping):
-        raise DatasetFormatError(
-            f"dataset row {index} is a {type(row).__name__}, not an object; {fmt} needs {need}"
-        )
+        raise DatasetFormatError(f"dataset row {index} is a {type(row).__name__}, not an object; {fmt} needs {need}")
     for key in REQUIRED[fmt]:
         if _missing(row, key):
             raise DatasetFormatError(f"dataset row {index} has no {key!r} field; {fmt} needs {need}")
@@ -114,17 +109,14 @@ def validate_row(row: Any, fmt: str, index: int) -> None:
         for key in (*REQUIRED[fmt], *(("input",) if fmt == "alpaca" and not _missing(row, "input") else ())):
             if not isinstance(row[key], str):
                 raise DatasetFormatError(
-                    f"dataset row {index} field {key!r} is a {type(row[key]).__name__}, not text; "
-                    f"{fmt} needs {need}"
+                    f"dataset row {index} field {key!r} is a {type(row[key]).__name__}, not text; {fmt} needs {need}"
                 )
         if fmt == "text" and not row["text"].strip():
             raise DatasetFormatError(f"dataset row {index} has an empty 'text' field")
         return
     turns = row[REQUIRED[fmt][0]]
     if not isinstance(turns, list) or not turns:
-        raise DatasetFormatError(
-            f"dataset row {index} field {REQUIRED[fmt][0]!r} must be a non-empty list of turns"
-        )
+        raise DatasetFormatError(f"dataset row {index} field {REQUIRED[fmt][0]!r} must be a non-empty list of turns")
     role_key, text_key, roles = (
         ("from", "value", _SHAREGPT_ROLES) if fmt == "sharegpt" else ("role", "content", _MESSAGE_ROLES)
     )
@@ -136,8 +128,7 @@ def validate_row(row: Any, fmt: str, index: int) -> None:
             )
         if turn[role_key] not in roles:
             raise DatasetFormatError(
-                f"dataset row {index} turn {t} has role {turn[role_key]!r}; "
-                f"{fmt} roles are {', '.join(sorted(roles))}"
+                f"dataset row {index} turn {t} has role {turn[role_key]!r}; {fmt} roles are {', '.join(sorted(roles))}"
             )
     if not any(_role(fmt, turn[role_key]) == "assistant" for turn in turns):
         raise DatasetFormatError(f"dataset row {index} has no assistant turn to learn from")
@@ -181,9 +172,7 @@ def iter_file_rows(path: str | Path) -> Iterator[Any]:
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise DatasetFormatError(
-                f"dataset file is not valid JSON: {exc.msg} at line {exc.lineno}"
-            ) from exc
+            raise DatasetFormatError(f"dataset file is not valid JSON: {exc.msg} at line {exc.lineno}") from exc
         if isinstance(data, Mapping) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
@@ -216,9 +205,7 @@ def to_messages(row: Mapping[str, Any], fmt: str) -> list[dict[str, str]]:
             {"role": "assistant", "content": row["completion"]},
         ]
     if fmt == "sharegpt":
-        return [
-            {"role": _SHAREGPT_ROLES[t["from"]], "content": str(t["value"])} for t in row["conversations"]
-        ]
+        return [{"role": _SHAREGPT_ROLES[t["from"]], "content": str(t["value"])} for t in row["conversations"]]
     if fmt == "messages":
         return [{"role": str(t["role"]), "content": str(t["content"])} for t in row["messages"]]
     raise DatasetFormatError(f"format {fmt!r} has no chat messages")

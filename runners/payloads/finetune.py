@@ -114,6 +114,7 @@ def say(*args: Any) -> None:
     if IS_MAIN:
         print(*args, flush=True)
 
+
 # Used when the tokenizer has none (base models, the tests' tiny tokenizer). Plain-text
 # role markers, and the assistant turn ends with EOS so a served model learns to stop.
 SIMPLE_TEMPLATE = (
@@ -262,9 +263,7 @@ def setup_chat_template(tokenizer: Any, choice: str | None) -> None:
     if choice:
         tokenizer.chat_template = NAMED_TEMPLATES.get(choice, choice)
         if "{%" not in tokenizer.chat_template and "{{" not in tokenizer.chat_template:
-            raise BadInput(
-                f"chat_template {choice!r} is neither {'/'.join(NAMED_TEMPLATES)} nor a Jinja template"
-            )
+            raise BadInput(f"chat_template {choice!r} is neither {'/'.join(NAMED_TEMPLATES)} nor a Jinja template")
     elif not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = SIMPLE_TEMPLATE
     if tokenizer.pad_token is None:
@@ -373,9 +372,7 @@ def find_checkpoint(spec: str) -> str:
     if (path / "trainer_state.json").exists():
         return str(path)
     for base in (path, path / "checkpoints", path / "outputs" / "checkpoints"):
-        found = (
-            [p for p in base.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()] if base.is_dir() else []
-        )
+        found = [p for p in base.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()] if base.is_dir() else []
         if found:
             return str(max(found, key=lambda p: int(p.name.split("-")[-1])))
     raise BadInput(f"resume_from {spec}: no checkpoint-N directory with trainer_state.json there")
@@ -424,9 +421,7 @@ def make_callback(metrics: Metrics, tokens_per_sample: float, samples_per_step: 
             if crash is not None and crash.isdigit() and int(crash) == RANK and state.global_step >= 2:
                 raise RuntimeError(f"injected crash on rank {RANK} at step {state.global_step} ({CRASH_ENV})")
 
-        def on_log(
-            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
-        ) -> None:
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
             logs = logs or {}
             if "train_runtime" in logs:  # the Trainer's closing summary, not a step
                 return
@@ -507,8 +502,7 @@ def strategy_args(cfg: dict[str, Any], cuda: bool) -> dict[str, Any]:
     elif strategy == "fsdp":
         if _transformers_at_least(5, 20):  # fsdp=True + fsdp_config (FSDP2); the string form is deprecated
             out["fsdp"] = True
-            out["fsdp_config"] = {"reshard_after_forward": True, "cpu_offload": offload,
-                                  "activation_checkpointing": gc}
+            out["fsdp_config"] = {"reshard_after_forward": True, "cpu_offload": offload, "activation_checkpointing": gc}
         else:  # 5.17 (the GPU host's pin) parses the classic option string
             out["fsdp"] = "full_shard auto_wrap" + (" offload" if offload else "")
             out["fsdp_config"] = {"activation_checkpointing": gc}
@@ -628,10 +622,7 @@ def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
     )
-    lengths = [
-        len(x)
-        for x in trainer.train_dataset.select(range(min(len(trainer.train_dataset), 4096)))["input_ids"]
-    ]
+    lengths = [len(x) for x in trainer.train_dataset.select(range(min(len(trainer.train_dataset), 4096)))["input_ids"]]
     tokens_per_sample = sum(lengths) / max(len(lengths), 1)
     samples_per_step = int(cfg["per_device_batch_size"]) * int(cfg["gradient_accumulation_steps"])
     callback = make_callback(metrics, tokens_per_sample, samples_per_step * trainer.args.world_size)
@@ -687,9 +678,7 @@ def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str,
     return manifest
 
 
-def save_merged(
-    cfg: dict[str, Any], backend: str, model: Any, tokenizer: Any, adapter: Path, dest: Path
-) -> Path:
+def save_merged(cfg: dict[str, Any], backend: str, model: Any, tokenizer: Any, adapter: Path, dest: Path) -> Path:
     """The 16-bit merged model that a server loads without PEFT.
 
     For QLoRA the merge must go into 16-bit base weights, not the 4-bit ones, so the TRL
@@ -774,7 +763,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse args, run, and turn every failure into a metrics record plus a distinct exit code."""
     parser = argparse.ArgumentParser(description="LoRA/QLoRA/full fine-tune payload (Unsloth or TRL + PEFT)")
     parser.add_argument(
-        "job_json", nargs="?", type=Path,
+        "job_json",
+        nargs="?",
+        type=Path,
         help="the job engine's job.json (settings under payload_config; the job dir is its folder)",
     )
     parser.add_argument("--config", type=Path, help="job config JSON (submit_finetune arguments), standalone use")
@@ -803,11 +794,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_oom(exc):
             import torch
 
-            total = (
-                torch.cuda.get_device_properties(0).total_memory / 2**30
-                if torch.cuda.is_available()
-                else None
-            )
+            total = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
             tip = oom_suggestion(cfg) if cfg else "reduce the batch size"
             est = cfg.get("estimated_peak_gib")
             msg = (

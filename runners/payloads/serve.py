@@ -61,59 +61,97 @@ UNHEALTHY_AFTER = 3  # failed health checks in a row before the ready marker goe
 # (kind, pattern, hint). Order matters: the first match of a line wins, and the most
 # specific causes come first. Hints name the start_vllm_server parameter to change.
 FAILURES: list[tuple[str, re.Pattern[str], str]] = [
-    ("kv_cache_too_small",
-     re.compile(r"larger than the available KV cache memory|No available memory for the cache blocks|"
-                r"is larger than the maximum number of tokens that can be stored in KV cache"),
-     "The weights fit but too little memory is left for the KV cache: lower max_model_len (the log gives "
-     "an estimated maximum), raise gpu_memory_utilization, use kv_cache_dtype='fp8', or more GPUs "
-     "(tensor_parallel_size)."),
-    ("cuda_oom",
-     re.compile(r"CUDA out of memory|torch\.OutOfMemoryError|OutOfMemoryError: CUDA|CUDA error: out of memory|"
-                r"CUBLAS_STATUS_ALLOC_FAILED"),
-     "The GPU ran out of memory while loading or profiling: use more GPUs (tensor_parallel_size), a "
-     "quantization (fp8 on Hopper/Ada, else bitsandbytes), a smaller max_model_len or max_num_seqs, or check "
-     "that no other process holds the GPU (nvidia-smi)."),
-    ("port_in_use",
-     re.compile(r"^(?!.*Retrying).*(?:Address already in use|\[Errno 98\])"),
-     "The port is taken on the host: use port='auto', or stop what listens there."),
-    ("unsupported_architecture",
-     re.compile(r"Model architectures? .* (?:are|is) not supported|are failed to be inspected|"
-                r"is not supported in-tree anymore"),
-     "This vLLM does not support the model's architecture: upgrade vLLM on the host, or serve a supported "
-     "model (vLLM's docs list them)."),
-    ("trust_remote_code",
-     re.compile(r"trust_remote_code=True|requires you to execute the configuration file"),
-     "The model ships its own code: pass extra_args={'trust_remote_code': true} if you trust it."),
-    ("model_not_found",
-     re.compile(r"Repository Not Found|is not a local folder and is not a valid model identifier|"
-                r"401 Client Error|GatedRepoError|Cannot access gated repo|We couldn't connect to|"
-                r"LocalEntryNotFoundError|offline mode is enabled"),
-     "The model could not be found or downloaded on the host: check the id or path, set HF_TOKEN (host "
-     "secrets) for gated models, or download it first (HF_HUB_OFFLINE hosts need it in HF_HOME)."),
-    ("max_model_len_too_long",
-     re.compile(r"max_model_len.* is greater than the derived max_model_len|"
-                r"User-specified max_model_len .* is greater than"),
-     "max_model_len exceeds the model's context: lower it, or leave max_model_len='auto'."),
-    ("quantization_unsupported",
-     re.compile(r"quantization method .* is not supported for the current GPU|"
-                r"Unknown quantization method|bitsandbytes.* (?:not installed|is required)"),
-     "This quantization can't run on this GPU or install: choose another (fp8 needs compute capability "
-     ">= 8.9) or install its package on the host."),
-    ("dtype_unsupported",
-     re.compile(r"Bfloat16 is only supported on GPUs with compute capability"),
-     "The GPU has no bfloat16: pass dtype='float16'."),
-    ("no_gpu",
-     re.compile(r"No CUDA GPUs are available|Failed to infer device type|CUDA driver initialization failed|"
-                r"Found no NVIDIA driver"),
-     "vLLM found no usable GPU: check nvidia-smi on the host and CUDA_VISIBLE_DEVICES (gpus parameter)."),
-    ("nccl",
-     re.compile(r"NCCL error|ncclSystemError|ncclInternalError|ncclUnhandledCudaError"),
-     "Multi-GPU start failed in NCCL: check that every GPU is visible and healthy; try NCCL_P2P_DISABLE=1 "
-     "in the host's env on PCIe machines."),
-    ("missing_vllm",
-     re.compile(r"No module named '?vllm'?(?:\.|\s|$)|vllm: command not found"),
-     "vLLM is not installed in the host's interpreter: install it there (pip install vllm), or set the "
-     "host's `python` to an environment that has it."),
+    (
+        "kv_cache_too_small",
+        re.compile(
+            r"larger than the available KV cache memory|No available memory for the cache blocks|"
+            r"is larger than the maximum number of tokens that can be stored in KV cache"
+        ),
+        "The weights fit but too little memory is left for the KV cache: lower max_model_len (the log gives "
+        "an estimated maximum), raise gpu_memory_utilization, use kv_cache_dtype='fp8', or more GPUs "
+        "(tensor_parallel_size).",
+    ),
+    (
+        "cuda_oom",
+        re.compile(
+            r"CUDA out of memory|torch\.OutOfMemoryError|OutOfMemoryError: CUDA|CUDA error: out of memory|"
+            r"CUBLAS_STATUS_ALLOC_FAILED"
+        ),
+        "The GPU ran out of memory while loading or profiling: use more GPUs (tensor_parallel_size), a "
+        "quantization (fp8 on Hopper/Ada, else bitsandbytes), a smaller max_model_len or max_num_seqs, or check "
+        "that no other process holds the GPU (nvidia-smi).",
+    ),
+    (
+        "port_in_use",
+        re.compile(r"^(?!.*Retrying).*(?:Address already in use|\[Errno 98\])"),
+        "The port is taken on the host: use port='auto', or stop what listens there.",
+    ),
+    (
+        "unsupported_architecture",
+        re.compile(
+            r"Model architectures? .* (?:are|is) not supported|are failed to be inspected|"
+            r"is not supported in-tree anymore"
+        ),
+        "This vLLM does not support the model's architecture: upgrade vLLM on the host, or serve a supported "
+        "model (vLLM's docs list them).",
+    ),
+    (
+        "trust_remote_code",
+        re.compile(r"trust_remote_code=True|requires you to execute the configuration file"),
+        "The model ships its own code: pass extra_args={'trust_remote_code': true} if you trust it.",
+    ),
+    (
+        "model_not_found",
+        re.compile(
+            r"Repository Not Found|is not a local folder and is not a valid model identifier|"
+            r"401 Client Error|GatedRepoError|Cannot access gated repo|We couldn't connect to|"
+            r"LocalEntryNotFoundError|offline mode is enabled"
+        ),
+        "The model could not be found or downloaded on the host: check the id or path, set HF_TOKEN (host "
+        "secrets) for gated models, or download it first (HF_HUB_OFFLINE hosts need it in HF_HOME).",
+    ),
+    (
+        "max_model_len_too_long",
+        re.compile(
+            r"max_model_len.* is greater than the derived max_model_len|"
+            r"User-specified max_model_len .* is greater than"
+        ),
+        "max_model_len exceeds the model's context: lower it, or leave max_model_len='auto'.",
+    ),
+    (
+        "quantization_unsupported",
+        re.compile(
+            r"quantization method .* is not supported for the current GPU|"
+            r"Unknown quantization method|bitsandbytes.* (?:not installed|is required)"
+        ),
+        "This quantization can't run on this GPU or install: choose another (fp8 needs compute capability "
+        ">= 8.9) or install its package on the host.",
+    ),
+    (
+        "dtype_unsupported",
+        re.compile(r"Bfloat16 is only supported on GPUs with compute capability"),
+        "The GPU has no bfloat16: pass dtype='float16'.",
+    ),
+    (
+        "no_gpu",
+        re.compile(
+            r"No CUDA GPUs are available|Failed to infer device type|CUDA driver initialization failed|"
+            r"Found no NVIDIA driver"
+        ),
+        "vLLM found no usable GPU: check nvidia-smi on the host and CUDA_VISIBLE_DEVICES (gpus parameter).",
+    ),
+    (
+        "nccl",
+        re.compile(r"NCCL error|ncclSystemError|ncclInternalError|ncclUnhandledCudaError"),
+        "Multi-GPU start failed in NCCL: check that every GPU is visible and healthy; try NCCL_P2P_DISABLE=1 "
+        "in the host's env on PCIe machines.",
+    ),
+    (
+        "missing_vllm",
+        re.compile(r"No module named '?vllm'?(?:\.|\s|$)|vllm: command not found"),
+        "vLLM is not installed in the host's interpreter: install it there (pip install vllm), or set the "
+        "host's `python` to an environment that has it.",
+    ),
 ]
 _FATAL_KINDS = {"kv_cache_too_small", "cuda_oom", "port_in_use", "unsupported_architecture", "missing_vllm"}
 
@@ -226,8 +264,9 @@ MASTER_PORT_BASE, MASTER_PORT_SPAN = 40000, 20000  # vLLM's --master-port = base
 def _first_node(nodelist: str) -> str:
     """The allocation's first host (``scontrol show hostnames`` expands ``gpu[01-04]``)."""
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                             timeout=30, check=False).stdout.split()
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30, check=False
+        ).stdout.split()
     except (OSError, subprocess.TimeoutExpired):
         out = []
     return out[0] if out else ""
@@ -257,11 +296,16 @@ def run_headless(cmd: list[str], env: dict[str, str], job_dir: Path, rank: int, 
     """A non-head task: vLLM's workers for this node's GPUs, output prefixed, vLLM's exit code returned."""
     print(f"[node {rank}] [llm-ops] starting headless on {socket.gethostname()}: {shlex.join(cmd)}", flush=True)
     try:
-        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=env, cwd=str(job_dir))
+        child = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=str(job_dir)
+        )
     except OSError as e:
-        metrics.write(event="error", kind="missing_vllm", message=f"node {rank}: cannot start {cmd[0]}: {e.strerror}",
-                      hint=FAILURES[-1][2])
+        metrics.write(
+            event="error",
+            kind="missing_vllm",
+            message=f"node {rank}: cannot start {cmd[0]}: {e.strerror}",
+            hint=FAILURES[-1][2],
+        )
         return 127
 
     def on_term(signum: int, _frame: Any) -> None:
@@ -315,7 +359,7 @@ def main(argv: list[str]) -> int:
             raw = [str(a) for a in cfg["argv"]]
             if "--port" in raw:  # a headless node serves no API: drop the port pair
                 i = raw.index("--port")
-                del raw[i:i + 2]
+                del raw[i : i + 2]
             return run_headless([*_resolve_program(raw), *extra], env, job_dir, rank, metrics)
     ready_mark.unlink(missing_ok=True)  # the head's: a headless node never touches it
     bind = str(cfg.get("bind_host") or "127.0.0.1")
@@ -325,8 +369,12 @@ def main(argv: list[str]) -> int:
     else:
         port = int(port_cfg)
         if _port_busy(bind, port):
-            return fail("port_in_use", f"port {port} on {bind} is already in use on {socket.gethostname()}",
-                        "Use port='auto', or stop what listens there.", EXIT_PORT)
+            return fail(
+                "port_in_use",
+                f"port {port} on {bind} is already in use on {socket.gethostname()}",
+                "Use port='auto', or stop what listens there.",
+                EXIT_PORT,
+            )
     cmd = _resolve_program([str(port) if a == "{port}" else str(a) for a in cfg["argv"]]) + extra
 
     env = dict(os.environ)
@@ -340,8 +388,12 @@ def main(argv: list[str]) -> int:
     elif mode.startswith("env:"):
         key = env.get(mode[4:])
         if not key:
-            return fail("api_key_missing", f"the secret {mode[4:]} is not in the job's environment",
-                        "Set it where the MCP server runs, or use api_key='auto'.", 2)
+            return fail(
+                "api_key_missing",
+                f"the secret {mode[4:]} is not in the job's environment",
+                "Set it where the MCP server runs, or use api_key='auto'.",
+                2,
+            )
         env["VLLM_API_KEY"] = key
     else:
         env.pop("VLLM_API_KEY", None)
@@ -349,16 +401,27 @@ def main(argv: list[str]) -> int:
     probe_model = str(cfg.get("probe_model") or (names[0] if names else ""))
     probe_host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
     base = f"http://{probe_host}:{port}"
-    _touch_atomic(job_dir / "endpoint.json", json.dumps({
-        "host": socket.gethostname(), "bind": bind, "port": port, "pid": os.getpid(),
-        "api_key": key is not None, "served_names": names,
-    }) + "\n")
+    _touch_atomic(
+        job_dir / "endpoint.json",
+        json.dumps(
+            {
+                "host": socket.gethostname(),
+                "bind": bind,
+                "port": port,
+                "pid": os.getpid(),
+                "api_key": key is not None,
+                "served_names": names,
+            }
+        )
+        + "\n",
+    )
     metrics.write(event="starting", port=port, host=socket.gethostname())
     print(f"[llm-ops] starting on {socket.gethostname()}:{port}: {shlex.join(cmd)}", flush=True)
 
     try:
-        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=env, cwd=str(job_dir))
+        child = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=str(job_dir)
+        )
     except OSError as e:
         kind, hint = ("missing_vllm", FAILURES[-1][2]) if isinstance(e, FileNotFoundError) else ("start", str(e))
         return fail(kind, f"cannot start {cmd[0]}: {e.strerror}", hint, 127)
@@ -415,8 +478,12 @@ def main(argv: list[str]) -> int:
                 child.wait(15)
             except subprocess.TimeoutExpired:
                 child.kill()
-            return fail("startup_timeout", f"not ready after {timeout_s:.0f} s (waiting for {why or 'health'})",
-                        "Read the log (get_job_logs); large models take long to download and load.", EXIT_TIMEOUT)
+            return fail(
+                "startup_timeout",
+                f"not ready after {timeout_s:.0f} s (waiting for {why or 'health'})",
+                "Read the log (get_job_logs); large models take long to download and load.",
+                EXIT_TIMEOUT,
+            )
         if now - last_probe >= (0.5 if not ready else interval):
             last_probe = now
             if not ready:
@@ -450,8 +517,12 @@ def main(argv: list[str]) -> int:
         kind, line, hint, _ = fatal[0]
         return fail(kind, line, hint, EXIT_OOM if kind == "cuda_oom" else (rc or EXIT_DIAGNOSED))
     if rc != 0:
-        metrics.write(event="error", kind="exit_code", message=f"vLLM exited with code {rc}",
-                      hint="Read the end of the log (get_job_logs) for the cause.")
+        metrics.write(
+            event="error",
+            kind="exit_code",
+            message=f"vLLM exited with code {rc}",
+            hint="Read the end of the log (get_job_logs) for the cause.",
+        )
         return rc if rc > 0 else 128 - rc
     metrics.write(event="stopped", exit_code=0)
     return 0

@@ -18,9 +18,24 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_smoke_run_writes_rows_for_ddp_and_fsdp(tmp_path: Path):
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "multigpu_gpu.py"), "--work", str(tmp_path / "w"),
-                        "--out", str(out), "--smoke", "--runners", "torch"],
-                       capture_output=True, text=True, env=env, timeout=400, check=False)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "multigpu_gpu.py"),
+            "--work",
+            str(tmp_path / "w"),
+            "--out",
+            str(out),
+            "--smoke",
+            "--runners",
+            "torch",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=400,
+        check=False,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = [json.loads(x) for x in (out / "multigpu_gpu.jsonl").read_text().splitlines()]
     assert [(x["part"], x["world_size"]) for x in rows] == [("ddp", 1), ("ddp", 2), ("fsdp", 2)]

@@ -135,9 +135,7 @@ def make_rows(fmt: str, n: int = 64, seed: int = 0) -> list[dict[str, Any]]:
         if fmt == "alpaca":
             rows.append({"instruction": question, "input": "", "output": answer})
         elif fmt == "sharegpt":
-            rows.append(
-                {"conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
-            )
+            rows.append({"conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
         elif fmt == "messages":
             rows.append(
                 {

@@ -33,13 +33,29 @@ def _run(tiny: dict[str, Path], job: Path, strategy: str) -> list[dict]:
     src = Path(payload_mod.__file__).parent
     for name in ("finetune.py", "dataset_formats.py"):
         (job / name).write_bytes((src / name).read_bytes())
-    cfg = {"model": str(tiny["model"]), "dataset": str(tiny["alpaca"]), "method": "full", "max_steps": 8,
-           "max_seq_length": 64, "learning_rate": 5e-3, "save_steps": 0, "per_device_batch_size": 2,
-           "gradient_accumulation_steps": 1, "strategy": strategy}
+    cfg = {
+        "model": str(tiny["model"]),
+        "dataset": str(tiny["alpaca"]),
+        "method": "full",
+        "max_steps": 8,
+        "max_seq_length": 64,
+        "learning_rate": 5e-3,
+        "save_steps": 0,
+        "per_device_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "strategy": strategy,
+    }
     (job / "job.json").write_text(json.dumps({"payload_config": cfg}))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_DISABLED": "true"}
-    r = subprocess.run(torchrun_argv(sys.executable, ["finetune.py", "job.json"], nproc_per_node=2), cwd=job,
-                       env=env, capture_output=True, text=True, timeout=300, check=False)
+    r = subprocess.run(
+        torchrun_argv(sys.executable, ["finetune.py", "job.json"], nproc_per_node=2),
+        cwd=job,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     rows = [json.loads(x) for x in (job / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["strategy"] == strategy and rows[0]["world_size"] == 2

@@ -33,6 +33,7 @@ def need_llmc() -> str:
     unavailable("set LLMCOMPRESSOR_PYTHON to an interpreter with llmcompressor (make test builds .venv-llmc)")
     raise AssertionError("unreachable")
 
+
 pytestmark = pytest.mark.slow
 
 

@@ -33,11 +33,14 @@ def test_other_tasks_are_headless_with_the_same_master():
     assert rank == 1 and flags[-1] == "--headless" and flags[flags.index("--master-addr") + 1] == "gpu07"
 
 
-@pytest.mark.parametrize(("env", "match"), [
-    ({"SLURM_JOB_NODELIST": "gpu01"}, "must run under srun"),
-    ({"SLURM_PROCID": "0", "SLURM_JOB_NODELIST": ""}, "first node"),
-    ({"SLURM_PROCID": "3", "SLURM_JOB_NODELIST": "gpu[01-02]"}, "has 2 processes"),
-])
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        ({"SLURM_JOB_NODELIST": "gpu01"}, "must run under srun"),
+        ({"SLURM_PROCID": "0", "SLURM_JOB_NODELIST": ""}, "first node"),
+        ({"SLURM_PROCID": "3", "SLURM_JOB_NODELIST": "gpu[01-02]"}, "has 2 processes"),
+    ],
+)
 def test_outside_an_allocation_it_says_why(env: dict[str, str], match: str):
     with pytest.raises(RuntimeError, match=match):
         multinode_args(2, env)

@@ -81,8 +81,9 @@ def test_invalid_shapes_are_refused():
         torchrun_argv(PY, SCRIPT, nproc_per_node=2, nnodes=2)
     with pytest.raises(ValueError, match=r"must run finetune\.py"):
         JobSpec(kind="finetune", payload="finetune", argv=["python", "other.py"])
-    spec = JobSpec(kind="finetune", payload="finetune", argv=launch_argv(DistributedLaunch(nproc_per_node=2), PY,
-                                                                         SCRIPT))
+    spec = JobSpec(
+        kind="finetune", payload="finetune", argv=launch_argv(DistributedLaunch(nproc_per_node=2), PY, SCRIPT)
+    )
     assert spec.argv is not None and spec.payload == "finetune"
 
 
@@ -125,8 +126,9 @@ def test_diagnose_names_the_root_cause_rank():
     oom = TORCHRUN_FAILURE.replace("RuntimeError: boom", "torch.OutOfMemoryError: CUDA out of memory. Tried 2 GiB")
     e2 = diagnose(oom, 1)
     assert e2.kind == "cuda_oom" and e2.line.startswith("rank 3 ") and e2.hint.startswith("On rank 3:")
-    killed = TORCHRUN_FAILURE.replace("error_file: /w/jobs/x/torchrun/agent1/none_x/attempt_0/1/error.json",
-                                      "error_file: <N/A>").split("  traceback : Traceback")[0]
+    killed = TORCHRUN_FAILURE.replace(
+        "error_file: /w/jobs/x/torchrun/agent1/none_x/attempt_0/1/error.json", "error_file: <N/A>"
+    ).split("  traceback : Traceback")[0]
     killed += "  traceback : Signal 9 (SIGKILL) received by PID 13821\n=====\n"
     assert "Signal 9 (SIGKILL)" in diagnose(killed, 1).line
 
@@ -144,9 +146,17 @@ def test_two_node_rendezvous_on_localhost(tiny, tmp_path: Path):
     src = Path(payload_mod.__file__).parent
     for name in ("finetune.py", "dataset_formats.py"):
         (job / name).write_bytes((src / name).read_bytes())
-    cfg = {"model": str(tiny["model"]), "dataset": str(tiny["alpaca"]), "max_steps": 6, "max_seq_length": 64,
-           "learning_rate": 5e-3, "save_steps": 0, "per_device_batch_size": 2, "gradient_accumulation_steps": 1,
-           "strategy": "ddp"}
+    cfg = {
+        "model": str(tiny["model"]),
+        "dataset": str(tiny["alpaca"]),
+        "max_steps": 6,
+        "max_seq_length": 64,
+        "learning_rate": 5e-3,
+        "save_steps": 0,
+        "per_device_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "strategy": "ddp",
+    }
     (job / "job.json").write_text(json.dumps({"payload_config": cfg}))
     shim = tmp_path / "bin"
     shim.mkdir()
@@ -154,11 +164,26 @@ def test_two_node_rendezvous_on_localhost(tiny, tmp_path: Path):
     (shim / "scontrol").chmod(0o755)
     d = DistributedLaunch(nodes=2, nproc_per_node=1, launcher="slurm")
     argv = slurm_launch_argv(d, sys.executable, SCRIPT)
-    agent_cmd = argv[argv.index("bash"):]
-    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "localhost,otherhost",
-           "SLURM_JOB_ID": str(40000 + os.getpid() % 9000), "HF_HUB_OFFLINE": "1", "WANDB_DISABLED": "true"}
-    procs = [subprocess.Popen(agent_cmd, cwd=job, env={**env, "SLURM_PROCID": str(r)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    agent_cmd = argv[argv.index("bash") :]
+    env = {
+        **os.environ,
+        "PATH": f"{shim}:{os.environ['PATH']}",
+        "SLURM_JOB_NODELIST": "localhost,otherhost",
+        "SLURM_JOB_ID": str(40000 + os.getpid() % 9000),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_DISABLED": "true",
+    }
+    procs = [
+        subprocess.Popen(
+            agent_cmd,
+            cwd=job,
+            env={**env, "SLURM_PROCID": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
     outs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     rows = [json.loads(x) for x in (job / "metrics.jsonl").read_text().splitlines()]

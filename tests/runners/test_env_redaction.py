@@ -19,8 +19,7 @@ def test_parse_env_inverts_render_env():
 
 
 async def test_host_made_key_is_redacted_in_logs(engine: JobEngine, job_host):
-    script = (f"printf 'export VLLM_API_KEY=%s\\n' {KEY} >> env; echo \"server key is {KEY}\"; "
-              "touch ready; sleep 30")
+    script = f"printf 'export VLLM_API_KEY=%s\\n' {KEY} >> env; echo \"server key is {KEY}\"; touch ready; sleep 30"
     r = await engine.submit(JobSpec(kind="serve", argv=["bash", "-c", script]), job_host.name)
     try:
         view, reached = await engine.wait(r.job_id, "ready", 30)

@@ -184,8 +184,10 @@ async def test_logs_by_offset_and_tail(engine: JobEngine):
 
 
 async def test_metrics_progress_and_wait_progress(engine: JobEngine):
-    script = ('for i in 1 2 3 4; do echo "{\\"step\\": $i, \\"total_steps\\": 4, \\"loss\\": 1.5}" >> '
-              '"$LLM_OPS_METRICS"; sleep 0.3; done')
+    script = (
+        'for i in 1 2 3 4; do echo "{\\"step\\": $i, \\"total_steps\\": 4, \\"loss\\": 1.5}" >> '
+        '"$LLM_OPS_METRICS"; sleep 0.3; done'
+    )
     r = await engine.submit(cmd(script))
     seen: list[tuple[float, float | None, str]] = []
 

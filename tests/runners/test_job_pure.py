@@ -22,9 +22,20 @@ NOW = 1_000_000.0
 
 
 def rec(state: JobState = JobState.RUNNING, **kw) -> JobRecord:
-    base = dict(job_id="command-x-1", token="t" * 32, host="local", kind="command", state=state,
-                job_dir="/w/jobs/command-x-1", spec_json="{}", spec_hash="h", created_at=NOW - 10,
-                updated_at=NOW - 10, phase="launched", native_id="123")
+    base = dict(
+        job_id="command-x-1",
+        token="t" * 32,
+        host="local",
+        kind="command",
+        state=state,
+        job_dir="/w/jobs/command-x-1",
+        spec_json="{}",
+        spec_hash="h",
+        created_at=NOW - 10,
+        updated_at=NOW - 10,
+        phase="launched",
+        native_id="123",
+    )
     base.update(kw)
     return JobRecord(**base)
 
@@ -84,8 +95,9 @@ def test_parse_status_output():
     assert obs["c"].exit_code == 3 and obs["c"].cancel_requested and obs["c"].ready
 
 
-@pytest.mark.parametrize(("value", "secs"), [(90, 90), ("10", 600), ("01:30", 90), ("02:00:00", 7200),
-                                             ("1-00:00:00", 86400), ("1-2", 93600)])
+@pytest.mark.parametrize(
+    ("value", "secs"), [(90, 90), ("10", 600), ("01:30", 90), ("02:00:00", 7200), ("1-00:00:00", 86400), ("1-2", 93600)]
+)
 def test_parse_time_limit(value, secs):
     assert parse_time_limit(value) == secs
     assert parse_time_limit(format_slurm_time(secs)) == secs
@@ -117,7 +129,7 @@ def test_job_spec_validation():
 
 
 def test_env_file_quotes_every_value():
-    nasty = {"A": "it's $(rm -rf /) `x` \"q\" \n newline", "B": ""}
+    nasty = {"A": 'it\'s $(rm -rf /) `x` "q" \n newline', "B": ""}
     script = render_env(nasty) + 'printf "%s|%s" "$A" "$B"'
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
     assert out == nasty["A"] + "|"
@@ -137,12 +149,18 @@ def test_redaction():
         ("x\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n", 1, "cuda_oom"),
         ("run.sh: line 9: 4242 Killed                  python train.py\n", 137, "host_oom"),
         ("", 137, "host_oom"),
-        ("torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system error\n",
-         1, "nccl"),
+        (
+            "torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system error\n",
+            1,
+            "nccl",
+        ),
         ("Traceback (most recent call last):\nModuleNotFoundError: No module named 'unsloth'\n", 1, "missing_module"),
         ("OSError: [Errno 28] No space left on device: '/scratch/x'\n", 1, "disk_full"),
-        ("Traceback (most recent call last):\n  File \"a.py\", line 1\nValueError: bad learning rate\n", 1,
-         "python_exception"),
+        (
+            'Traceback (most recent call last):\n  File "a.py", line 1\nValueError: bad learning rate\n',
+            1,
+            "python_exception",
+        ),
         ("just ended\n", 3, "exit_code"),
     ],
 )

@@ -25,14 +25,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 def write_config(tmp_path: Path) -> Path:
     cfg = tmp_path / "config.toml"
-    cfg.write_text(textwrap.dedent(f"""
+    cfg.write_text(
+        textwrap.dedent(f"""
         default_host = "local"
         [hosts.local]
         transport = "local"
         launcher = "direct"
-        workdir = "{tmp_path / 'work'}"
+        workdir = "{tmp_path / "work"}"
         allow_scripts = true
-    """))
+    """)
+    )
     return cfg
 
 
@@ -40,8 +42,17 @@ def server_params(tmp_path: Path, cfg: Path, pidfile: Path) -> StdioServerParame
     # exec keeps the pid, so the pid file names the server process itself.
     return StdioServerParameters(
         command="bash",
-        args=["-c", f'echo $$ > {pidfile}; exec "$@"', "server", sys.executable, "-m", "server.cli", "serve",
-              "--config", str(cfg)],
+        args=[
+            "-c",
+            f'echo $$ > {pidfile}; exec "$@"',
+            "server",
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--config",
+            str(cfg),
+        ],
         env={"PYTHONPATH": str(REPO), "LLM_OPS_MCP_STATE_DIR": str(tmp_path / "state")},
         cwd=str(REPO),
     )
@@ -68,8 +79,11 @@ async def test_sigkill_the_server_and_restart(tmp_path: Path):
     params = server_params(tmp_path, cfg, pidfile)
     async with Client(params) as client:
         for name, script in specs.items():
-            out = await call(client, "submit_command", {"argv": ["bash", "-c", script], "name": name,
-                                                        "idempotency_key": f"restart-{name}"})
+            out = await call(
+                client,
+                "submit_command",
+                {"argv": ["bash", "-c", script], "name": name, "idempotency_key": f"restart-{name}"},
+            )
             assert out["job"]["state"] == "running"
             ids[name] = out["job_id"]
         # SIGKILL: no lifespan clean-up, no chance to write anything.
@@ -94,8 +108,11 @@ async def test_sigkill_the_server_and_restart(tmp_path: Path):
         assert by_id[ids["long"]]["state"] == "running"
         assert (by_id[ids["lost"]]["state"], by_id[ids["lost"]]["exit_code"]) == ("lost", None)
         # The same idempotency key after the restart returns the same job, not a second one.
-        again = await call(c, "submit_command", {"argv": ["bash", "-c", specs["long"]], "name": "long",
-                                                 "idempotency_key": "restart-long"})
+        again = await call(
+            c,
+            "submit_command",
+            {"argv": ["bash", "-c", specs["long"]], "name": "long", "idempotency_key": "restart-long"},
+        )
         assert again["job_id"] == ids["long"] and not again["created"]
         logs = await call(c, "get_job_logs", {"job_id": ids["ok"]})
         assert "done-ok" in logs["text"]
@@ -126,9 +143,14 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 
 def test_server_processes_sharing_a_catalog_submit_each_key_once(tmp_path: Path):
     procs = [
-        subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path / "work"), str(tmp_path / "state"), "20"],
-                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(tmp_path / "work"), str(tmp_path / "state"), "20"],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(4)
     ]
     results = []

@@ -30,8 +30,14 @@ HOST_ENV = {"HF_HOME": "/tmp/llm-ops-hf", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "
 
 def slurm_host(kind: str, request: pytest.FixtureRequest, workdir: Path, **slurm: object) -> HostConfig:
     cfg = SlurmConfig(time_limit="00:10:00", header=["export LLM_OPS_HEADER_RAN=yes"], **slurm)
-    common = {"launcher": "slurm", "workdir": str(workdir), "allow_scripts": True, "env": HOST_ENV, "slurm": cfg,
-              "secrets": ["LLM_OPS_TEST_SECRET"]}
+    common = {
+        "launcher": "slurm",
+        "workdir": str(workdir),
+        "allow_scripts": True,
+        "env": HOST_ENV,
+        "slurm": cfg,
+        "secrets": ["LLM_OPS_TEST_SECRET"],
+    }
     if kind == "local":
         return HostConfig(name="slurm-local", **common)
     sshd = request.getfixturevalue("sshd")
@@ -44,8 +50,13 @@ def host(request: pytest.FixtureRequest, slurm_cluster, tmp_path: Path) -> HostC
 
 
 def new_engine(host: HostConfig, state: Path, **kw) -> JobEngine:
-    return JobEngine(Config(hosts={host.name: host}, default_host=host.name), state,
-                     environ={"LLM_OPS_TEST_SECRET": "s3cr3t-slurm-7"}, cancel_grace_s=2.0, **kw)
+    return JobEngine(
+        Config(hosts={host.name: host}, default_host=host.name),
+        state,
+        environ={"LLM_OPS_TEST_SECRET": "s3cr3t-slurm-7"},
+        cancel_grace_s=2.0,
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -74,8 +85,10 @@ async def scancel_all(engine: JobEngine, *job_ids: str) -> None:
 
 
 async def test_submit_runs_on_a_gpu_node_and_succeeds(engine: JobEngine, slurm_cluster):
-    script = ('echo "gpus=$CUDA_VISIBLE_DEVICES hf=$HF_HOME off=$HF_HUB_OFFLINE wandb=$WANDB_MODE '
-              'header=$LLM_OPS_HEADER_RAN sid=$SLURM_JOB_ID"; sleep 2; exit 0')
+    script = (
+        'echo "gpus=$CUDA_VISIBLE_DEVICES hf=$HF_HOME off=$HF_HUB_OFFLINE wandb=$WANDB_MODE '
+        'header=$LLM_OPS_HEADER_RAN sid=$SLURM_JOB_ID"; sleep 2; exit 0'
+    )
     r = await engine.submit(cmd(script, gpus=1))
     assert r.created and r.job is not None and r.job.state in (JobState.QUEUED, JobState.RUNNING)
     running = await until(engine, r.job_id, "running")
@@ -146,8 +159,7 @@ async def test_queued_with_a_reason_then_cancel_pending_and_running(engine: JobE
         await scancel_all(engine, first.job_id, second.job_id)
 
 
-async def test_bad_partition_is_a_clear_error_listing_the_partitions(host: HostConfig, tmp_path: Path,
-                                                                     slurm_cluster):
+async def test_bad_partition_is_a_clear_error_listing_the_partitions(host: HostConfig, tmp_path: Path, slurm_cluster):
     eng = new_engine(host, tmp_path / "state2")
     try:
         with pytest.raises(SchedulerError) as e:
@@ -178,8 +190,9 @@ async def test_second_partition_and_dry_run_script(engine: JobEngine, host: Host
     assert f"on {other}" in Path(r.job_dir, "output.log").read_text()
 
 
-async def test_one_squeue_call_for_many_jobs(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch,
-                                             slurm_cluster):
+async def test_one_squeue_call_for_many_jobs(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch, slurm_cluster
+):
     # Local transport only: the counting squeue shim is on this process's PATH.
     host = slurm_host("local", request, tmp_path / "work")
     shim = tmp_path / "shim"
@@ -205,8 +218,9 @@ async def test_one_squeue_call_for_many_jobs(request: pytest.FixtureRequest, tmp
         await eng.aclose()
 
 
-async def test_lost_sbatch_reply_is_resolved_without_a_second_submission(host: HostConfig, tmp_path: Path,
-                                                                        slurm_cluster):
+async def test_lost_sbatch_reply_is_resolved_without_a_second_submission(
+    host: HostConfig, tmp_path: Path, slurm_cluster
+):
     """The reply to sbatch is lost (the transport raises after sbatch ran): the job is found, not resubmitted."""
 
     class LosesSbatchReply:
@@ -245,15 +259,23 @@ async def test_lost_sbatch_reply_is_resolved_without_a_second_submission(host: H
 
 async def test_ambiguous_start_is_looked_up_by_token(slurm_cluster, tmp_path: Path):
     """An earlier attempt left its marker and no id (its shell died after sbatch): start finds the job."""
-    host = HostConfig(name="slurm-local", launcher="slurm", workdir=str(tmp_path / "w"),
-                      slurm=SlurmConfig(time_limit="00:05:00"))
+    host = HostConfig(
+        name="slurm-local", launcher="slurm", workdir=str(tmp_path / "w"), slurm=SlurmConfig(time_limit="00:05:00")
+    )
     t = LocalTransport(host)
     launcher = SlurmLauncher(host)
     u = uuid.uuid4().hex  # ids and tokens are unique per job, as the engine makes them
     d = tmp_path / "w" / "jobs" / f"command-amb-{u[:8]}"
     d.mkdir(parents=True)
-    job = PreparedJob(job_id=f"command-amb-{u[:8]}", token=f"tok-{u}", host=host,
-                      spec=cmd("sleep 5"), job_dir=str(d), command=["sleep", "5"], created_at=0.0)
+    job = PreparedJob(
+        job_id=f"command-amb-{u[:8]}",
+        token=f"tok-{u}",
+        host=host,
+        spec=cmd("sleep 5"),
+        job_dir=str(d),
+        command=["sleep", "5"],
+        created_at=0.0,
+    )
     (d / "env").write_text("")
     (d / "run.sh").write_text(launcher.render_script(job))
     first = await launcher.start(t, job)
@@ -264,8 +286,15 @@ async def test_ambiguous_start_is_looked_up_by_token(slurm_cluster, tmp_path: Pa
     assert (d / SLURM_ID).read_text().strip() == first
     assert not (d / SUBMITTING).exists()
     # A marker with no job behind it (sbatch never ran): SLURM does not know the token, so it submits.
-    job2 = PreparedJob(job_id=f"command-amb2-{u[:8]}", token=f"tok2-{u}", host=host,
-                       spec=cmd("true"), job_dir=str(d), command=["true"], created_at=0.0)
+    job2 = PreparedJob(
+        job_id=f"command-amb2-{u[:8]}",
+        token=f"tok2-{u}",
+        host=host,
+        spec=cmd("true"),
+        job_dir=str(d),
+        command=["true"],
+        created_at=0.0,
+    )
     (d / SLURM_ID).unlink()
     (d / SUBMITTING).write_text("")
     third = await launcher.start(t, job2)

@@ -31,15 +31,34 @@ def _opts(cfg: SlurmConfig | None = None, **kw):
 
 
 def test_sbatch_argv_carries_everything_from_the_host_config():
-    cfg = SlurmConfig(partition="pli", account="mylab", qos="high", constraint="h100&ib", gres="gpu:h100",
-                      time_limit="06:00:00", mem="64G", cpus_per_task=8)
+    cfg = SlurmConfig(
+        partition="pli",
+        account="mylab",
+        qos="high",
+        constraint="h100&ib",
+        gres="gpu:h100",
+        time_limit="06:00:00",
+        mem="64G",
+        cpus_per_task=8,
+    )
     argv = sbatch_argv(_opts(cfg, gpus=4), f"{JOB_DIR}/run.sh")
     assert argv[:2] == ["sbatch", "--parsable"]
     assert argv[-2:] == ["--", f"{JOB_DIR}/run.sh"]
-    for flag in ("--job-name=llmops-ft-abc", "--comment=tok-123", f"--output={JOB_DIR}/output.log",
-                 f"--chdir={JOB_DIR}", "--gres=gpu:h100:4", "--time=06:00:00", "--partition=pli",
-                 "--account=mylab", "--qos=high", "--constraint=h100&ib", "--mem=64G", "--cpus-per-task=8",
-                 "--no-requeue"):
+    for flag in (
+        "--job-name=llmops-ft-abc",
+        "--comment=tok-123",
+        f"--output={JOB_DIR}/output.log",
+        f"--chdir={JOB_DIR}",
+        "--gres=gpu:h100:4",
+        "--time=06:00:00",
+        "--partition=pli",
+        "--account=mylab",
+        "--qos=high",
+        "--constraint=h100&ib",
+        "--mem=64G",
+        "--cpus-per-task=8",
+        "--no-requeue",
+    ):
         assert flag in argv
 
 
@@ -58,8 +77,17 @@ def test_no_gpus_means_no_gres_and_unset_values_are_left_out():
     assert not any(a.startswith(("--gres", "--partition", "--account", "--qos", "--mem", "--cpus")) for a in argv)
 
 
-@pytest.mark.parametrize("bad", [{"partition": "-p"}, {"partition": "a b"}, {"job_name": "--wrap=x"},
-                                 {"token": "-x"}, {"partition": "x;rm"}, {"job_dir": "relative/dir"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"partition": "-p"},
+        {"partition": "a b"},
+        {"job_name": "--wrap=x"},
+        {"token": "-x"},
+        {"partition": "x;rm"},
+        {"job_dir": "relative/dir"},
+    ],
+)
 def test_values_that_could_be_flags_or_shell_are_refused(bad):
     with pytest.raises(InvalidInput):
         _opts(**bad)

@@ -29,17 +29,31 @@ async def test_two_tasks_srun_torchrun_wiring_runs_for_real(slurm_cluster, tmp_p
         unavailable("the test cluster needs 2 CPUs for 2 tasks")
     model = build_tiny_model(tmp_path / "model")
     data = make_dataset(tmp_path / "alpaca.jsonl", "alpaca")
-    host = HostConfig(name="slurm-local", launcher="slurm", workdir=str(tmp_path / "work"), python=sys.executable,
-                      env={"HF_HUB_OFFLINE": "1"}, slurm=SlurmConfig(time_limit="00:10:00"))
-    p = FinetuneInput(model=str(model), dataset=str(data), gpus=0, processes_per_node=2, max_steps=6,
-                      max_seq_length=64, learning_rate=5e-3, save_steps=0, per_device_batch_size=2,
-                      gradient_accumulation_steps=1)
+    host = HostConfig(
+        name="slurm-local",
+        launcher="slurm",
+        workdir=str(tmp_path / "work"),
+        python=sys.executable,
+        env={"HF_HUB_OFFLINE": "1"},
+        slurm=SlurmConfig(time_limit="00:10:00"),
+    )
+    p = FinetuneInput(
+        model=str(model),
+        dataset=str(data),
+        gpus=0,
+        processes_per_node=2,
+        max_steps=6,
+        max_seq_length=64,
+        learning_rate=5e-3,
+        save_steps=0,
+        per_device_batch_size=2,
+        gradient_accumulation_steps=1,
+    )
     plan, upload = plan_finetune(p, host)
     assert plan.world_size == 2 and plan.strategy == "ddp" and upload is not None
     spec = build_finetune_spec(p, host, plan, "dataset.jsonl", None, agents_per_node=2)
     assert spec.argv is not None and spec.argv[0] == "srun" and spec.resources.tasks_per_node == 2
-    engine = JobEngine(Config(hosts={host.name: host}, default_host=host.name), tmp_path / "state",
-                       cancel_grace_s=2.0)
+    engine = JobEngine(Config(hosts={host.name: host}, default_host=host.name), tmp_path / "state", cancel_grace_s=2.0)
     try:
         r = await engine.submit(spec, uploads={"dataset.jsonl": upload.read_bytes()})
         view, reached = await engine.wait(r.job_id, "finished", 300)

@@ -17,23 +17,33 @@ def test_split_gres_keeps_commas_inside_parentheses():
     assert split_gres("(null)") == []
 
 
-@pytest.mark.parametrize(("gres", "n", "kind"), [
-    ("gpu:2", 2, None), ("gpu:h100:4(S:0-1)", 4, "h100"), ("gpu:h100:2(IDX:0-1)", 2, "h100"),
-    ("gpu:a100:0(IDX:N/A)", 0, "a100"), ("gpu:a100:4,gpu:v100:2", 6, "a100"), ("mps:800", 0, None), ("(null)", 0, None),
-])
+@pytest.mark.parametrize(
+    ("gres", "n", "kind"),
+    [
+        ("gpu:2", 2, None),
+        ("gpu:h100:4(S:0-1)", 4, "h100"),
+        ("gpu:h100:2(IDX:0-1)", 2, "h100"),
+        ("gpu:a100:0(IDX:N/A)", 0, "a100"),
+        ("gpu:a100:4,gpu:v100:2", 6, "a100"),
+        ("mps:800", 0, None),
+        ("(null)", 0, None),
+    ],
+)
 def test_gpu_count(gres, n, kind):
     assert gpu_count(gres) == (n, kind)
 
 
 def test_partition_totals_allocated_idle_and_unavailable():
-    out = "".join([
-        _line("h1", "gpu:h100:4(S:0-1)", "gpu:h100:4(IDX:0-3)", "allocated"),
-        _line("h2", "gpu:h100:4(S:0-1)", "gpu:h100:1(IDX:0)", "mixed"),
-        _line("h3", "gpu:h100:4(S:0-1)", "gpu:h100:0(IDX:N/A)", "drained"),
-        _line("h4", "gpu:h100:4(S:0-1)", "gpu:h100:0(IDX:N/A)", "idle"),
-        _line("h4", "gpu:h100:4(S:0-1)", "gpu:h100:0(IDX:N/A)", "idle"),  # same node, second partition
-        _line("h5", "gpu:h100:4(S:0-1)", "gpu:h100:0(IDX:N/A)", "down*"),
-    ])
+    out = "".join(
+        [
+            _line("h1", "gpu:h100:4(S:0-1)", "gpu:h100:4(IDX:0-3)", "allocated"),
+            _line("h2", "gpu:h100:4(S:0-1)", "gpu:h100:1(IDX:0)", "mixed"),
+            _line("h3", "gpu:h100:4(S:0-1)", "gpu:h100:0(IDX:N/A)", "drained"),
+            _line("h4", "gpu:h100:4(S:0-1)", "gpu:h100:0(IDX:N/A)", "idle"),
+            _line("h4", "gpu:h100:4(S:0-1)", "gpu:h100:0(IDX:N/A)", "idle"),  # same node, second partition
+            _line("h5", "gpu:h100:4(S:0-1)", "gpu:h100:0(IDX:N/A)", "down*"),
+        ]
+    )
     st = slurm_gpu_status(out, "pli")
     assert (st.total, st.allocated, st.idle, st.unavailable) == (20, 5, 7, 8)
     assert st.gpu_types == ["h100"] and len(st.nodes) == 5

@@ -10,16 +10,34 @@ from runners.slurm_states import interpret
 from runners.spec import JobSpec, Resources
 from runners.states import JobState
 
-HOST = HostConfig(name="della-h100", transport="ssh", address="login.example.edu", launcher="slurm",
-                  workdir="/scratch/me/llm-ops", env={"HF_HOME": "/scratch/me/hf", "HF_HUB_OFFLINE": "1"},
-                  slurm=SlurmConfig(partition="pli", account="mylab", gres="gpu:h100", time_limit="06:00:00",
-                                    header=["module load cudatoolkit/12.4"]))
+HOST = HostConfig(
+    name="della-h100",
+    transport="ssh",
+    address="login.example.edu",
+    launcher="slurm",
+    workdir="/scratch/me/llm-ops",
+    env={"HF_HOME": "/scratch/me/hf", "HF_HUB_OFFLINE": "1"},
+    slurm=SlurmConfig(
+        partition="pli",
+        account="mylab",
+        gres="gpu:h100",
+        time_limit="06:00:00",
+        header=["module load cudatoolkit/12.4"],
+    ),
+)
 
 
 def _job(**res) -> PreparedJob:
     spec = JobSpec(kind="command", argv=["python", "train.py"], resources=Resources(**res))
-    job = PreparedJob(job_id="command-1-abc", token="tok1", host=HOST, spec=spec,
-                      job_dir="/scratch/me/llm-ops/jobs/command-1-abc", command=["python", "train.py"], created_at=0)
+    job = PreparedJob(
+        job_id="command-1-abc",
+        token="tok1",
+        host=HOST,
+        spec=spec,
+        job_dir="/scratch/me/llm-ops/jobs/command-1-abc",
+        command=["python", "train.py"],
+        created_at=0,
+    )
     job.env = job_env(job)
     return job
 
@@ -65,7 +83,10 @@ def test_to_observation():
     assert t.verdict is JobState.FAILED and t.timed_out and t.exit_code == 143
     assert "time limit" in (t.detail or "") and "SIGTERM" in (t.detail or "") and "time_limit" in (t.detail or "")
     f = to_observation(interpret("FAILED", exit_code=3), "12", cancel_marker=False)
-    assert f.verdict is JobState.FAILED and f.detail == "the command failed with exit code 3. Read its log (get_job_logs) for the error"
+    assert (
+        f.verdict is JobState.FAILED
+        and f.detail == "the command failed with exit code 3. Read its log (get_job_logs) for the error"
+    )
     lost = to_observation(interpret("NODE_FAIL", exit_code=1), "12", cancel_marker=False)
     assert lost.verdict is JobState.LOST and lost.exit_code is None
     ok = to_observation(interpret("COMPLETED"), "12", cancel_marker=False)

@@ -19,18 +19,20 @@ pytestmark = pytest.mark.anyio
 
 def write_config(tmp_path: Path) -> Path:
     cfg = tmp_path / "config.toml"
-    cfg.write_text(textwrap.dedent(f"""
+    cfg.write_text(
+        textwrap.dedent(f"""
         default_host = "cluster"
         [hosts.cluster]
         transport = "local"
         launcher = "slurm"
-        workdir = "{tmp_path / 'work'}"
+        workdir = "{tmp_path / "work"}"
         allow_scripts = true
         [hosts.cluster.slurm]
         time_limit = "00:10:00"
         [hosts.cluster.env]
         HF_HUB_OFFLINE = "1"
-    """))
+    """)
+    )
     return cfg
 
 
@@ -47,8 +49,11 @@ async def test_sigkill_the_server_mid_slurm_jobs_and_restart(tmp_path: Path, slu
     try:
         async with Client(server_params(tmp_path, cfg, pidfile)) as client:
             for name, script in specs.items():
-                out = await call(client, "submit_command", {"argv": ["bash", "-c", script], "name": name,
-                                                            "idempotency_key": f"slurm-restart-{name}"})
+                out = await call(
+                    client,
+                    "submit_command",
+                    {"argv": ["bash", "-c", script], "name": name, "idempotency_key": f"slurm-restart-{name}"},
+                )
                 assert out["job"]["state"] in ("queued", "running"), out
                 ids[name] = out["job_id"]
                 native[name] = out["job"]["native_id"]
@@ -72,8 +77,11 @@ async def test_sigkill_the_server_mid_slurm_jobs_and_restart(tmp_path: Path, slu
             assert any(j["state"] == "queued" for j in longs), longs  # more jobs than CPUs
             for name in specs:
                 assert by_id[ids[name]]["native_id"] == native[name]  # the same SLURM jobs
-            again = await call(c, "submit_command", {"argv": ["bash", "-c", "sleep 300"], "name": "long0",
-                                                     "idempotency_key": "slurm-restart-long0"})
+            again = await call(
+                c,
+                "submit_command",
+                {"argv": ["bash", "-c", "sleep 300"], "name": "long0", "idempotency_key": "slurm-restart-long0"},
+            )
             assert again["job_id"] == ids["long0"] and not again["created"]
             logs = await call(c, "get_job_logs", {"job_id": ids["ok"]})
             assert "done-ok" in logs["text"]

@@ -32,14 +32,24 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _app(tmp_path: Path, env: dict[str, str] | None = None):
     host = HostConfig(name="local", workdir=str(tmp_path / "work"), env={"HF_HUB_OFFLINE": "1", **(env or {})})
-    return build_server(state=AppState(config=Config(hosts={"local": host}, default_host="local"),
-                                       state_dir=tmp_path / "state"))
+    return build_server(
+        state=AppState(config=Config(hosts={"local": host}, default_host="local"), state_dir=tmp_path / "state")
+    )
 
 
 def _args(tiny: dict[str, Path], **kw: object) -> dict[str, object]:
-    base = {"model": str(tiny["model"]), "dataset": str(tiny["alpaca"]), "max_steps": 10, "max_seq_length": 64,
-            "learning_rate": 5e-3, "save_steps": 0, "per_device_batch_size": 2, "gradient_accumulation_steps": 1,
-            "gpus": 0, "processes_per_node": 2}
+    base = {
+        "model": str(tiny["model"]),
+        "dataset": str(tiny["alpaca"]),
+        "max_steps": 10,
+        "max_seq_length": 64,
+        "learning_rate": 5e-3,
+        "save_steps": 0,
+        "per_device_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "gpus": 0,
+        "processes_per_node": 2,
+    }
     return {**base, **kw}
 
 
@@ -107,8 +117,7 @@ def test_auto_picks_ddp_when_a_replica_fits_and_fsdp_when_not(tmp_path: Path):
     assert full.strategy == "fsdp" and full.zero_stage == 3
     assert any("does not fit one H100" in n and "zero_stage=3" in n for n in full.notes), full.notes
     assert full.estimated_peak_gib is not None and full.estimated_peak_gib < 80
-    p, off = _plan(h, model="meta-llama/Llama-3.1-8B", method="full", gpus=2, max_seq_length=2048,
-                   cpu_offload=True)
+    p, off = _plan(h, model="meta-llama/Llama-3.1-8B", method="full", gpus=2, max_seq_length=2048, cpu_offload=True)
     assert off.strategy == "fsdp" and off.cpu_offload and off.estimated_peak_gib < full.estimated_peak_gib
     spec = build_finetune_spec(p, h, off, "org/data", None)
     assert spec.payload_config["strategy"] == "fsdp" and spec.payload_config["cpu_offload"] is True
@@ -117,8 +126,15 @@ def test_auto_picks_ddp_when_a_replica_fits_and_fsdp_when_not(tmp_path: Path):
 
 def test_explicit_strategies_and_slurm_nodes(tmp_path: Path):
     h = HostConfig(name="cl", workdir=str(tmp_path), gpus="H100:4", launcher="slurm")
-    p, plan = _plan(h, model="meta-llama/Llama-3.1-8B", method="full", gpus=4, nodes=2, max_seq_length=2048,
-                    strategy="deepspeed-zero3")
+    p, plan = _plan(
+        h,
+        model="meta-llama/Llama-3.1-8B",
+        method="full",
+        gpus=4,
+        nodes=2,
+        max_seq_length=2048,
+        strategy="deepspeed-zero3",
+    )
     assert plan.strategy == "deepspeed-zero3" and plan.world_size == 8 and plan.nodes == 2
     assert any("pip install deepspeed" in n for n in plan.notes)
     spec = build_finetune_spec(p, h, plan, "org/data", None)
@@ -126,13 +142,16 @@ def test_explicit_strategies_and_slurm_nodes(tmp_path: Path):
     assert spec.resources.gpus == 4 and spec.resources.tasks_per_node == 1
 
 
-@pytest.mark.parametrize(("kw", "match"), [
-    ({"gpus": 2, "backend": "unsloth"}, "Unsloth"),
-    ({"gpus": 1, "nodes": 2}, "one machine"),
-    ({"gpus": 1, "strategy": "fsdp"}, "one"),
-    ({"gpus": 2, "method": "qlora", "strategy": "fsdp"}, "QLoRA"),
-    ({"gpus": 2, "processes_per_node": 3}, "one process per GPU"),
-])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"gpus": 2, "backend": "unsloth"}, "Unsloth"),
+        ({"gpus": 1, "nodes": 2}, "one machine"),
+        ({"gpus": 1, "strategy": "fsdp"}, "one"),
+        ({"gpus": 2, "method": "qlora", "strategy": "fsdp"}, "QLoRA"),
+        ({"gpus": 2, "processes_per_node": 3}, "one process per GPU"),
+    ],
+)
 def test_refusals(tmp_path: Path, kw: dict, match: str):
     h = HostConfig(name="ws", workdir=str(tmp_path), gpus="H100:2")
     with pytest.raises(InvalidInput, match=match):

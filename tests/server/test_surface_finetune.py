@@ -26,8 +26,12 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("tiny")
-    return {"model": build_tiny_model(d / "model"), "alpaca": make_dataset(d / "alpaca.jsonl", "alpaca"),
-            "messages": make_dataset(d / "messages.jsonl", "messages"), "dir": d}
+    return {
+        "model": build_tiny_model(d / "model"),
+        "alpaca": make_dataset(d / "alpaca.jsonl", "alpaca"),
+        "messages": make_dataset(d / "messages.jsonl", "messages"),
+        "dir": d,
+    }
 
 
 @pytest.fixture
@@ -38,8 +42,14 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def _args(tiny: dict[str, Path], **kw: object) -> dict[str, object]:
-    base = {"model": str(tiny["model"]), "dataset": str(tiny["alpaca"]), "max_steps": 20, "max_seq_length": 64,
-            "learning_rate": 5e-3, "save_steps": 10}
+    base = {
+        "model": str(tiny["model"]),
+        "dataset": str(tiny["alpaca"]),
+        "max_steps": 20,
+        "max_seq_length": 64,
+        "learning_rate": 5e-3,
+        "save_steps": 10,
+    }
     return {**base, **kw}
 
 
@@ -91,10 +101,12 @@ async def test_real_cpu_finetune_loss_goes_down_and_resume(app, tiny, mode):
         manifest = json.loads((job_dir / "outputs" / "manifest.json").read_text())
         assert manifest["backend"] == "trl"
         assert (job_dir / "outputs" / "adapter" / "adapter_config.json").exists() or any(
-            job_dir.joinpath("outputs").rglob("adapter_config.json"))
+            job_dir.joinpath("outputs").rglob("adapter_config.json")
+        )
         # resume from the finished job's checkpoints: continues, does not restart at step 0
-        r = await c.call_tool("submit_finetune", _args(tiny, dataset=str(tiny["messages"]), max_steps=30,
-                                                      resume_from=job_id))
+        r = await c.call_tool(
+            "submit_finetune", _args(tiny, dataset=str(tiny["messages"]), max_steps=30, resume_from=job_id)
+        )
         assert not r.is_error, r.content[0].text
         job2 = r.structured_content["job_id"]
         for _ in range(6):
@@ -116,8 +128,10 @@ async def test_cancel_mid_training(app, tiny):
         assert r.structured_content["job"]["state"] == "running"
         r = await c.call_tool("cancel_job", {"job_id": job_id})
         assert not r.is_error
-        assert r.structured_content["state"] == "cancelled" or r.structured_content.get("job", {}).get(
-            "state") == "cancelled"
+        assert (
+            r.structured_content["state"] == "cancelled"
+            or r.structured_content.get("job", {}).get("state") == "cancelled"
+        )
 
 
 @pytest.mark.parametrize(
@@ -153,11 +167,14 @@ async def test_model_too_big_for_the_gpu_is_refused(tmp_path, tiny, monkeypatch)
     host = HostConfig(name="box", workdir=str(tmp_path / "w"), gpus="RTX4090:1")
     app = build_server(state=AppState(config=Config(hosts={"box": host}), state_dir=tmp_path / "s"))
     async with Client(app, mode="auto") as c:
-        r = await c.call_tool("submit_finetune", _args(tiny, model="meta-llama/Llama-3.1-70B", method="lora",
-                                                      max_seq_length=4096))
+        r = await c.call_tool(
+            "submit_finetune", _args(tiny, model="meta-llama/Llama-3.1-70B", method="lora", max_seq_length=4096)
+        )
         assert r.is_error and "does not fit" in r.content[0].text, r.content[0].text
-        r = await c.call_tool("submit_finetune", _args(tiny, model="meta-llama/Llama-3.1-8B", method="qlora",
-                                                      max_seq_length=2048, dry_run=True))
+        r = await c.call_tool(
+            "submit_finetune",
+            _args(tiny, model="meta-llama/Llama-3.1-8B", method="qlora", max_seq_length=2048, dry_run=True),
+        )
         assert not r.is_error, r.content[0].text
         plan = r.structured_content["plan"]
         assert plan["gpu"] == "RTX4090" and plan["estimated_peak_gib"] < plan["gpu_memory_gib"]

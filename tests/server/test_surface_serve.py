@@ -73,7 +73,9 @@ async def test_tools_are_listed_with_annotations(mode: str, serve_state: AppStat
         assert tools["stop_vllm_server"].annotations.destructive_hint is True
         assert tools["start_vllm_server"].annotations.destructive_hint is False
         props = tools["start_vllm_server"].input_schema["properties"]
-        assert {"model", "tensor_parallel_size", "lora_adapters", "extra_args", "idempotency_key", "dry_run"} <= set(props)
+        assert {"model", "tensor_parallel_size", "lora_adapters", "extra_args", "idempotency_key", "dry_run"} <= set(
+            props
+        )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -91,11 +93,17 @@ async def test_agent_flow_start_wait_query_benchmark_stop(mode: str, serve_state
         waited = await _call(c, "wait_for_job", {"job_id": job_id, "until": "ready", "timeout_s": 60})
         assert waited["reached"] and waited["job"]["state"] == "ready", waited["summary"]
 
-        q = await _call(c, "query_model", {"server_job_id": job_id,
-                                           "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4})
+        q = await _call(
+            c,
+            "query_model",
+            {"server_job_id": job_id, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4},
+        )
         assert q["completion_tokens"] == 4 and q["text"]
-        b = await _call(c, "benchmark_server", {"server_job_id": job_id, "num_prompts": 6, "input_len": 8,
-                                                "output_len": 8, "concurrency": 3})
+        b = await _call(
+            c,
+            "benchmark_server",
+            {"server_job_id": job_id, "num_prompts": 6, "input_len": 8, "output_len": 8, "concurrency": 3},
+        )
         assert b["completed"] == 6 and b["output_tokens_per_s"] > 0 and b["ttft_ms"]["p50"] is not None
         assert "tok/s" in b["summary"]
 
@@ -119,8 +127,9 @@ async def test_bad_input_is_a_tool_error_that_says_what_to_do(mode: str, serve_s
         engine = await get_engine(serve_state)
         failed = await engine.submit(JobSpec(kind="finetune", argv=["false"]), "gpubox")
         await engine.wait(failed.job_id, until="finished", timeout_s=30)
-        text = await _error(c, "start_vllm_server", {
-            "model": MODEL, "lora_adapters": [{"name": "ad", "job_id": failed.job_id}]})
+        text = await _error(
+            c, "start_vllm_server", {"model": MODEL, "lora_adapters": [{"name": "ad", "job_id": failed.job_id}]}
+        )
         assert "which failed" in text and "rerun the fine-tune" in text
         with socket.socket() as busy:
             busy.bind(("127.0.0.1", 0))

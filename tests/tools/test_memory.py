@@ -90,16 +90,19 @@ def test_qlora_hf_upcasts_embeddings():
     assert hf - un == pytest.approx(2 * 128256 * 4096 * 2 / 2**30, rel=0.05)
 
 
-@pytest.mark.parametrize("kw,needle", [
-    (dict(seq_len=0), "seq_len"),
-    (dict(batch_size=-1), "batch_size"),
-    (dict(tensor_parallel_size=3), "divide"),
-    (dict(task="lora", quantization="awq"), "AWQ"),
-    (dict(task="full", zero_stage=2), "ZeRO"),
-    (dict(task="full", backend="vllm"), "vLLM"),
-    (dict(task="qlora", quantization="gptq"), "qlora"),
-    (dict(task="lora", lora_targets=["nonsense"]), "target"),
-])
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        (dict(seq_len=0), "seq_len"),
+        (dict(batch_size=-1), "batch_size"),
+        (dict(tensor_parallel_size=3), "divide"),
+        (dict(task="lora", quantization="awq"), "AWQ"),
+        (dict(task="full", zero_stage=2), "ZeRO"),
+        (dict(task="full", backend="vllm"), "vLLM"),
+        (dict(task="qlora", quantization="gptq"), "qlora"),
+        (dict(task="lora", lora_targets=["nonsense"]), "target"),
+    ],
+)
 def test_bad_input_says_what_to_change(kw, needle):
     with pytest.raises(InvalidInput) as e:
         est(**kw)
@@ -124,9 +127,11 @@ def test_no_heavy_imports():
     import subprocess
     import sys
 
-    code = ("import sys, tools.memory, tools.plan, tools.models, server.surface_memory; "
-            "bad = [m for m in ('torch','transformers','vllm','unsloth','trl','peft','bitsandbytes','datasets') "
-            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, tools.memory, tools.plan, tools.models, server.surface_memory; "
+        "bad = [m for m in ('torch','transformers','vllm','unsloth','trl','peft','bitsandbytes','datasets') "
+        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=".")
     assert r.returncode == 0, r.stdout + r.stderr
 

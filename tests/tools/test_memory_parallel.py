@@ -17,8 +17,9 @@ M = "meta-llama/Llama-3.2-3B"
 
 
 def _est(**kw: object):
-    return estimate_memory(MemoryInput(model=M, task="full", backend="hf", seq_len=2048, batch_size=1, **kw),
-                           with_plan=False)
+    return estimate_memory(
+        MemoryInput(model=M, task="full", backend="hf", seq_len=2048, batch_size=1, **kw), with_plan=False
+    )
 
 
 def test_full_finetune_per_gpu_by_strategy():
@@ -42,10 +43,13 @@ def test_lora_ddp_is_a_replica():
     assert lo2.total_gib == pytest.approx(lo1.total_gib, abs=0.2)  # adapters are tiny: buckets cost little
 
 
-@pytest.mark.parametrize(("kw", "match"), [
-    ({"task": "full", "num_gpus": 2, "cpu_offload": True}, "DDP"),
-    ({"task": "inference", "cpu_offload": True}, "training"),
-])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"task": "full", "num_gpus": 2, "cpu_offload": True}, "DDP"),
+        ({"task": "inference", "cpu_offload": True}, "training"),
+    ],
+)
 def test_offload_refusals(kw: dict, match: str):
     with pytest.raises(InvalidInput, match=match):
         estimate_memory(MemoryInput(model=M, **kw), with_plan=False)
@@ -57,9 +61,20 @@ def test_zero_step_fp32_gradient_copy_sets_the_peak_only_when_activations_are_sm
     from tools.memory import MemoryInput, estimate_memory
 
     def grads(seq: int, zero: int, offload: bool = False) -> float:
-        r = estimate_memory(MemoryInput(model="meta-llama/Llama-3.2-3B", task="full", backend="hf", seq_len=seq,
-                                        batch_size=1, num_gpus=2, zero_stage=zero, cpu_offload=offload,
-                                        gradient_checkpointing=True), with_plan=False)
+        r = estimate_memory(
+            MemoryInput(
+                model="meta-llama/Llama-3.2-3B",
+                task="full",
+                backend="hf",
+                seq_len=seq,
+                batch_size=1,
+                num_gpus=2,
+                zero_stage=zero,
+                cpu_offload=offload,
+                gradient_checkpointing=True,
+            ),
+            with_plan=False,
+        )
         return r.breakdown_gib.gradients
 
     params_gib = 3.21e9 / 2**30

@@ -11,10 +11,18 @@ from runners.errors import NotFound
 from tools.models import catalog, catalog_lookup, read_safetensors_dir, resolve_model
 
 PUBLISHED_B = {  # published parameter counts, billions
-    "meta-llama/Llama-3.1-8B": 8.03, "meta-llama/Llama-3.1-70B": 70.6, "meta-llama/Llama-3.1-405B": 405.9,
-    "meta-llama/Llama-3.2-3B": 3.21, "mistralai/Mixtral-8x7B-v0.1": 46.7, "Qwen/Qwen2.5-7B": 7.62,
-    "Qwen/Qwen3-30B-A3B": 30.5, "Qwen/Qwen3-235B-A22B": 235.1, "google/gemma-2-9b": 9.24,
-    "microsoft/phi-4": 14.7, "deepseek-ai/DeepSeek-V3": 671.0, "deepseek-ai/DeepSeek-V2-Lite": 15.7,
+    "meta-llama/Llama-3.1-8B": 8.03,
+    "meta-llama/Llama-3.1-70B": 70.6,
+    "meta-llama/Llama-3.1-405B": 405.9,
+    "meta-llama/Llama-3.2-3B": 3.21,
+    "mistralai/Mixtral-8x7B-v0.1": 46.7,
+    "Qwen/Qwen2.5-7B": 7.62,
+    "Qwen/Qwen3-30B-A3B": 30.5,
+    "Qwen/Qwen3-235B-A22B": 235.1,
+    "google/gemma-2-9b": 9.24,
+    "microsoft/phi-4": 14.7,
+    "deepseek-ai/DeepSeek-V3": 671.0,
+    "deepseek-ai/DeepSeek-V2-Lite": 15.7,
 }
 
 
@@ -33,9 +41,17 @@ def write_safetensors(path, tensors: dict[str, tuple[str, list[int]]]) -> None:
 
 
 def tiny_dir(tmp_path, quant: dict | None = None):
-    cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256, "torch_dtype": "bfloat16",
-           "tie_word_embeddings": False}
+    cfg = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 256,
+        "torch_dtype": "bfloat16",
+        "tie_word_embeddings": False,
+    }
     if quant:
         cfg["quantization_config"] = quant
     (tmp_path / "config.json").write_text(json.dumps(cfg))

@@ -33,8 +33,9 @@ def test_quantizes_only_when_needed():
 
 
 def test_training_micro_batch_and_accumulation():
-    arch, s = settings("llama-3.1-8b", task="lora", backend="hf", seq_len=4096, batch_size=16,
-                       gradient_checkpointing=True)
+    arch, s = settings(
+        "llama-3.1-8b", task="lora", backend="hf", seq_len=4096, batch_size=16, gradient_checkpointing=True
+    )
     plan = plan_training(arch, s, TIERS["RTX4090"], target_batch=16)
     assert plan.fits
     assert plan.micro_batch_size * plan.gradient_accumulation_steps >= 16

@@ -68,11 +68,16 @@ def _host(kind: str, request: pytest.FixtureRequest, tmp_path: Path, switches: d
     return sshd.host_config("sshgpu", workdir=str(tmp_path / "work"), gpus="H100:2", env=env)
 
 
-async def _serving(kind: str, request: pytest.FixtureRequest, tmp_path: Path,
-                   switches: dict[str, str] | None = None) -> tuple[Serving, JobEngine, ServeRuntime]:
+async def _serving(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, switches: dict[str, str] | None = None
+) -> tuple[Serving, JobEngine, ServeRuntime]:
     host = _host(kind, request, tmp_path, switches or {})
-    engine = JobEngine(Config(hosts={host.name: host}, default_host=host.name), tmp_path / "state",
-                       environ={"MY_VLLM_KEY": "k3y-from-the-environment"}, cancel_grace_s=5.0)
+    engine = JobEngine(
+        Config(hosts={host.name: host}, default_host=host.name),
+        tmp_path / "state",
+        environ={"MY_VLLM_KEY": "k3y-from-the-environment"},
+        cancel_grace_s=5.0,
+    )
     runtime = ServeRuntime(engine)
     return Serving(engine, runtime, FlagCache(tmp_path / "state"), host), engine, runtime
 
@@ -108,14 +113,20 @@ async def test_lifecycle_start_ready_query_benchmark_stop(srv: Serving) -> None:
     metrics = view.metrics or {}
     assert metrics.get("event") == "ready" and metrics["time_to_ready_s"] >= 0
 
-    q = await query_model(srv.engine, srv.runtime, QueryInput(
-        server_job_id=out.job_id, messages=[ChatMessage(content="Say hi")], max_tokens=5))
+    q = await query_model(
+        srv.engine,
+        srv.runtime,
+        QueryInput(server_job_id=out.job_id, messages=[ChatMessage(content="Say hi")], max_tokens=5),
+    )
     assert q.completion_tokens == 5 and q.text.strip().startswith("tok0") and q.model == "qwen-small"
     q = await query_model(srv.engine, srv.runtime, QueryInput(server_job_id=out.job_id, prompt="a b c", max_tokens=3))
     assert q.prompt_tokens == 3 and q.finish_reason == "length"
 
-    b = await benchmark_server(srv.engine, srv.runtime, BenchmarkInput(
-        server_job_id=out.job_id, num_prompts=12, input_len=32, output_len=16, concurrency=4))
+    b = await benchmark_server(
+        srv.engine,
+        srv.runtime,
+        BenchmarkInput(server_job_id=out.job_id, num_prompts=12, input_len=32, output_len=16, concurrency=4),
+    )
     assert b.completed == 12 and b.failed == 0 and b.total_output_tokens == 12 * 16
     assert b.output_tokens_per_s > 0 and b.requests_per_s > 0 and b.mean_input_tokens == 32
     assert b.ttft_ms.p50 is not None and b.itl_ms.p99 is not None and b.itl_ms.p50 <= b.itl_ms.p99
@@ -145,8 +156,9 @@ async def test_api_key_lives_only_in_the_env_file(srv: Serving) -> None:
     # without the key the server refuses: the key really protects it
     import openai
 
-    url = await srv.runtime.url_for(srv.host, "127.0.0.1", json.loads(
-        await t.read_range(f"{out.job_dir}/endpoint.json", 0, 4096))["port"])
+    url = await srv.runtime.url_for(
+        srv.host, "127.0.0.1", json.loads(await t.read_range(f"{out.job_dir}/endpoint.json", 0, 4096))["port"]
+    )
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         await client.models.list()
@@ -168,9 +180,17 @@ async def test_api_key_from_a_named_secret_and_none(srv: Serving) -> None:
 
 @pytest.mark.parametrize("sub", ["outputs", "outputs/adapter"])  # the payload's layout is outputs/adapter/
 async def test_lora_adapter_from_a_finetune_job(srv: Serving, sub: str) -> None:
-    ft = await srv.engine.submit(JobSpec(kind="finetune", argv=[
-        "bash", "-c", f"mkdir -p {sub} && printf '{{\"r\": 32, \"base_model_name_or_path\": \"x\"}}' "
-                      f"> {sub}/adapter_config.json"]), srv.host.name)
+    ft = await srv.engine.submit(
+        JobSpec(
+            kind="finetune",
+            argv=[
+                "bash",
+                "-c",
+                f'mkdir -p {sub} && printf \'{{"r": 32, "base_model_name_or_path": "x"}}\' > {sub}/adapter_config.json',
+            ],
+        ),
+        srv.host.name,
+    )
     assert (await srv.wait(ft.job_id, until="finished")).state is JobState.SUCCEEDED
     out = await srv.start(lora_adapters=[LoraAdapterRef(name="my-adapter", job_id=ft.job_id)])
     assert out.served_models == [MODEL, "my-adapter"]
@@ -179,8 +199,9 @@ async def test_lora_adapter_from_a_finetune_job(srv: Serving, sub: str) -> None:
     assert "--enable-lora" in out.command
     assert out.command[out.command.index("--max-lora-rank") + 1] == "32"
     assert (await srv.wait(out.job_id)).state is JobState.READY
-    q = await query_model(srv.engine, srv.runtime, QueryInput(
-        server_job_id=out.job_id, model="my-adapter", prompt="hello", max_tokens=2))
+    q = await query_model(
+        srv.engine, srv.runtime, QueryInput(server_job_id=out.job_id, model="my-adapter", prompt="hello", max_tokens=2)
+    )
     assert q.model == "my-adapter" and q.completion_tokens == 2
     with pytest.raises(InvalidInput, match="not served"):
         await query_model(srv.engine, srv.runtime, QueryInput(server_job_id=out.job_id, model="other", prompt="x"))
@@ -232,8 +253,9 @@ async def test_missing_vllm_is_a_clear_error(request: pytest.FixtureRequest, tmp
     engine = JobEngine(Config(hosts={"novllm": host}), tmp_path / "state")
     try:
         with pytest.raises(NotFound, match="vLLM is not installed"):
-            await start_vllm_server(engine, ServeRuntime(engine), FlagCache(tmp_path / "state"),
-                                    StartServerInput(model=MODEL))
+            await start_vllm_server(
+                engine, ServeRuntime(engine), FlagCache(tmp_path / "state"), StartServerInput(model=MODEL)
+            )
     finally:
         await engine.aclose()
 
@@ -289,8 +311,12 @@ async def test_slow_start_then_ready_and_hung_oom_is_stopped(request: pytest.Fix
         assert (await s.wait(out.job_id, timeout=30)).state is JobState.READY
     finally:
         await _cleanup(s)
-    s, _, _ = await _serving("local", request, tmp_path / "hung", {
-        "STANDIN_VLLM_CRASH": "oom", "STANDIN_VLLM_HANG_AFTER_OOM": "1", "LLM_OPS_SERVE_FATAL_GRACE_S": "1"})
+    s, _, _ = await _serving(
+        "local",
+        request,
+        tmp_path / "hung",
+        {"STANDIN_VLLM_CRASH": "oom", "STANDIN_VLLM_HANG_AFTER_OOM": "1", "LLM_OPS_SERVE_FATAL_GRACE_S": "1"},
+    )
     try:
         out = await s.start()
         view = await s.wait(out.job_id, until="finished", timeout=30)

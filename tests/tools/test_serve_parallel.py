@@ -21,8 +21,9 @@ MODEL = "meta-llama/Llama-3.1-70B"
 
 
 def _plan(gpus: int, **kw: object):
-    return plan_server(resolve_model(MODEL), StartServerInput(model=MODEL, max_model_len=8192, **kw),
-                       TIERS["H100"], gpus)
+    return plan_server(
+        resolve_model(MODEL), StartServerInput(model=MODEL, max_model_len=8192, **kw), TIERS["H100"], gpus
+    )
 
 
 def test_pipeline_stages_split_layers_and_explain_the_split():
@@ -53,8 +54,9 @@ def test_flags_exist_in_the_recorded_vllm():
     assert {"nnodes", "node-rank", "headless", "pipeline-parallel-size"} <= set(known.flags)
 
 
-def _split(plan_gpus: tuple[int, int], agents: int, per_node: int | None = 8, tasks_per_node: int = 1,
-           auto_pp: bool = False):
+def _split(
+    plan_gpus: tuple[int, int], agents: int, per_node: int | None = 8, tasks_per_node: int = 1, auto_pp: bool = False
+):
     from tools.serve import ServePlan, _split_over_nodes
 
     plan = ServePlan(tensor_parallel_size=plan_gpus[0], pipeline_parallel_size=plan_gpus[1])
@@ -79,8 +81,12 @@ def test_multinode_flags_exist_in_the_recorded_vllm():
     from tools.serve import MULTINODE_TASK_FLAGS
 
     known = parse_help(HELP.read_text(encoding="utf-8"), "0.26.0", str(HELP))
-    argv = to_argv(VllmServeArgs(model=MODEL, tensor_parallel_size=8, pipeline_parallel_size=2, nnodes=2,
-                                 distributed_executor_backend="mp"), known)
+    argv = to_argv(
+        VllmServeArgs(
+            model=MODEL, tensor_parallel_size=8, pipeline_parallel_size=2, nnodes=2, distributed_executor_backend="mp"
+        ),
+        known,
+    )
     assert argv[argv.index("--nnodes") + 1] == "2"
     assert argv[argv.index("--distributed-executor-backend") + 1] == "mp"
     assert all(known.get(f) for f in MULTINODE_TASK_FLAGS)

@@ -29,8 +29,14 @@ MODEL = "Qwen/Qwen2.5-0.5B"
 async def test_serve_job_on_slurm_reaches_ready_and_answers(slurm_cluster, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     env = {**install_standin(tmp_path / "vllm"), "STANDIN_VLLM_TOKEN_DELAY_S": "0.001"}
-    host = HostConfig(name="cluster", launcher="slurm", workdir=str(tmp_path / "work"), gpus="H100:2", env=env,
-                      slurm=SlurmConfig(partition=slurm_cluster.partitions[0], time_limit="00:10:00"))
+    host = HostConfig(
+        name="cluster",
+        launcher="slurm",
+        workdir=str(tmp_path / "work"),
+        gpus="H100:2",
+        env=env,
+        slurm=SlurmConfig(partition=slurm_cluster.partitions[0], time_limit="00:10:00"),
+    )
     state = AppState(config=Config(hosts={"cluster": host}), state_dir=tmp_path / "state")
     async with Client(build_server(state=state), mode="auto") as c:
         r = await c.call_tool("start_vllm_server", {"model": MODEL, "max_num_seqs": 2})
@@ -47,19 +53,31 @@ async def test_serve_job_on_slurm_reaches_ready_and_answers(slurm_cluster, tmp_p
             assert not r.is_error, r.content[0].text
 
 
-async def test_server_over_two_slurm_tasks_head_serves_headless_joins(slurm_cluster, tmp_path: Path,
-                                                                      monkeypatch) -> None:
+async def test_server_over_two_slurm_tasks_head_serves_headless_joins(
+    slurm_cluster, tmp_path: Path, monkeypatch
+) -> None:
     """The multi-node wiring for real: srun starts the payload twice (2 tasks on the one test node stand
     for 2 nodes); task 0's vLLM gets --node-rank 0 and serves the API only after task 1's headless vLLM
     reached --master-addr/--master-port with --node-rank 1; stopping the job ends both."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     env = {**install_standin(tmp_path / "vllm"), "STANDIN_VLLM_TOKEN_DELAY_S": "0.001"}
-    host = HostConfig(name="cluster", launcher="slurm", workdir=str(tmp_path / "work"), gpus="H100:2", env=env,
-                      slurm=SlurmConfig(partition=slurm_cluster.partitions[0], time_limit="00:10:00"))
+    host = HostConfig(
+        name="cluster",
+        launcher="slurm",
+        workdir=str(tmp_path / "work"),
+        gpus="H100:2",
+        env=env,
+        slurm=SlurmConfig(partition=slurm_cluster.partitions[0], time_limit="00:10:00"),
+    )
     state = AppState(config=Config(hosts={"cluster": host}), state_dir=tmp_path / "state")
     async with Client(build_server(state=state), mode="auto") as c:
-        out = await start_vllm_server(await get_engine(state), await get_runtime(state), FlagCache(state.state_dir),
-                                      StartServerInput(model=MODEL, max_num_seqs=2), tasks_per_node=2)
+        out = await start_vllm_server(
+            await get_engine(state),
+            await get_runtime(state),
+            FlagCache(state.state_dir),
+            StartServerInput(model=MODEL, max_num_seqs=2),
+            tasks_per_node=2,
+        )
         assert out.plan.pipeline_parallel_size == 2 and out.plan.tensor_parallel_size == 1, out.plan
         assert "2 vLLM processes with 1 GPU(s) each" in out.plan.reasons[0]
         assert out.command[out.command.index("--nnodes") + 1] == "2"

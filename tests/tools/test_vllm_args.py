@@ -71,37 +71,63 @@ def test_only_non_defaults_are_emitted() -> None:
 
 def test_reflection_kebab_case_booleans_lists(known: KnownFlags) -> None:
     args = VllmServeArgs(
-        model="/models/llama", served_model_name=["base"], tensor_parallel_size=4, max_model_len=8192,
-        gpu_memory_utilization=0.85, dtype="bfloat16", kv_cache_dtype="fp8", quantization="fp8",
-        enable_prefix_caching=False, max_num_seqs=32, enable_lora=True, max_loras=2, max_lora_rank=64,
+        model="/models/llama",
+        served_model_name=["base"],
+        tensor_parallel_size=4,
+        max_model_len=8192,
+        gpu_memory_utilization=0.85,
+        dtype="bfloat16",
+        kv_cache_dtype="fp8",
+        quantization="fp8",
+        enable_prefix_caching=False,
+        max_num_seqs=32,
+        enable_lora=True,
+        max_loras=2,
+        max_lora_rank=64,
         lora_modules=[LoraModule(name="a", path="/ad/a"), LoraModule(name="b", path="/ad/x=y")],
-        host="127.0.0.1", port=8123,
+        host="127.0.0.1",
+        port=8123,
     )
     argv = to_argv(args, known)
     assert argv == [
         "/models/llama",
-        "--served-model-name", "base",
-        "--tensor-parallel-size", "4",
-        "--max-model-len", "8192",
-        "--gpu-memory-utilization", "0.85",
-        "--dtype", "bfloat16",
-        "--kv-cache-dtype", "fp8",
-        "--quantization", "fp8",
+        "--served-model-name",
+        "base",
+        "--tensor-parallel-size",
+        "4",
+        "--max-model-len",
+        "8192",
+        "--gpu-memory-utilization",
+        "0.85",
+        "--dtype",
+        "bfloat16",
+        "--kv-cache-dtype",
+        "fp8",
+        "--quantization",
+        "fp8",
         "--no-enable-prefix-caching",
-        "--max-num-seqs", "32",
+        "--max-num-seqs",
+        "32",
         "--enable-lora",
-        "--max-loras", "2",
-        "--max-lora-rank", "64",
-        "--lora-modules", "a=/ad/a", '{"name":"b","path":"/ad/x=y"}',
-        "--host", "127.0.0.1",
-        "--port", "8123",
+        "--max-loras",
+        "2",
+        "--max-lora-rank",
+        "64",
+        "--lora-modules",
+        "a=/ad/a",
+        '{"name":"b","path":"/ad/x=y"}',
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8123",
     ]
     assert to_argv(VllmServeArgs(model="m", enable_prefix_caching=True)) == ["m", "--enable-prefix-caching"]
 
 
 def test_flags_the_host_lacks_or_refuses_are_errors(known: KnownFlags) -> None:
-    old = KnownFlags(version="0.4.0", source="test",
-                     flags={k: v for k, v in known.flags.items() if k != "enable-prefix-caching"})
+    old = KnownFlags(
+        version="0.4.0", source="test", flags={k: v for k, v in known.flags.items() if k != "enable-prefix-caching"}
+    )
     with pytest.raises(InvalidInput, match=r"vLLM 0\.4\.0 on this host has no --enable-prefix-caching"):
         to_argv(VllmServeArgs(model="m", enable_prefix_caching=True), old)
     with pytest.raises(InvalidInput, match="--kv-cache-dtype fp9 is not accepted"):
@@ -109,8 +135,12 @@ def test_flags_the_host_lacks_or_refuses_are_errors(known: KnownFlags) -> None:
 
 
 def test_spec_rejects_values_that_look_like_flags() -> None:
-    for bad in ({"model": "--trust-remote-code"}, {"model": "m", "served_model_name": ["-x"]},
-                {"model": "m", "host": "-0.0.0.0"}, {"model": "m\nrm -rf /"}):
+    for bad in (
+        {"model": "--trust-remote-code"},
+        {"model": "m", "served_model_name": ["-x"]},
+        {"model": "m", "host": "-0.0.0.0"},
+        {"model": "m\nrm -rf /"},
+    ):
         with pytest.raises(ValueError):
             VllmServeArgs(**bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
@@ -119,18 +149,31 @@ def test_spec_rejects_values_that_look_like_flags() -> None:
 
 def test_extra_args_are_validated_against_the_host_version(known: KnownFlags) -> None:
     argv = build_extra_argv(
-        {"max_num_batched_tokens": 8192, "--enforce-eager": True, "enable-chunked-prefill": False,
-         "speculative_config": {"method": "ngram", "num_speculative_tokens": 4},
-         "allowed_origins": ["http://a", "http://b"], "no-enable-log-requests": True, "load-format": "safetensors"},
-        known, TYPED)
+        {
+            "max_num_batched_tokens": 8192,
+            "--enforce-eager": True,
+            "enable-chunked-prefill": False,
+            "speculative_config": {"method": "ngram", "num_speculative_tokens": 4},
+            "allowed_origins": ["http://a", "http://b"],
+            "no-enable-log-requests": True,
+            "load-format": "safetensors",
+        },
+        known,
+        TYPED,
+    )
     assert argv == [
-        "--max-num-batched-tokens", "8192",
+        "--max-num-batched-tokens",
+        "8192",
         "--enforce-eager",
         "--no-enable-chunked-prefill",
-        "--speculative-config", '{"method":"ngram","num_speculative_tokens":4}',
-        "--allowed-origins", "http://a", "http://b",
+        "--speculative-config",
+        '{"method":"ngram","num_speculative_tokens":4}',
+        "--allowed-origins",
+        "http://a",
+        "http://b",
         "--no-enable-log-requests",
-        "--load-format", "safetensors",
+        "--load-format",
+        "safetensors",
     ]
 
 
