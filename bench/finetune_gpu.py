@@ -210,14 +210,19 @@ def run_one(args: argparse.Namespace, shape: str, method: str, runner: str, ckpt
     return row
 
 
-def environment() -> dict[str, Any]:
-    """Card and library versions, recorded once per bench run next to the rows."""
+def environment(
+    packages: tuple[str, ...] = ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth"),
+) -> dict[str, Any]:
+    """Card, GPU count and library versions, recorded once per bench run next to the rows (None: not installed)."""
     from importlib import metadata
 
     import torch
 
-    env: dict[str, Any] = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
-    for name in ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth"):
+    env: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "gpus": torch.cuda.device_count(),
+    }
+    for name in packages:
         try:
             env[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

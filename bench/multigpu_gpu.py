@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.finetune_gpu import build_checkpoint, build_dataset  # noqa: E402
+from bench.finetune_gpu import build_checkpoint, build_dataset, environment  # noqa: E402
 from runners.distributed import torchrun_argv  # noqa: E402
 
 PAYLOAD = ROOT / "runners" / "payloads" / "finetune.py"
@@ -213,23 +213,6 @@ def run_one(args: argparse.Namespace, part: str, runner: str, world: int, ckpt: 
     return row
 
 
-def environment() -> dict[str, Any]:
-    from importlib import metadata
-
-    import torch
-
-    env: dict[str, Any] = {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "gpus": torch.cuda.device_count(),
-    }
-    for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets"):
-        try:
-            env[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            env[name] = None
-    return env
-
-
 def main() -> int:
     """Build checkpoints, then DDP 1 vs 2 GPUs and FSDP on 2, for each runner, until the deadline."""
     if len(sys.argv) == 4 and sys.argv[1] == "torch-worker":
@@ -259,7 +242,7 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / "multigpu_gpu.jsonl"
-    env = environment()
+    env = environment(("torch", "transformers", "trl", "peft", "accelerate", "datasets"))
     print(json.dumps(env), flush=True)
     data = build_dataset(args.work, args.seq * 2)
     parts = [x for x in args.parts.split(",") if x]

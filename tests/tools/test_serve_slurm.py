@@ -26,7 +26,9 @@ pytestmark = pytest.mark.anyio
 MODEL = "Qwen/Qwen2.5-0.5B"
 
 
-async def test_serve_job_on_slurm_reaches_ready_and_answers(slurm_cluster, tmp_path: Path, monkeypatch) -> None:
+@pytest.fixture
+def state(slurm_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AppState:
+    """One SLURM host (2 GPUs per node, the test cluster's default partition) whose `vllm` is the stand-in."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     env = {**install_standin(tmp_path / "vllm"), "STANDIN_VLLM_TOKEN_DELAY_S": "0.001"}
     host = HostConfig(
@@ -37,7 +39,10 @@ async def test_serve_job_on_slurm_reaches_ready_and_answers(slurm_cluster, tmp_p
         env=env,
         slurm=SlurmConfig(partition=slurm_cluster.partitions[0], time_limit="00:10:00"),
     )
-    state = AppState(config=Config(hosts={"cluster": host}), state_dir=tmp_path / "state")
+    return AppState(config=Config(hosts={"cluster": host}), state_dir=tmp_path / "state")
+
+
+async def test_serve_job_on_slurm_reaches_ready_and_answers(state: AppState) -> None:
     async with Client(build_server(state=state), mode="auto") as c:
         r = await c.call_tool("start_vllm_server", {"model": MODEL, "max_num_seqs": 2})
         assert not r.is_error, r.content[0].text
@@ -53,23 +58,10 @@ async def test_serve_job_on_slurm_reaches_ready_and_answers(slurm_cluster, tmp_p
             assert not r.is_error, r.content[0].text
 
 
-async def test_server_over_two_slurm_tasks_head_serves_headless_joins(
-    slurm_cluster, tmp_path: Path, monkeypatch
-) -> None:
+async def test_server_over_two_slurm_tasks_head_serves_headless_joins(state: AppState) -> None:
     """The multi-node wiring for real: srun starts the payload twice (2 tasks on the one test node stand
     for 2 nodes); task 0's vLLM gets --node-rank 0 and serves the API only after task 1's headless vLLM
     reached --master-addr/--master-port with --node-rank 1; stopping the job ends both."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    env = {**install_standin(tmp_path / "vllm"), "STANDIN_VLLM_TOKEN_DELAY_S": "0.001"}
-    host = HostConfig(
-        name="cluster",
-        launcher="slurm",
-        workdir=str(tmp_path / "work"),
-        gpus="H100:2",
-        env=env,
-        slurm=SlurmConfig(partition=slurm_cluster.partitions[0], time_limit="00:10:00"),
-    )
-    state = AppState(config=Config(hosts={"cluster": host}), state_dir=tmp_path / "state")
     async with Client(build_server(state=state), mode="auto") as c:
         out = await start_vllm_server(
             await get_engine(state),
