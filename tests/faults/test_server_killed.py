@@ -9,7 +9,6 @@ an exit code is lost, and an idempotency key still returns the same job.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import textwrap
@@ -19,7 +18,7 @@ import pytest
 from mcp import Client
 
 from tests.fixtures.sshd import SSHD
-from tests.runners.test_job_restart import call, server_params
+from tests.helpers.restart import call, gated, kill_server, server_params, submit_named, wait_for_exit_codes
 
 pytestmark = pytest.mark.anyio
 
@@ -46,32 +45,16 @@ def ssh_config(tmp_path: Path, sshd: SSHD) -> Path:
 async def test_sigkill_the_server_mid_ssh_jobs_and_restart(tmp_path: Path, sshd: SSHD) -> None:
     cfg, pidfile = ssh_config(tmp_path, sshd), tmp_path / "server.pid"
     gate = tmp_path / "gate"
-    wait_gate = f"while [ ! -e {gate} ]; do sleep 0.05; done"
-    specs = {
-        "ok": f"{wait_gate}; echo done-ok",
-        "fail": f"{wait_gate}; exit 3",
-        "long": "sleep 300",
-        "lost": "sleep 300",
-    }
-    ids: dict[str, str] = {}
+    specs = {"ok": gated(gate, "echo done-ok"), "fail": gated(gate, "exit 3"), "long": "sleep 300", "lost": "sleep 300"}
     async with Client(server_params(tmp_path, cfg, pidfile)) as client:
-        for name, script in specs.items():
-            out = await call(
-                client,
-                "submit_command",
-                {"argv": ["bash", "-c", script], "name": name, "idempotency_key": f"ssh-restart-{name}"},
-            )
-            assert out["job"]["state"] == "running"
-            ids[name] = out["job_id"]
-        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        submitted = await submit_named(client, specs, "ssh-restart")
+        assert all(out["job"]["state"] == "running" for out in submitted.values()), submitted
+        ids = {name: out["job_id"] for name, out in submitted.items()}
+        kill_server(pidfile)
 
     gate.touch()
     os.killpg(int((tmp_path / "work" / "jobs" / ids["lost"] / "pid").read_text()), signal.SIGKILL)
-    for name in ("ok", "fail"):
-        for _ in range(200):
-            if (tmp_path / "work" / "jobs" / ids[name] / "exit_code").exists():
-                break
-            await asyncio.sleep(0.05)
+    await wait_for_exit_codes(tmp_path / "work" / "jobs", [ids["ok"], ids["fail"]])
 
     async with Client(server_params(tmp_path, cfg, pidfile)) as c:
         by_id = {j["job_id"]: j for j in (await call(c, "list_jobs", {}))["jobs"]}

@@ -5,7 +5,6 @@ Also: several server processes on one catalog submit each idempotency key once.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -13,14 +12,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mcp import Client
-from mcp.client.stdio import StdioServerParameters
+
+from tests.helpers.restart import REPO, call, gated, kill_server, server_params, submit_named, wait_for_exit_codes
 
 pytestmark = pytest.mark.anyio
-REPO = Path(__file__).resolve().parents[2]
 
 
 def write_config(tmp_path: Path) -> Path:
@@ -38,66 +36,25 @@ def write_config(tmp_path: Path) -> Path:
     return cfg
 
 
-def server_params(tmp_path: Path, cfg: Path, pidfile: Path) -> StdioServerParameters:
-    # exec keeps the pid, so the pid file names the server process itself.
-    return StdioServerParameters(
-        command="bash",
-        args=[
-            "-c",
-            f'echo $$ > {pidfile}; exec "$@"',
-            "server",
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--config",
-            str(cfg),
-        ],
-        env={"PYTHONPATH": str(REPO), "LLM_OPS_MCP_STATE_DIR": str(tmp_path / "state")},
-        cwd=str(REPO),
-    )
-
-
-async def call(c: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
-    r = await c.call_tool(tool, args)
-    assert not r.is_error, r.content
-    assert r.structured_content is not None
-    return r.structured_content
-
-
 async def test_sigkill_the_server_and_restart(tmp_path: Path):
     cfg, pidfile = write_config(tmp_path), tmp_path / "server.pid"
     gate = tmp_path / "gate"  # jobs wait for this file, so they end while the server is down
-    wait_gate = f"while [ ! -e {gate} ]; do sleep 0.05; done"
     specs = {
-        "ok": f"{wait_gate}; echo done-ok",
-        "fail": f"{wait_gate}; echo failing; exit 3",
+        "ok": gated(gate, "echo done-ok"),
+        "fail": gated(gate, "echo failing; exit 3"),
         "long": "sleep 300",
         "lost": "sleep 300",
     }
-    ids: dict[str, str] = {}
-    params = server_params(tmp_path, cfg, pidfile)
-    async with Client(params) as client:
-        for name, script in specs.items():
-            out = await call(
-                client,
-                "submit_command",
-                {"argv": ["bash", "-c", script], "name": name, "idempotency_key": f"restart-{name}"},
-            )
-            assert out["job"]["state"] == "running"
-            ids[name] = out["job_id"]
-        # SIGKILL: no lifespan clean-up, no chance to write anything.
-        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    async with Client(server_params(tmp_path, cfg, pidfile)) as client:
+        submitted = await submit_named(client, specs, "restart")
+        assert all(out["job"]["state"] == "running" for out in submitted.values()), submitted
+        ids = {name: out["job_id"] for name, out in submitted.items()}
+        kill_server(pidfile)
 
     # While the server is down: two jobs end on their own, one shell is killed without an exit code.
     gate.touch()
-    lost_dir = tmp_path / "work" / "jobs" / ids["lost"]
-    os.killpg(int((lost_dir / "pid").read_text()), signal.SIGKILL)
-    for name in ("ok", "fail"):
-        for _ in range(200):
-            if (tmp_path / "work" / "jobs" / ids[name] / "exit_code").exists():
-                break
-            await asyncio.sleep(0.05)
+    os.killpg(int((tmp_path / "work" / "jobs" / ids["lost"] / "pid").read_text()), signal.SIGKILL)
+    await wait_for_exit_codes(tmp_path / "work" / "jobs", [ids["ok"], ids["fail"]])
 
     async with Client(server_params(tmp_path, cfg, pidfile)) as c:
         listed = await call(c, "list_jobs", {})

@@ -4,15 +4,13 @@ running and pending, jobs end while it is down, and a new server finds every one
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import textwrap
 from pathlib import Path
 
 import pytest
 from mcp import Client
 
-from tests.runners.test_job_restart import call, server_params
+from tests.helpers.restart import call, gated, kill_server, server_params, submit_named, wait_for_exit_codes
 
 pytestmark = pytest.mark.anyio
 
@@ -39,32 +37,23 @@ def write_config(tmp_path: Path) -> Path:
 async def test_sigkill_the_server_mid_slurm_jobs_and_restart(tmp_path: Path, slurm_cluster):
     cfg, pidfile = write_config(tmp_path), tmp_path / "server.pid"
     gate = tmp_path / "gate"
-    wait_gate = f"while [ ! -e {gate} ]; do sleep 0.05; done"
     # The node has slurm_cluster.cpus CPUs; one CPU per job, so the last "long" jobs wait in the queue.
-    specs = {"ok": f"{wait_gate}; echo done-ok", "fail": f"{wait_gate}; exit 3"}
+    specs = {"ok": gated(gate, "echo done-ok"), "fail": gated(gate, "exit 3")}
     for i in range(slurm_cluster.cpus + 1):
         specs[f"long{i}"] = "sleep 300"
     ids: dict[str, str] = {}
     native: dict[str, str] = {}
     try:
         async with Client(server_params(tmp_path, cfg, pidfile)) as client:
-            for name, script in specs.items():
-                out = await call(
-                    client,
-                    "submit_command",
-                    {"argv": ["bash", "-c", script], "name": name, "idempotency_key": f"slurm-restart-{name}"},
-                )
+            submitted = await submit_named(client, specs, "slurm-restart")
+            for name, out in submitted.items():
                 assert out["job"]["state"] in ("queued", "running"), out
                 ids[name] = out["job_id"]
                 native[name] = out["job"]["native_id"]
-            os.kill(int(pidfile.read_text()), signal.SIGKILL)  # no clean-up of any kind
+            kill_server(pidfile)  # no clean-up of any kind
 
         gate.touch()  # while the server is down, two jobs end on their own
-        for name in ("ok", "fail"):
-            for _ in range(400):
-                if (tmp_path / "work" / "jobs" / ids[name] / "exit_code").exists():
-                    break
-                await asyncio.sleep(0.05)
+        await wait_for_exit_codes(tmp_path / "work" / "jobs", [ids["ok"], ids["fail"]], tries=400)
 
         async with Client(server_params(tmp_path, cfg, pidfile)) as c:
             listed = await call(c, "list_jobs", {})
