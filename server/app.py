@@ -15,6 +15,7 @@ from importlib import import_module
 from mcp.server.mcpserver import MCPServer
 
 from runners.config import Config, load_config
+from server.registry import OpsServer
 from server.state import AppState
 
 __all__ = ["SURFACES", "build_server"]
@@ -70,7 +71,7 @@ def build_server(config: Config | None = None, state: AppState | None = None) ->
         ver = version("llm-ops-mcp")
     except PackageNotFoundError:
         ver = "0.0.0"
-    app = MCPServer("llm-ops-mcp", version=ver, instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING")
+    app = OpsServer("llm-ops-mcp", version=ver, instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING")
     for mod in SURFACES:
         import_module(mod).register(app, state)
     return app

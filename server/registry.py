@@ -8,10 +8,17 @@ re-validates the whole model so cross-field rules apply, and turns every
 :class:`~runners.errors.OpsError` into a tool error whose text says what to do next.
 Unexpected exceptions are logged with their traceback to stderr; the agent gets one
 sentence.
+
+:class:`OpsServer` is the SDK's ``MCPServer`` with two checks in front of every call
+(through its public ``call_tool``): an argument name the tool does not have is an error
+naming the closest valid ones (the SDK drops unknown names silently, so a typo such as
+``epochs=3`` would train with the default), and the SDK's own type errors are reworded
+one line per field, without pydantic's URLs.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -24,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 
 from runners.errors import OpsError
 
-__all__ = ["ToolSpec", "add_tool", "format_validation_error"]
+__all__ = ["OpsServer", "ToolSpec", "add_tool", "format_validation_error", "unknown_arguments"]
 
 log = logging.getLogger("llm_ops_mcp")
 
@@ -39,6 +46,40 @@ def format_validation_error(e: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "arguments"
         parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
     return "Invalid arguments: " + "; ".join(parts) + "."
+
+
+def unknown_arguments(tool: str, model: type[BaseModel], arguments: dict[str, Any]) -> str | None:
+    """The error text for argument names ``model`` lacks (None: all known), with the closest valid names."""
+    valid = list(model.model_fields)
+    unknown = [k for k in arguments if k not in model.model_fields]
+    if not unknown:
+        return None
+    hints = []
+    for k in unknown:
+        close = difflib.get_close_matches(k, valid, n=2, cutoff=0.6)
+        hints.append(f"{k!r}" + (f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""))
+    return f"{tool} has no argument {', '.join(hints)}. Fix: use only its arguments: {', '.join(valid)}."
+
+
+class OpsServer(MCPServer):
+    """``MCPServer`` that refuses unknown argument names and words type errors for agents (module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.input_models: dict[str, type[BaseModel]] = {}
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        model = self.input_models.get(name)
+        if model is not None:
+            why = unknown_arguments(name, model, arguments)
+            if why:
+                raise ToolError(why)
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as e:
+            if isinstance(e.__cause__, ValidationError) and model is not None:
+                raise ToolError(format_validation_error(e.__cause__)) from e.__cause__
+            raise
 
 
 class ToolSpec:
@@ -121,3 +162,5 @@ def add_tool(
     wrapper.__name__ = spec.name
     wrapper.__doc__ = spec.description
     app.add_tool(wrapper, name=spec.name, description=spec.description, annotations=spec.annotations)
+    if isinstance(app, OpsServer):
+        app.input_models[spec.name] = input_model

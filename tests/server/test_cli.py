@@ -80,3 +80,9 @@ def test_serve_with_bad_config_names_file_and_key(tmp_path, env):
     p = _cli("serve", "--config", str(bad), env=env)
     assert p.returncode == 2
     assert str(bad) in p.stderr and "hosts.x.workdri" in p.stderr
+
+
+def test_call_with_a_misspelt_argument_exits_1_naming_the_right_one(config_file, env):
+    p = _cli("call", "list_gpu_tiers", "--json", '{"min_memory_gb": 40}', "--config", str(config_file), env=env)
+    assert p.returncode == 1 and p.stdout == ""
+    assert "list_gpu_tiers has no argument 'min_memory_gb' (did you mean 'min_memory_gib'?)" in p.stderr, p.stderr
