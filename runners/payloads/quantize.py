@@ -503,6 +503,9 @@ def is_oom(exc: BaseException) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Run, and turn every failure into a metrics record, a last log line that names it, and an exit code."""
     args = sys.argv[1:] if argv is None else argv
+    # output.log is for people: no progress bars (tqdm reads TQDM_DISABLE; set before any import uses it)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if len(args) != 1:
         print("usage: python quantize.py job.json", file=sys.stderr)
         return EXIT_BAD_INPUT
