@@ -30,8 +30,12 @@ lint: $(STAMP)
 
 venv: $(STAMP)
 
+# Debian's own python3.11 ships venv/ensurepip in a separate package: install it when missing (as root).
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
+	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "$(PYTHON) lacks venv/ensurepip: apt-get install python3.11-venv"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11-venv >/dev/null; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	DS_BUILD_OPS=0 $(PY) -m pip install -q -e '.[worker,dev]'
