@@ -57,6 +57,7 @@ ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 _TARGET_ALIASES = {"all": ALL_TARGETS, "all-linear": ALL_TARGETS, "all_linear": ALL_TARGETS}
 
 # Constants measured or documented elsewhere (see docs/memory.md for sources).
+DS_SUB_GROUP_ELEMENTS = 1e9  # DeepSpeed ZeRO-3 sub_group_size default: the fp32 gradient copy is per group
 CUDA_CONTEXT_GIB = 0.55  # torch + CUDA 12 lazy-loaded kernels + cuBLAS/cuDNN handles
 # Unsloth loads Triton and its compiled kernels into the context as well: measured 1.31 GiB of
 # non-allocator memory under Unsloth against 0.60 GiB under plain HF on the same H200
@@ -506,12 +507,14 @@ def breakdown_bytes(
     if arch.is_moe:
         act += tokens * L * arch.num_experts * 4 * 2  # router logits (fp32) and their softmax
     if s.task == "full" and n > 1 and zero >= 2 and not s.cpu_offload and s.optimizer == "adamw":
-        # DeepSpeed's optimizer step casts the gradient partition to fp32 (ZeRO-2 after freeing the
-        # 16-bit one, ZeRO-3 next to it): +4 B per parameter / N while activations and logits are
-        # already freed, so it sets the peak only when it exceeds them. Measured with the real
-        # engines on 2 CPU ranks (bench/fsdp_shards_cpu.py, bench/data/fsdp_shards_cpu.jsonl).
-        # FSDP2 makes no such copy: for it this errs on the safe side.
-        grads += max(0.0, trainable * 4.0 / n - (act + logit))
+        # DeepSpeed's optimizer step casts gradients to fp32 while activations and logits are already
+        # freed, so it sets the peak only when it exceeds them. ZeRO-3 does it per sub-group of at most
+        # 1e9 elements (+4 B each, next to the 16-bit partition); ZeRO-2 for the whole partition after
+        # freeing the 16-bit one (+2 B/param/N net for bf16). Measured with the real engines on 2 CPU
+        # ranks (bench/fsdp_shards_cpu.py, bench/data/fsdp_shards_cpu.jsonl); the sub-group cap is
+        # DeepSpeed 0.19's default sub_group_size. FSDP2 makes no such copy: for it this errs safe.
+        step = min(trainable * 4.0 / n, DS_SUB_GROUP_ELEMENTS * 4.0) if zero >= 3 else trainable * (4.0 - pb) / n
+        grads += max(0.0, step - (act + logit))
         out.gradients = grads
     out.activations, out.logits = act, logit
     dynamic = act + logit + grads + opt

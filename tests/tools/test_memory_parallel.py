@@ -77,7 +77,8 @@ def test_zero_step_fp32_gradient_copy_sets_the_peak_only_when_activations_are_sm
         )
         return r.breakdown_gib.gradients
 
-    params_gib = 3.21e9 / 2**30
     assert grads(64, 3) > grads(8192, 3)  # short sequences: the step's fp32 copy is the larger
-    assert abs(grads(64, 3) - grads(8192, 3) - 4 * params_gib / 2) < 0.15 * params_gib
+    # ZeRO-3 copies per sub-group of at most 1e9 elements (4 GB), ZeRO-2 the whole partition (+2 B/param/N net)
+    assert 3.3 < grads(64, 3) - grads(8192, 3) < 4e9 / 2**30
+    assert 2.5 < grads(64, 2) - grads(8192, 2) < 2 * 3.21e9 / 2 / 2**30
     assert grads(64, 3, offload=True) == grads(8192, 3, offload=True)  # offloaded: the step runs on the CPU
