@@ -21,6 +21,7 @@ __all__ = [
     "FORMATS",
     "build_tiny_model",
     "build_tiny_tokenizer",
+    "finetune_args",
     "make_dataset",
     "make_rows",
     "write_all",
@@ -181,3 +182,9 @@ if __name__ == "__main__":
         sys.exit("usage: python -m tests.helpers.tiny_model OUTDIR")
     for name, path in write_all(sys.argv[1]).items():
         print(f"{name}: {path}")
+
+
+def finetune_args(model: str | Path, dataset: str | Path, /, **overrides: Any) -> dict[str, Any]:
+    """Fine-tune settings the CPU tests share (tiny model, 64-token rows, a high learning rate so
+    the loss visibly falls in a few steps), with each test's own values on top."""
+    return {"model": str(model), "dataset": str(dataset), "max_seq_length": 64, "learning_rate": 5e-3, **overrides}

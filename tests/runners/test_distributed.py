@@ -30,7 +30,7 @@ from runners.distributed import (
 from runners.logs import diagnose
 from runners.payloads import finetune as payload_mod
 from runners.spec import JobSpec
-from tests.helpers.tiny_model import build_tiny_model, make_dataset
+from tests.helpers.tiny_model import build_tiny_model, finetune_args, make_dataset
 
 PY = "/opt/py/bin/python"
 SCRIPT = ["finetune.py", "job.json"]
@@ -146,17 +146,8 @@ def test_two_node_rendezvous_on_localhost(tiny, tmp_path: Path):
     src = Path(payload_mod.__file__).parent
     for name in ("finetune.py", "dataset_formats.py"):
         (job / name).write_bytes((src / name).read_bytes())
-    cfg = {
-        "model": str(tiny["model"]),
-        "dataset": str(tiny["alpaca"]),
-        "max_steps": 6,
-        "max_seq_length": 64,
-        "learning_rate": 5e-3,
-        "save_steps": 0,
-        "per_device_batch_size": 2,
-        "gradient_accumulation_steps": 1,
-        "strategy": "ddp",
-    }
+    cfg = finetune_args(tiny["model"], tiny["alpaca"], max_steps=6, save_steps=0, per_device_batch_size=2,
+                        gradient_accumulation_steps=1, strategy="ddp")  # fmt: skip
     (job / "job.json").write_text(json.dumps({"payload_config": cfg}))
     shim = tmp_path / "bin"
     shim.mkdir()

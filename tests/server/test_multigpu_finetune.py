@@ -18,7 +18,7 @@ from runners.config import Config, HostConfig
 from runners.errors import InvalidInput
 from server.app import build_server
 from server.state import AppState
-from tests.helpers.tiny_model import build_tiny_model, make_dataset
+from tests.helpers.tiny_model import build_tiny_model, finetune_args, make_dataset
 from tools.finetune import FinetuneInput, build_finetune_spec, plan_finetune
 
 pytestmark = pytest.mark.anyio
@@ -38,19 +38,9 @@ def _app(tmp_path: Path, env: dict[str, str] | None = None):
 
 
 def _args(tiny: dict[str, Path], **kw: object) -> dict[str, object]:
-    base = {
-        "model": str(tiny["model"]),
-        "dataset": str(tiny["alpaca"]),
-        "max_steps": 10,
-        "max_seq_length": 64,
-        "learning_rate": 5e-3,
-        "save_steps": 0,
-        "per_device_batch_size": 2,
-        "gradient_accumulation_steps": 1,
-        "gpus": 0,
-        "processes_per_node": 2,
-    }
-    return {**base, **kw}
+    base = {"max_steps": 10, "save_steps": 0, "per_device_batch_size": 2, "gradient_accumulation_steps": 1,
+            "gpus": 0, "processes_per_node": 2}  # fmt: skip
+    return finetune_args(tiny["model"], tiny["alpaca"], **{**base, **kw})
 
 
 async def _finish(c: Client, job_id: str) -> dict:

@@ -18,7 +18,7 @@ from mcp import Client
 from runners.config import Config, HostConfig
 from server.app import build_server
 from server.state import AppState
-from tests.helpers.tiny_model import build_tiny_model, make_dataset, write_jsonl
+from tests.helpers.tiny_model import build_tiny_model, finetune_args, make_dataset, write_jsonl
 
 pytestmark = pytest.mark.anyio
 
@@ -42,15 +42,7 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def _args(tiny: dict[str, Path], **kw: object) -> dict[str, object]:
-    base = {
-        "model": str(tiny["model"]),
-        "dataset": str(tiny["alpaca"]),
-        "max_steps": 20,
-        "max_seq_length": 64,
-        "learning_rate": 5e-3,
-        "save_steps": 10,
-    }
-    return {**base, **kw}
+    return finetune_args(tiny["model"], tiny["alpaca"], **{"max_steps": 20, "save_steps": 10, **kw})
 
 
 async def test_dry_run_plans_without_submitting(app, tiny):
