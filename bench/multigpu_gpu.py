@@ -10,6 +10,8 @@ minimal direct torch loop (DDP / FSDP2 ``fully_shard``) as the reference without
   fsdp  full fine-tune of a Llama-3.2-3B shape, FSDP full_shard across 2 GPUs: peak memory
         per GPU (rank 0 and, for the torch loop, every rank) against estimate_memory's
         prediction (num_gpus=2, zero_stage=3), and tokens/s.
+  fsdp-offload  the same with FSDP's CPU offload (parameters, gradients and the optimizer
+        step in CPU RAM) against estimate_memory(cpu_offload=True).
 
 Random-init checkpoints of the real shapes are built on the spot (no Hub on the GPU host);
 throughput and memory don't depend on the weights' values. Every sample is exactly ``seq``
@@ -70,15 +72,16 @@ def torch_worker(cfg_path: Path, out_path: Path) -> None:
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules=TARGETS, task_type="CAUSAL_LM"))
         net: Any = DDP(model, device_ids=[local] if cuda else None) if world > 1 else model
     else:  # FSDP2 full fine-tune: fp32 master shards, bf16 compute, fp32 gradient reduction
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
         model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         mp = MixedPrecisionPolicy(param_dtype=half, reduce_dtype=torch.float32)
+        offload = CPUOffloadPolicy() if cfg.get("offload") and cuda else OffloadPolicy()
         for layer in model.model.layers:
-            fully_shard(layer, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
-        if cuda:
+            fully_shard(layer, mp_policy=mp, offload_policy=offload)
+        fully_shard(model, mp_policy=mp, offload_policy=offload)
+        if cuda and not cfg.get("offload"):
             model.to(dev)
         net = model
     params = [p for p in net.parameters() if p.requires_grad]
@@ -123,7 +126,9 @@ def torch_worker(cfg_path: Path, out_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------- runs
-def estimate(shape: str, method: str, seq: int, batch: int, world: int, zero: int) -> dict[str, Any] | None:
+def estimate(
+    shape: str, method: str, seq: int, batch: int, world: int, zero: int, offload: bool = False
+) -> dict[str, Any] | None:
     """estimate_memory for the shape (catalog name of the real model), or None for the tiny smoke model."""
     name = {"llama-3.2-1b": "meta-llama/Llama-3.2-1B", "llama-3.2-3b": "meta-llama/Llama-3.2-3B"}.get(shape)
     if name is None:
@@ -131,7 +136,8 @@ def estimate(shape: str, method: str, seq: int, batch: int, world: int, zero: in
     from tools.memory import MemoryInput, estimate_memory
 
     r = estimate_memory(MemoryInput(model=name, task=method, backend="hf", seq_len=seq, batch_size=batch,
-                                    gradient_checkpointing=True, num_gpus=world, zero_stage=zero or None),
+                                    gradient_checkpointing=True, num_gpus=world, zero_stage=zero or None,
+                                    cpu_offload=offload),
                         with_plan=False)  # fmt: skip
     return {"estimate_gib": r.total_gib, "estimate_breakdown_gib": r.breakdown_gib.model_dump()}
 
@@ -139,6 +145,7 @@ def estimate(shape: str, method: str, seq: int, batch: int, world: int, zero: in
 def run_one(args: argparse.Namespace, part: str, runner: str, world: int, ckpt: Path, data: Path) -> dict[str, Any]:
     """One (part, runner, world size) under torchrun; returns the JSONL row (``error`` when it failed)."""
     shape = args.ddp_shape if part == "ddp" else args.fsdp_shape
+    offload = part == "fsdp-offload"
     method, batch = ("lora", args.ddp_batch) if part == "ddp" else ("full", args.fsdp_batch)
     job = args.work / "jobs" / f"{part}-{runner}-w{world}"
     job.mkdir(parents=True, exist_ok=True)
@@ -149,7 +156,8 @@ def run_one(args: argparse.Namespace, part: str, runner: str, world: int, ckpt: 
                "backend": "trl", "max_seq_length": args.seq, "max_steps": args.warmup + args.steps,
                "learning_rate": 1e-5, "per_device_batch_size": batch, "gradient_accumulation_steps": 1,
                "save_steps": 0, "logging_steps": 1, "optim": "adamw_torch", "gradient_checkpointing": True,
-               "strategy": "ddp" if part == "ddp" else "fsdp", "target_modules": TARGETS}  # fmt: skip
+               "strategy": "ddp" if part == "ddp" else "fsdp", "cpu_offload": offload,
+               "target_modules": TARGETS}  # fmt: skip
         if method == "full":
             cfg.pop("target_modules")
         (job / "job_config.json").write_text(json.dumps(cfg))
@@ -157,7 +165,8 @@ def run_one(args: argparse.Namespace, part: str, runner: str, world: int, ckpt: 
     else:
         cfg = {
             "model": str(ckpt),
-            "mode": part,
+            "mode": "ddp" if part == "ddp" else "fsdp",
+            "offload": offload,
             "seq": args.seq,
             "batch": batch,
             "steps": args.steps,
@@ -168,7 +177,8 @@ def run_one(args: argparse.Namespace, part: str, runner: str, world: int, ckpt: 
     argv = torchrun_argv(sys.executable, script, nproc_per_node=world, log_dir=str(job / "torchrun"))
     row: dict[str, Any] = {"part": part, "runner": runner, "shape": shape, "method": method, "world_size": world,
                            "seq": args.seq, "batch_per_gpu": batch, "steps": args.steps, "warmup": args.warmup,
-                           "strategy": "ddp" if part == "ddp" else "fsdp full_shard", "command": argv}  # fmt: skip
+                           "strategy": "ddp" if part == "ddp" else "fsdp full_shard" + (" cpu_offload" if offload else ""),
+                           "command": argv}  # fmt: skip
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -199,7 +209,7 @@ def run_one(args: argparse.Namespace, part: str, runner: str, world: int, ckpt: 
         else:
             res = json.loads((job / "result.json").read_text())
             row.update({k: res[k] for k in ("tokens_per_s", "peak_reserved_gib", "peak_allocated_gib", "step_s")})
-        est = estimate(shape, method, args.seq, batch, world, 3 if part == "fsdp" else 0)
+        est = estimate(shape, method, args.seq, batch, world, 0 if part == "ddp" else 3, offload)
         if est is not None:
             row.update(est)
             peak = max(x for x in row["peak_reserved_gib"] if x is not None) if row["peak_reserved_gib"] else None
