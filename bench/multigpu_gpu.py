@@ -58,7 +58,9 @@ def torch_worker(cfg_path: Path, out_path: Path) -> None:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if cuda else "gloo")
+    if cfg.get("offload"):  # CPU AdamW on this rank's share of the cores (torchrun pins 1 thread)
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(os.environ["LOCAL_WORLD_SIZE"])))
+    dist.init_process_group(("cpu:gloo,cuda:nccl" if cfg.get("offload") else "nccl") if cuda else "gloo")
     dev = torch.device("cuda", local) if cuda else torch.device("cpu")
     half = torch.bfloat16 if cuda else torch.float32
     seq, batch = cfg["seq"], cfg["batch"]
@@ -89,19 +91,28 @@ def torch_worker(cfg_path: Path, out_path: Path) -> None:
     gen = torch.Generator(device="cpu").manual_seed(rank)
     vocab = model.config.vocab_size
     times: list[float] = []
-    for _ in range(cfg["warmup"] + cfg["steps"]):
+    phases: list[dict[str, float]] = []  # running peak after each phase of the first steps: where it is set
+
+    def peak() -> float:
+        return round(torch.cuda.max_memory_allocated(dev) / GIB, 3) if cuda else 0.0
+
+    for i in range(cfg["warmup"] + cfg["steps"]):
         ids = torch.randint(0, vocab, (batch, seq), generator=gen).to(dev)
         if cuda:
             torch.cuda.synchronize()
         t = time.perf_counter()
         with torch.autocast("cuda", dtype=half, enabled=cuda and cfg["mode"] == "ddp"):
             loss = net(input_ids=ids, labels=ids).loss
+        fwd = peak()
         loss.backward()
+        bwd = peak()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
+        if i < 3:
+            phases.append({"forward": fwd, "backward": bwd, "step": peak()})
     peaks = torch.tensor(
         [torch.cuda.max_memory_reserved(dev) / GIB, torch.cuda.max_memory_allocated(dev) / GIB] if cuda else [0.0, 0.0],
         device=dev,
@@ -118,6 +129,7 @@ def torch_worker(cfg_path: Path, out_path: Path) -> None:
                     "peak_reserved_gib": [round(float(g[0]), 3) for g in gathered],
                     "peak_allocated_gib": [round(float(g[1]), 3) for g in gathered],
                     "loss": float(loss.detach()),
+                    "rank0_peak_allocated_by_phase_gib": phases,
                 }
             )
         )
@@ -147,6 +159,8 @@ def run_one(args: argparse.Namespace, part: str, runner: str, world: int, ckpt: 
     shape = args.ddp_shape if part == "ddp" else args.fsdp_shape
     offload = part == "fsdp-offload"
     method, batch = ("lora", args.ddp_batch) if part == "ddp" else ("full", args.fsdp_batch)
+    if offload:  # a CPU optimizer step per step: fewer of them
+        args = argparse.Namespace(**{**vars(args), "steps": args.offload_steps, "warmup": min(args.warmup, 2)})
     job = args.work / "jobs" / f"{part}-{runner}-w{world}"
     job.mkdir(parents=True, exist_ok=True)
     for f in ("metrics.jsonl", "result.json"):
@@ -208,7 +222,14 @@ def run_one(args: argparse.Namespace, part: str, runner: str, world: int, ckpt: 
             row["peak_allocated_gib"] = [end.get("gpu_mem_peak_allocated_gib")]
         else:
             res = json.loads((job / "result.json").read_text())
-            row.update({k: res[k] for k in ("tokens_per_s", "peak_reserved_gib", "peak_allocated_gib", "step_s")})
+            keys = (
+                "tokens_per_s",
+                "peak_reserved_gib",
+                "peak_allocated_gib",
+                "step_s",
+                "rank0_peak_allocated_by_phase_gib",
+            )
+            row.update({k: res[k] for k in keys})
         est = estimate(shape, method, args.seq, batch, world, 0 if part == "ddp" else 3, offload)
         if est is not None:
             row.update(est)
@@ -242,12 +263,13 @@ def main() -> int:
     p.add_argument("--fsdp-batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--offload-steps", type=int, default=6, help="measured steps of the fsdp-offload part")
     p.add_argument("--run-timeout", type=int, default=240)
     p.add_argument("--deadline-s", type=float, default=1e9, help="start no new run after this many seconds")
     args = p.parse_args()
     if args.smoke:
         args.ddp_shape = args.fsdp_shape = "tiny"
-        args.seq, args.ddp_batch, args.fsdp_batch, args.steps, args.warmup = 64, 2, 2, 3, 1
+        args.seq, args.ddp_batch, args.fsdp_batch, args.steps, args.warmup, args.offload_steps = 64, 2, 2, 3, 1, 3
     t_start = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)

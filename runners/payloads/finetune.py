@@ -528,6 +528,28 @@ def strategy_args(cfg: dict[str, Any], cuda: bool) -> dict[str, Any]:
     return out
 
 
+def prepare_cpu_offload(cfg: dict[str, Any], cuda: bool) -> None:
+    """What FSDP's CPU offload needs from the process before the Trainer sets it up.
+
+    Offloaded gradients are CPU tensors, and the Trainer's gradient clipping all-reduces their
+    norm: a NCCL-only process group has no CPU backend and the first step dies with "No backend
+    type associated with device type cpu" (measured on 2x H100, torch 2.11 + transformers 5.17;
+    pytorch/pytorch#148532). So the group is opened here with gloo for CPU tensors and NCCL for
+    CUDA ones; accelerate then adopts the initialised group. torchrun also pins
+    OMP_NUM_THREADS=1, which leaves the CPU AdamW step on one core: each rank gets its share of
+    the CPUs instead.
+    """
+    if WORLD_SIZE == 1 or not cfg["cpu_offload"]:
+        return
+    import torch
+    import torch.distributed as dist
+
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
+    if cuda and cfg["strategy"] == "fsdp" and not dist.is_initialized():
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl", device_id=torch.device("cuda", LOCAL_RANK))
+
+
 def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str, Any]) -> dict[str, Any]:
     """The run itself; returns the manifest. ``state`` tells the error handlers how far it got."""
     backend = choose_backend(cfg["backend"])  # before transformers is imported (unsloth patches it)
@@ -546,6 +568,7 @@ def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str,
     cuda = torch.cuda.is_available()
     if cuda and WORLD_SIZE > 1:
         torch.cuda.set_device(LOCAL_RANK)  # before anything touches the GPU: rank r uses GPU LOCAL_RANK
+    prepare_cpu_offload(cfg, cuda)
     metrics.write(
         {
             "event": "start",
