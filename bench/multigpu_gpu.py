@@ -69,6 +69,7 @@ def torch_worker(cfg_path: Path, out_path: Path) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=half).to(dev)
+        model.train()  # from_pretrained returns eval mode, where HF skips gradient checkpointing
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules=TARGETS, task_type="CAUSAL_LM"))
@@ -77,6 +78,7 @@ def torch_worker(cfg_path: Path, out_path: Path) -> None:
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
         model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
+        model.train()  # from_pretrained returns eval mode, where HF skips gradient checkpointing
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         mp = MixedPrecisionPolicy(param_dtype=half, reduce_dtype=torch.float32)
         offload = CPUOffloadPolicy() if cfg.get("offload") and cuda else OffloadPolicy()
@@ -130,6 +132,7 @@ def torch_worker(cfg_path: Path, out_path: Path) -> None:
                     "peak_allocated_gib": [round(float(g[1]), 3) for g in gathered],
                     "loss": float(loss.detach()),
                     "rank0_peak_allocated_by_phase_gib": phases,
+                    "gradient_checkpointing_active": bool(model.training and model.is_gradient_checkpointing),
                 }
             )
         )
@@ -228,6 +231,7 @@ def run_one(args: argparse.Namespace, part: str, runner: str, world: int, ckpt: 
                 "peak_allocated_gib",
                 "step_s",
                 "rank0_peak_allocated_by_phase_gib",
+                "gradient_checkpointing_active",
             )
             row.update({k: res[k] for k in keys})
         est = estimate(shape, method, args.seq, batch, world, 0 if part == "ddp" else 3, offload)
