@@ -34,6 +34,7 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import MutableMapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -782,6 +783,30 @@ def finish_distributed() -> None:
         print(f"process group teardown: {exc}", file=sys.stderr, flush=True)
 
 
+def set_allocator_env(env: MutableMapping[str, str]) -> str | None:
+    """Turn on the CUDA allocator's expandable segments before torch is imported; the variable set.
+
+    Without them the caching allocator fragments, most at FSDP's optimizer step (2x H100, 3B
+    full fine-tune: 4.4 GiB reserved above the allocated peak). Unsloth does the same on import
+    (unsloth_zoo), with the same exceptions: a value the user set wins, and WSL / Windows, where
+    the CUDA VMM calls behind it fail, are left alone. torch >= 2.10 reads PYTORCH_ALLOC_CONF,
+    older ones PYTORCH_CUDA_ALLOC_CONF.
+    """
+    if any(env.get(k) for k in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")):
+        return None
+    if os.name == "nt" or env.get("WSL_DISTRO_NAME") or "microsoft" in platform.release().lower():
+        return None
+    try:
+        major, minor = (
+            int("".join(c for c in x if c.isdigit()) or 0) for x in metadata.version("torch").split(".")[:2]
+        )
+    except (metadata.PackageNotFoundError, ValueError):
+        return None
+    key = "PYTORCH_ALLOC_CONF" if (major, minor) >= (2, 10) else "PYTORCH_CUDA_ALLOC_CONF"
+    env[key] = "expandable_segments:True"
+    return key
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse args, run, and turn every failure into a metrics record plus a distinct exit code."""
     parser = argparse.ArgumentParser(description="LoRA/QLoRA/full fine-tune payload (Unsloth or TRL + PEFT)")
@@ -801,6 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give job.json, or --config and --job-dir")
     job_dir: Path = ns.job_dir.resolve()
     job_dir.mkdir(parents=True, exist_ok=True)
+    set_allocator_env(os.environ)
     metrics = Metrics(job_dir / "metrics.jsonl")
     state: dict[str, Any] = {"phase": "setup", "backend": None, "callback": None}
     cfg: dict[str, Any] = {}
