@@ -661,6 +661,12 @@ def _assumptions(arch: ModelArch, s: Settings, tier: GpuTier | None) -> list[str
                     else " (FSDP full_shard shards like stage 3)."
                 )
             )
+            if s.zero_stage >= 1 and s.task == "full":
+                a.append(
+                    "Assumes the CUDA allocator's expandable segments, which submit_finetune turns on: with the "
+                    "default allocator a hand-written FSDP loop reserved 4-8 GiB more at the optimizer step "
+                    "(Llama-3.2-3B shape on 2 GPUs, bench/data/multigpu_gpu.jsonl)."
+                )
             if s.cpu_offload:
                 a.append(
                     "CPU offload: optimizer states and the optimizer step in CPU RAM"

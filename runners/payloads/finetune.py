@@ -581,6 +581,7 @@ def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str,
             "host": platform.node(),
             "world_size": WORLD_SIZE,
             "strategy": cfg["strategy"] if WORLD_SIZE > 1 else None,
+            "cpu_threads": torch.get_num_threads(),
             "config": cfg,
             "versions": versions(),
         }

@@ -28,7 +28,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"model": build_tiny_model(d / "model"), "alpaca": make_dataset(d / "alpaca.jsonl", "alpaca")}
 
 
-def _run(tiny: dict[str, Path], job: Path, strategy: str) -> list[dict]:
+def _run(tiny: dict[str, Path], job: Path, strategy: str, **extra: object) -> list[dict]:
     job.mkdir()
     src = Path(payload_mod.__file__).parent
     for name in ("finetune.py", "dataset_formats.py"):
@@ -44,6 +44,7 @@ def _run(tiny: dict[str, Path], job: Path, strategy: str) -> list[dict]:
         "per_device_batch_size": 2,
         "gradient_accumulation_steps": 1,
         "strategy": strategy,
+        **extra,
     }
     (job / "job.json").write_text(json.dumps({"payload_config": cfg}))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_DISABLED": "true"}
@@ -70,6 +71,16 @@ def _losses(rows: list[dict]) -> list[float]:
 def test_fsdp_full_finetune_on_two_cpu_ranks(tiny, tmp_path: Path):
     losses = _losses(_run(tiny, tmp_path / "fsdp", "fsdp"))
     assert len(losses) == 8 and losses[-1] < losses[0], losses
+
+
+def test_fsdp_cpu_offload_on_two_cpu_ranks(tiny, tmp_path: Path):
+    """FSDP's CPU offload through the Trainer (gloo ranks): trains, and the start record says how
+    many CPU threads each rank got for the CPU optimizer step (torchrun alone would pin 1)."""
+    rows = _run(tiny, tmp_path / "offload", "fsdp", cpu_offload=True)
+    losses = _losses(rows)
+    assert len(losses) == 8 and losses[-1] < losses[0], losses
+    assert rows[0]["config"]["cpu_offload"] is True
+    assert rows[0]["cpu_threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 def test_deepspeed_zero3_matches_fsdp(tiny, tmp_path: Path):
