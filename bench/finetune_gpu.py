@@ -29,6 +29,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -169,7 +170,8 @@ def run_one(args: argparse.Namespace, shape: str, method: str, runner: str, ckpt
     if runner == "unsloth" and not gc:
         raise ValueError("the direct Unsloth reference always uses Unsloth's gradient checkpointing")
     job = args.work / "jobs" / f"{shape}-{method}-{runner}-b{batch}-gc{int(gc)}"
-    job.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(job, ignore_errors=True)  # a repeated item must not append to the last run's metrics
+    job.mkdir(parents=True)
     (job / "job_config.json").write_text(json.dumps(cfg))
     if runner == "unsloth":
         argv = [sys.executable, __file__, "direct-unsloth", str(job / "job_config.json"), str(job / "direct.json")]
