@@ -37,7 +37,7 @@ _INPUT_KEYS = set(MemoryInput.model_fields)
 
 def load_rows() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for name in ("memory_reference.jsonl", "memory_gpu.jsonl"):
+    for name in ("memory_reference.jsonl", "memory_gpu.jsonl", "memory_trl.jsonl"):
         p = DATA / name
         if p.exists():
             for line in p.read_text().splitlines():

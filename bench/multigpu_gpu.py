@@ -142,7 +142,7 @@ def torch_worker(cfg_path: Path, out_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------- runs
 def estimate(
-    shape: str, method: str, seq: int, batch: int, world: int, zero: int, offload: bool = False
+    shape: str, method: str, seq: int, batch: int, world: int, zero: int, offload: bool = False, backend: str = "trl"
 ) -> dict[str, Any] | None:
     """estimate_memory for the shape (catalog name of the real model), or None for the tiny smoke model."""
     name = {"llama-3.2-1b": "meta-llama/Llama-3.2-1B", "llama-3.2-3b": "meta-llama/Llama-3.2-3B"}.get(shape)
@@ -150,7 +150,7 @@ def estimate(
         return None
     from tools.memory import MemoryInput, estimate_memory
 
-    r = estimate_memory(MemoryInput(model=name, task=method, backend="hf", seq_len=seq, batch_size=batch,
+    r = estimate_memory(MemoryInput(model=name, task=method, backend=backend, seq_len=seq, batch_size=batch,
                                     gradient_checkpointing=True, num_gpus=world, zero_stage=zero or None,
                                     cpu_offload=offload),
                         with_plan=False)  # fmt: skip
@@ -234,7 +234,9 @@ def run_one(args: argparse.Namespace, part: str, runner: str, world: int, ckpt: 
                 "gradient_checkpointing_active",
             )
             row.update({k: res[k] for k in keys})
-        est = estimate(shape, method, args.seq, batch, world, 0 if part == "ddp" else 3, offload)
+        # the payload is TRL's SFTTrainer (fused LM head); the reference loop a plain transformers loop
+        backend = "trl" if runner == "payload" else "hf"
+        est = estimate(shape, method, args.seq, batch, world, 0 if part == "ddp" else 3, offload, backend)
         if est is not None:
             row.update(est)
             peak = max(x for x in row["peak_reserved_gib"] if x is not None) if row["peak_reserved_gib"] else None

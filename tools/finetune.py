@@ -376,7 +376,7 @@ def plan_finetune(
         mi = MemoryInput(
             model=p.model,
             task=p.method,
-            backend="unsloth" if backend == "unsloth" else "hf",
+            backend="unsloth" if backend == "unsloth" else "trl",
             seq_len=p.max_seq_length,
             batch_size=batch,
             gradient_checkpointing=ckpt,

@@ -10,11 +10,15 @@ tied embeddings, MoE, sliding windows, MLA) and the software's known behaviour:
   activations + non-torch memory); bytes per token = 2 x layers x kv_heads x
   head_dim x dtype / TP; CUDA graphs are captured outside that budget
   (vllm/v1/worker/gpu_worker.py ``determine_available_memory``).
-* HF (transformers + PEFT + TRL): fp32 upcast of the logits and their gradient;
+* HF (a plain transformers + PEFT loop): fp32 upcast of the logits and their gradient;
   RMSNorm's fp32 upcast; PEFT's fp32 adapters (``autocast_adapter_dtype``) whose
   inputs are saved per adapted module; ``prepare_model_for_kbit_training`` turning
   embeddings, lm_head and norms into fp32 for QLoRA (which makes the residual stream
   fp32); gradient checkpointing keeping one hidden state per layer.
+* TRL (>= 1.15's SFTTrainer, what submit_finetune runs without Unsloth): the HF model
+  with TRL's fused LM head (``add_fused_lm_head``, ``trl/kernels/chunked_logprob.py``):
+  log-probs in [4096 tokens x 32768 vocab] tiles, fp32 gradient accumulators for the
+  hidden states (and for a trainable lm_head, its weight) instead of full logits.
 * Unsloth: offloaded gradient checkpointing (layer inputs go to CPU RAM), fused
   kernels, chunked fused cross-entropy that never materialises full logits.
 
@@ -51,7 +55,7 @@ __all__ = [
 
 GIB = 1024**3
 Task = Literal["inference", "lora", "qlora", "full"]
-Backend = Literal["vllm", "hf", "unsloth"]
+Backend = Literal["vllm", "hf", "trl", "unsloth"]
 Quant = Literal["none", "bnb-4bit", "bnb-8bit", "awq", "gptq", "fp8"]
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _TARGET_ALIASES = {"all": ALL_TARGETS, "all-linear": ALL_TARGETS, "all_linear": ALL_TARGETS}
@@ -79,7 +83,10 @@ class MemoryInput(BaseModel):
     model: str = Field(description="Hub id, local directory with config.json, or catalog name.")
     task: Task = Field("inference", description="inference | lora | qlora | full.")
     backend: Backend | None = Field(
-        None, description="vllm | hf | unsloth; default vllm for inference, unsloth for training."
+        None,
+        description="vllm | hf | trl | unsloth; default vllm for inference, unsloth for training. "
+        "hf = a plain transformers + PEFT loop; trl = TRL's SFTTrainer (what submit_finetune runs without "
+        "Unsloth, and for every multi-GPU job).",
     )
     seq_len: int = Field(
         4096,
@@ -211,7 +218,7 @@ def resolve_settings(p: MemoryInput, arch: ModelArch) -> Settings:
     training = p.task != "inference"
     backend = p.backend or ("unsloth" if training else "vllm")
     if training and backend == "vllm":
-        raise InvalidInput("vLLM only serves models; it does not train.", "Use backend 'unsloth' or 'hf'.")
+        raise InvalidInput("vLLM only serves models; it does not train.", "Use backend 'unsloth', 'trl' or 'hf'.")
     stored = arch.stored_quantization if arch.stored_quantization != "other" else "none"
     quant = p.quantization or ("bnb-4bit" if p.task == "qlora" else stored)
     if stored in ("awq", "gptq", "fp8") and quant != stored:
@@ -348,7 +355,7 @@ def _weight_bytes(arch: ModelArch, s: Settings) -> float:
         return total * _bytes(s.dtype)
     if q in ("awq", "gptq", "fp8") and arch.stored_quantization == q and arch.checkpoint_bytes:
         return float(arch.checkpoint_bytes)
-    other_b = 4 if (s.task == "qlora" and s.backend == "hf") else 2  # prepare_model_for_kbit_training
+    other_b = 4 if (s.task == "qlora" and s.backend in ("hf", "trl")) else 2  # prepare_model_for_kbit_training
     per = {"bnb-4bit": _NF4_BYTES, "bnb-8bit": _INT8_BYTES, "fp8": 1.0 + 4 / 4096}.get(
         q, (arch.quant_bits or 4) / 8 + _GROUP_BYTES
     )
@@ -430,7 +437,7 @@ def breakdown_bytes(
     total, _, _ = _counts(arch)
     fp32_master = s.dtype == "float32"
     ab = 4 if (fp32_master and s.mixed_precision == "none") else 2  # activation bytes
-    hf = s.backend == "hf"
+    hf = s.backend in ("hf", "trl")
     rb = 4 if (fp32_master or (hf and s.task == "qlora")) else 2  # residual stream bytes
     if s.task == "full":
         trainable = total
@@ -504,6 +511,8 @@ def breakdown_bytes(
             # the tanh output saved for backward (measured: gemma-2-2b LoRA, +2.7 GiB at 4096 x 256k).
             per_logit += 4.0
         logit = tokens * V * per_logit
+        if s.backend == "trl":
+            logit = _trl_fused_head_bytes(arch, s, tokens, rb, n, zero)
     if arch.is_moe:
         act += tokens * L * arch.num_experts * 4 * 2  # router logits (fp32) and their softmax
     if s.task == "full" and n > 1 and zero >= 2 and not s.cpu_offload and s.optimizer == "adamw":
@@ -512,13 +521,42 @@ def breakdown_bytes(
         # 1e9 elements (+4 B each, next to the 16-bit partition); ZeRO-2 for the whole partition after
         # freeing the 16-bit one (+2 B/param/N net for bf16). Measured with the real engines on 2 CPU
         # ranks (bench/fsdp_shards_cpu.py, bench/data/fsdp_shards_cpu.jsonl); the sub-group cap is
-        # DeepSpeed 0.19's default sub_group_size. FSDP2 makes no such copy: for it this errs safe.
-        step = min(trainable * 4.0 / n, DS_SUB_GROUP_ELEMENTS * 4.0) if zero >= 3 else trainable * (4.0 - pb) / n
+        # DeepSpeed 0.19's default sub_group_size. Under FSDP (TRL + accelerate) torch's foreach AdamW
+        # makes the same 4 B/param/N temporary for the whole shard at once (sqrt of the second moment):
+        # measured on 2x H100/H200, Llama-3.2-3B shape, the peak set in the optimizer step
+        # (bench/data/multigpu_gpu.jsonl), so for trl the cap does not apply (safe for DeepSpeed too).
+        step = trainable * 4.0 / n
+        if zero >= 3 and s.backend != "trl":
+            step = min(step, DS_SUB_GROUP_ELEMENTS * 4.0)
+        elif zero < 3:
+            step = trainable * (4.0 - pb) / n
         grads += max(0.0, step - (act + logit))
         out.gradients = grads
     out.activations, out.logits = act, logit
     dynamic = act + logit + grads + opt
     out.allocator_overhead = 0.06 * dynamic + 0.02 * (w + adapter) + 0.1 * GIB
+    return out
+
+
+def _trl_fused_head_bytes(arch: ModelArch, s: Settings, tokens: int, rb: int, n: int, zero: int) -> float:
+    """What TRL's fused LM head holds instead of the logits (TRL 1.15-1.16, read from its code).
+
+    ``add_fused_lm_head`` + ``trl/kernels/chunked_logprob.py``: the projection runs in one
+    [4096 tokens x 32768 vocab] tile in the compute dtype, the selected hidden states are saved,
+    backward accumulates their gradient in fp32 and casts it, and a trainable lm_head (full
+    fine-tunes) gets an fp32 gradient accumulator plus its cast. Under sharding the head is
+    gathered whole (``full_tensor`` of fp32 shards after accelerate's upcast). Measured against
+    TRL payload runs on H100/H200 (bench/data/memory_trl.jsonl).
+    """
+    h, V = arch.hidden_size, arch.vocab_size
+    vchunk = min(V, 32768)
+    out = min(tokens, 4096) * vchunk * 2.0  # the tile (bf16/fp16 compute)
+    out += vchunk * h * 2.0  # the weight chunk cast to the compute dtype
+    out += tokens * h * (rb + 4.0 + 2.0)  # saved hidden states, their fp32 gradient and its cast
+    if s.task == "full":
+        out += V * h * (4.0 + _bytes(s.dtype))
+        if n > 1 and zero >= 3:
+            out += V * h * 4.0
     return out
 
 
@@ -628,8 +666,12 @@ def _assumptions(arch: ModelArch, s: Settings, tier: GpuTier | None) -> list[str
         if s.backend == "hf":
             a.append(
                 "HF: the loss upcasts logits to fp32; logits, log-softmax and their gradient are counted "
-                "(a plain transformers training loop). TRL 1.15's SFTTrainer was measured well below this "
-                "(it does not hold the full fp32 logits), so for TRL runs this is an upper bound."
+                "(a plain transformers training loop; TRL's SFTTrainer is backend 'trl')."
+            )
+        elif s.backend == "trl":
+            a.append(
+                "TRL (>= 1.15) SFTTrainer: transformers + PEFT with TRL's fused LM head, which scores "
+                "log-probs in 4096 x 32768 tiles and never holds the full logits."
             )
         else:
             a.append(
@@ -646,7 +688,7 @@ def _assumptions(arch: ModelArch, s: Settings, tier: GpuTier | None) -> list[str
                 "NF4 with double quantization (~0.516 bytes per linear weight)"
                 + (
                     "; prepare_model_for_kbit_training keeps embeddings, lm_head and norms in fp32."
-                    if s.backend == "hf"
+                    if s.backend in ("hf", "trl")
                     else "."
                 )
             )

@@ -118,7 +118,9 @@ def plan_training(
     max_gpus = max_gpus or tier.typical_max_per_node
     mem = tier.memory_gib * GIB
     limit = mem * (1 - TRAIN_RESERVE)
-    gpu_counts = [s.num_gpus] + ([n for n in (2, 4, 8) if s.num_gpus < n <= max_gpus] if s.backend == "hf" else [])
+    gpu_counts = [s.num_gpus] + (
+        [n for n in (2, 4, 8) if s.num_gpus < n <= max_gpus] if s.backend in ("hf", "trl") else []
+    )
     variants: list[tuple[Settings, str | None]] = [(s, None)]
     if s.optimizer == "adamw":
         variants.append((replace(s, optimizer="adamw_8bit"), "8-bit AdamW to shrink optimizer states."))
@@ -127,6 +129,8 @@ def plan_training(
     for n in gpu_counts:
         for v, why in variants:
             zero = v.zero_stage if n == s.num_gpus else 3
+            if v.optimizer != s.optimizer and n > 1 and zero >= 1:
+                continue  # bitsandbytes' 8-bit Adam over FSDP / ZeRO shards is not verified: offload or GPUs instead
             for ckpt in [False, True] if not v.gradient_checkpointing else [True]:
                 mb = v.batch_size
                 while mb >= 1:

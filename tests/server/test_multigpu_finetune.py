@@ -15,7 +15,7 @@ import pytest
 from mcp import Client
 
 from runners.config import Config, HostConfig
-from runners.errors import InvalidInput
+from runners.errors import DoesNotFit, InvalidInput
 from server.app import build_server
 from server.state import AppState
 from tests.helpers.tiny_model import build_tiny_model, finetune_args, make_dataset
@@ -103,8 +103,15 @@ def test_auto_picks_ddp_when_a_replica_fits_and_fsdp_when_not(tmp_path: Path):
     h = HostConfig(name="ws", workdir=str(tmp_path), gpus="H100:2")
     _, lora = _plan(h, model="meta-llama/Llama-3.2-1B", method="lora", gpus=2)
     assert lora.strategy == "ddp" and lora.zero_stage == 0 and lora.world_size == 2 and lora.backend == "trl"
-    _, full = _plan(h, model="meta-llama/Llama-3.1-8B", method="full", gpus=2, max_seq_length=2048)
-    assert full.strategy == "fsdp" and full.zero_stage == 3
+    # 8B full fine-tune: FSDP's optimizer step holds 20 B/param/N (fp32 shards, gradients, Adam moments and
+    # foreach AdamW's temporary; measured on 2 GPUs with the 3B shape), so 2x H100 is refused with the way out
+    # (never a silent switch to an unverified 8-bit optimizer over shards), and 4x H100 fits.
+    with pytest.raises(DoesNotFit) as refused:
+        _plan(h, model="meta-llama/Llama-3.1-8B", method="full", gpus=2, max_seq_length=2048)
+    assert "2x H100 (fsdp)" in str(refused.value) and "cpu_offload=true" in str(refused.value)
+    h4 = HostConfig(name="ws4", workdir=str(tmp_path), gpus="H100:4")
+    _, full = _plan(h4, model="meta-llama/Llama-3.1-8B", method="full", gpus=4, max_seq_length=2048)
+    assert full.strategy == "fsdp" and full.zero_stage == 3 and full.optimizer == "adamw"
     assert any("does not fit one H100" in n and "zero_stage=3" in n for n in full.notes), full.notes
     assert full.estimated_peak_gib is not None and full.estimated_peak_gib < 80
     p, off = _plan(h, model="meta-llama/Llama-3.1-8B", method="full", gpus=2, max_seq_length=2048, cpu_offload=True)
