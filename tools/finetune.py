@@ -413,7 +413,7 @@ def plan_finetune(
                     + "or a host with a larger GPU.",
                 )
             if not plan.fits:
-                bigger = [t.id for t in _larger_tiers(tier)]
+                bigger = [t.id for t in _larger_tiers(tier, plan.estimated_gib)]
                 raise DoesNotFit(
                     f"{arch.name} {p.method} at seq {p.max_seq_length} does not fit: it needs about "
                     f"{plan.estimated_gib:.1f} GiB per GPU on {where}; {host.name}'s {tier.id} has "
@@ -497,10 +497,19 @@ def plan_finetune(
     )
 
 
-def _larger_tiers(tier: GpuTier) -> list[GpuTier]:
-    from tools.gpus import TIERS
+def _larger_tiers(tier: GpuTier, need_gib: float) -> list[GpuTier]:
+    """Up to three GPU tiers with room for ``need_gib`` per GPU (the planner's 5 % reserve kept), smallest first.
 
-    return sorted((t for t in TIERS.values() if t.memory_gib > tier.memory_gib), key=lambda t: t.memory_gib)[:3]
+    Only cards that would hold the estimate are named: an A100-80GB is 0.35 GiB larger than an H100 and
+    no answer to a job that misses the H100 by a gigabyte.
+    """
+    from tools.gpus import TIERS
+    from tools.plan import TRAIN_RESERVE
+
+    room = [
+        t for t in TIERS.values() if t.memory_gib > tier.memory_gib and t.memory_gib * (1 - TRAIN_RESERVE) >= need_gib
+    ]
+    return sorted(room, key=lambda t: t.memory_gib)[:3]
 
 
 _OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_8bit", "paged_adamw_8bit": "paged_adamw_8bit", "sgd": "sgd"}

@@ -109,6 +109,7 @@ def test_auto_picks_ddp_when_a_replica_fits_and_fsdp_when_not(tmp_path: Path):
     with pytest.raises(DoesNotFit) as refused:
         _plan(h, model="meta-llama/Llama-3.1-8B", method="full", gpus=2, max_seq_length=2048)
     assert "2x H100 (fsdp)" in str(refused.value) and "cpu_offload=true" in str(refused.value)
+    assert "a larger GPU (H200, B200)" in str(refused.value)  # not the A100-80GB: 0.35 GiB more holds nothing
     h4 = HostConfig(name="ws4", workdir=str(tmp_path), gpus="H100:4")
     _, full = _plan(h4, model="meta-llama/Llama-3.1-8B", method="full", gpus=4, max_seq_length=2048)
     assert full.strategy == "fsdp" and full.zero_stage == 3 and full.optimizer == "adamw"
