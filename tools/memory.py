@@ -718,6 +718,14 @@ def _assumptions(arch: ModelArch, s: Settings, tier: GpuTier | None) -> list[str
                         else "."
                     )
                 )
+                total = _counts(arch)[0]
+                trainable = total if s.task == "full" else _lora_params(arch, s)
+                a.append(
+                    f"Host RAM for the offload: about {16 * trainable / s.num_gpus / GIB:.1f} GiB per GPU "
+                    "(fp32 weights or master copy, fp32 gradients and Adam moments: 16 B per trainable "
+                    "parameter / N), times the GPUs of a node; at load every rank first reads the whole "
+                    f"16-bit model ({2 * total / GIB:.1f} GiB) into CPU RAM. From the engines' layouts, not measured."
+                )
     if s.dtype == "bfloat16" and tier is not None and not tier.bf16:
         a.append(f"{tier.id} has no bf16: use dtype float16 there (same memory).")
     if arch.max_position and s.seq_len > arch.max_position:

@@ -82,3 +82,23 @@ def test_zero_step_fp32_gradient_copy_sets_the_peak_only_when_activations_are_sm
     assert 3.3 < grads(64, 3) - grads(8192, 3) < 4e9 / 2**30
     assert 2.5 < grads(64, 2) - grads(8192, 2) < 2 * 3.21e9 / 2 / 2**30
     assert grads(64, 3, offload=True) == grads(8192, 3, offload=True)  # offloaded: the step runs on the CPU
+
+
+def test_cpu_offload_says_how_much_host_ram_it_needs():
+    """Offload moves 16 B per trainable parameter / N into CPU RAM per GPU; a 70B full fine-tune over
+    8 GPUs needs ~131 GiB of host RAM per GPU (over 1 TiB a node) — the user must hear it before submitting."""
+    r = estimate_memory(
+        MemoryInput(model="meta-llama/Llama-3.1-70B", task="full", backend="trl", seq_len=2048, batch_size=1,
+                    num_gpus=8, zero_stage=3, cpu_offload=True),
+        with_plan=False,
+    )  # fmt: skip
+    (line,) = [a for a in r.assumptions if a.startswith("Host RAM")]
+    per_gpu = 16 * r.params.total / 8 / 2**30
+    assert f"about {per_gpu:.1f} GiB per GPU" in line and 125 < per_gpu < 135
+    assert f"({2 * r.params.total / 2**30:.1f} GiB) into CPU RAM" in line
+    plain = estimate_memory(
+        MemoryInput(model="meta-llama/Llama-3.1-70B", task="full", backend="trl", seq_len=2048, batch_size=1,
+                    num_gpus=8, zero_stage=3),
+        with_plan=False,
+    )  # fmt: skip
+    assert not [a for a in plain.assumptions if a.startswith("Host RAM")]
