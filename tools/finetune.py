@@ -36,7 +36,7 @@ from runners.spec import JobSpec, Resources, parse_time_limit
 from tools.gpus import GpuTier, get_tier
 from tools.memory import MemoryInput, breakdown_bytes, resolve_settings
 from tools.models import ModelArch, resolve_model
-from tools.plan import Plan, plan_training
+from tools.plan import TRAIN_RESERVE, Plan, plan_training
 
 __all__ = [
     "FinetuneInput",
@@ -504,7 +504,6 @@ def _larger_tiers(tier: GpuTier, need_gib: float) -> list[GpuTier]:
     no answer to a job that misses the H100 by a gigabyte.
     """
     from tools.gpus import TIERS
-    from tools.plan import TRAIN_RESERVE
 
     room = [
         t for t in TIERS.values() if t.memory_gib > tier.memory_gib and t.memory_gib * (1 - TRAIN_RESERVE) >= need_gib

@@ -59,6 +59,7 @@ Backend = Literal["vllm", "hf", "trl", "unsloth"]
 Quant = Literal["none", "bnb-4bit", "bnb-8bit", "awq", "gptq", "fp8"]
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _TARGET_ALIASES = {"all": ALL_TARGETS, "all-linear": ALL_TARGETS, "all_linear": ALL_TARGETS}
+HF_STACK = ("hf", "trl")  # backends that train a transformers + PEFT model (they differ only in the loss head)
 
 # Constants measured or documented elsewhere (see docs/memory.md for sources).
 DS_SUB_GROUP_ELEMENTS = 1e9  # DeepSpeed ZeRO-3 sub_group_size default: the fp32 gradient copy is per group
@@ -355,7 +356,7 @@ def _weight_bytes(arch: ModelArch, s: Settings) -> float:
         return total * _bytes(s.dtype)
     if q in ("awq", "gptq", "fp8") and arch.stored_quantization == q and arch.checkpoint_bytes:
         return float(arch.checkpoint_bytes)
-    other_b = 4 if (s.task == "qlora" and s.backend in ("hf", "trl")) else 2  # prepare_model_for_kbit_training
+    other_b = 4 if (s.task == "qlora" and s.backend in HF_STACK) else 2  # prepare_model_for_kbit_training
     per = {"bnb-4bit": _NF4_BYTES, "bnb-8bit": _INT8_BYTES, "fp8": 1.0 + 4 / 4096}.get(
         q, (arch.quant_bits or 4) / 8 + _GROUP_BYTES
     )
@@ -437,7 +438,7 @@ def breakdown_bytes(
     total, _, _ = _counts(arch)
     fp32_master = s.dtype == "float32"
     ab = 4 if (fp32_master and s.mixed_precision == "none") else 2  # activation bytes
-    hf = s.backend in ("hf", "trl")
+    hf = s.backend in HF_STACK
     rb = 4 if (fp32_master or (hf and s.task == "qlora")) else 2  # residual stream bytes
     if s.task == "full":
         trainable = total
@@ -510,9 +511,7 @@ def breakdown_bytes(
             # Gemma 2 soft-caps the final logits (x / cap, tanh, x cap): two more full-vocab tensors,
             # the tanh output saved for backward (measured: gemma-2-2b LoRA, +2.7 GiB at 4096 x 256k).
             per_logit += 4.0
-        logit = tokens * V * per_logit
-        if s.backend == "trl":
-            logit = _trl_fused_head_bytes(arch, s, tokens, rb, n, zero)
+        logit = _trl_fused_head_bytes(arch, s, tokens, rb, n, zero) if s.backend == "trl" else tokens * V * per_logit
     if arch.is_moe:
         act += tokens * L * arch.num_experts * 4 * 2  # router logits (fp32) and their softmax
     if s.task == "full" and n > 1 and zero >= 2 and not s.cpu_offload and s.optimizer == "adamw":
@@ -525,11 +524,12 @@ def breakdown_bytes(
         # makes the same 4 B/param/N temporary for the whole shard at once (sqrt of the second moment):
         # measured on 2x H100/H200, Llama-3.2-3B shape, the peak set in the optimizer step
         # (bench/data/multigpu_gpu.jsonl), so for trl the cap does not apply (safe for DeepSpeed too).
-        step = trainable * 4.0 / n
-        if zero >= 3 and s.backend != "trl":
-            step = min(step, DS_SUB_GROUP_ELEMENTS * 4.0)
-        elif zero < 3:
+        if zero < 3:
             step = trainable * (4.0 - pb) / n
+        elif s.backend == "trl":
+            step = trainable * 4.0 / n
+        else:
+            step = min(trainable * 4.0 / n, DS_SUB_GROUP_ELEMENTS * 4.0)
         grads += max(0.0, step - (act + logit))
         out.gradients = grads
     out.activations, out.logits = act, logit
@@ -688,7 +688,7 @@ def _assumptions(arch: ModelArch, s: Settings, tier: GpuTier | None) -> list[str
                 "NF4 with double quantization (~0.516 bytes per linear weight)"
                 + (
                     "; prepare_model_for_kbit_training keeps embeddings, lm_head and norms in fp32."
-                    if s.backend in ("hf", "trl")
+                    if s.backend in HF_STACK
                     else "."
                 )
             )

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from runners.errors import InvalidInput
 from tools.gpus import TIERS, GpuTier
-from tools.memory import GIB, Settings, TierFit, breakdown_bytes, fits_on, tp_is_valid
+from tools.memory import GIB, HF_STACK, Settings, TierFit, breakdown_bytes, fits_on, tp_is_valid
 from tools.models import ModelArch
 
 __all__ = ["Plan", "plan_inference", "plan_training", "recommend"]
@@ -118,9 +118,7 @@ def plan_training(
     max_gpus = max_gpus or tier.typical_max_per_node
     mem = tier.memory_gib * GIB
     limit = mem * (1 - TRAIN_RESERVE)
-    gpu_counts = [s.num_gpus] + (
-        [n for n in (2, 4, 8) if s.num_gpus < n <= max_gpus] if s.backend in ("hf", "trl") else []
-    )
+    gpu_counts = [s.num_gpus] + ([n for n in (2, 4, 8) if s.num_gpus < n <= max_gpus] if s.backend in HF_STACK else [])
     variants: list[tuple[Settings, str | None]] = [(s, None)]
     if s.optimizer == "adamw":
         variants.append((replace(s, optimizer="adamw_8bit"), "8-bit AdamW to shrink optimizer states."))

@@ -476,12 +476,17 @@ def oom_suggestion(cfg: dict[str, Any]) -> str:
     return "try " + ", or ".join(tips) if tips else "use a GPU with more memory or a smaller model"
 
 
-def _transformers_at_least(major: int, minor: int) -> bool:
+def _package_version(name: str) -> tuple[int, int] | None:
+    """(major, minor) of an installed package from its metadata, without importing it; None if absent."""
     try:
-        parts = metadata.version("transformers").split(".")[:2]
-        return (int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)) >= (major, minor)
+        parts = metadata.version(name).split(".")[:2]
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
     except (metadata.PackageNotFoundError, ValueError, IndexError):
-        return False
+        return None
+
+
+def _transformers_at_least(major: int, minor: int) -> bool:
+    return (_package_version("transformers") or (0, 0)) >= (major, minor)
 
 
 def strategy_args(cfg: dict[str, Any], cuda: bool) -> dict[str, Any]:
@@ -797,13 +802,10 @@ def set_allocator_env(env: MutableMapping[str, str]) -> str | None:
         return None
     if os.name == "nt" or env.get("WSL_DISTRO_NAME") or "microsoft" in platform.release().lower():
         return None
-    try:
-        major, minor = (
-            int("".join(c for c in x if c.isdigit()) or 0) for x in metadata.version("torch").split(".")[:2]
-        )
-    except (metadata.PackageNotFoundError, ValueError):
+    torch_version = _package_version("torch")
+    if torch_version is None:
         return None
-    key = "PYTORCH_ALLOC_CONF" if (major, minor) >= (2, 10) else "PYTORCH_CUDA_ALLOC_CONF"
+    key = "PYTORCH_ALLOC_CONF" if torch_version >= (2, 10) else "PYTORCH_CUDA_ALLOC_CONF"
     env[key] = "expandable_segments:True"
     return key
 
