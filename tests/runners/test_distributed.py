@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -164,18 +166,33 @@ def test_two_node_rendezvous_on_localhost(tiny, tmp_path: Path):
         "HF_HUB_OFFLINE": "1",
         "WANDB_DISABLED": "true",
     }
-    procs = [
-        subprocess.Popen(
-            agent_cmd,
-            cwd=job,
-            env={**env, "SLURM_PROCID": str(r)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in (0, 1)
-    ]
-    outs = [p.communicate(timeout=240)[0] for p in procs]
+    # Each agent writes to its own file, not a pipe: a pipe read only after the other agent has
+    # finished can fill (64 KiB) and stop that agent mid-collective, which hangs both. Each
+    # simulated node gets one thread, as a real node's agent would have its own cores.
+    logs = [tmp_path / f"agent{r}.log" for r in (0, 1)]
+    procs = []
+    for r, log in zip((0, 1), logs, strict=True):
+        agent_env = {**env, "SLURM_PROCID": str(r), "OMP_NUM_THREADS": "1"}
+        with log.open("wb") as fh:
+            procs.append(subprocess.Popen(agent_cmd, cwd=job, env=agent_env, stdout=fh, stderr=subprocess.STDOUT,
+                                          start_new_session=True))  # fmt: skip
+    deadline = time.monotonic() + 240
+    try:
+        for p in procs:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:  # torchrun forwards SIGTERM to its workers, which sit in sessions of their own
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    outs = [f"--- agent {r} ---\n" + log.read_text(errors="replace")[-4000:] for r, log in enumerate(logs)]
     assert [p.returncode for p in procs] == [0, 0], outs
     rows = [json.loads(x) for x in (job / "metrics.jsonl").read_text().splitlines()]
     start = rows[0]
