@@ -35,12 +35,13 @@ def http_server(tmp_path):
     }
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[hosts.local]\nworkdir = "{tmp_path / "w"}"\n')
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--http", "--port", str(port), "--config", str(cfg)],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    err = tmp_path / "server.stderr"  # a file, not an undrained pipe: the server logs every request
+    with err.open("wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--http", "--port", str(port), "--config", str(cfg)],
+            env=env,
+            stderr=fh,
+        )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -48,7 +49,7 @@ def http_server(tmp_path):
             break
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(proc.stderr.read()) from None
+                raise RuntimeError(err.read_text(errors="replace")) from None
             time.sleep(0.1)
     yield f"http://127.0.0.1:{port}/mcp"
     proc.terminate()
