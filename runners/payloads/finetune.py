@@ -9,8 +9,8 @@ malformed dataset before submission; the engine copies both into the job directo
     python finetune.py --config job_config.json --job-dir DIR
 
 Reports only through files, because the controller may be gone while this runs:
-  DIR/metrics.jsonl      {"event": "start"}, one {"event": "log"} per logging step, then
-                         {"event": "end"} or {"event": "error", "kind": ...}
+  DIR/metrics.jsonl      {"event": "start"}, {"event": "model_loaded"}, one {"event": "log"} per
+                         logging step, then {"event": "end"} or {"event": "error", "kind": ...}
   DIR/outputs/           adapter (or full model) + tokenizer, optional merged/, manifest.json,
                          checkpoints/checkpoint-N (resumable with resume_from)
   stdout                 human-readable progress (the launcher sends it to DIR/output.log)
@@ -556,6 +556,69 @@ def prepare_cpu_offload(cfg: dict[str, Any], cuda: bool) -> None:
         dist.init_process_group(backend="cpu:gloo,cuda:nccl", device_id=torch.device("cuda", LOCAL_RANK))
 
 
+def host_ram_peak_gib() -> float:
+    """This process's peak resident host memory so far (GiB): model, optimizer and data on CPU
+    ranks, and on GPU ranks what loading and sharding the model took on the host."""
+    import resource
+
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kib / 2**20 if sys.platform != "darwin" else kib / 2**30  # macOS reports bytes
+
+
+def per_rank(value: float) -> list[float]:
+    """``value`` of every rank, in rank order (a collective: every rank calls it)."""
+    mine = round(value, 3)
+    if WORLD_SIZE == 1:
+        return [mine]
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [mine]
+    out: list[Any] = [None] * WORLD_SIZE
+    dist.all_gather_object(out, mine)
+    return [float(x) for x in out]
+
+
+def trainer_args(cfg: dict[str, Any], backend: str, cuda: bool, out_dir: Path) -> dict[str, Any]:
+    """The SFTConfig's arguments: the job's settings, the precision the GPU has, the strategy's switches."""
+    import torch
+
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    save_steps = int(cfg["save_steps"] or 0)
+    args: dict[str, Any] = dict(
+        output_dir=str(out_dir / "checkpoints"),
+        per_device_train_batch_size=int(cfg["per_device_batch_size"]),
+        gradient_accumulation_steps=int(cfg["gradient_accumulation_steps"]),
+        learning_rate=float(cfg["learning_rate"]),
+        lr_scheduler_type=cfg["lr_scheduler"],
+        warmup_steps=int(cfg["warmup_steps"]),
+        weight_decay=float(cfg["weight_decay"]),
+        max_grad_norm=float(cfg["max_grad_norm"]),
+        optim=cfg["optim"],
+        seed=int(cfg["seed"]),
+        num_train_epochs=float(cfg["num_epochs"]),
+        max_steps=int(cfg["max_steps"] or -1),
+        logging_steps=int(cfg["logging_steps"]),
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        save_total_limit=cfg["save_total_limit"],
+        bf16=bf16,
+        fp16=cuda and not bf16,
+        max_length=int(cfg["max_seq_length"]),
+        packing=bool(cfg["packing"]),
+        report_to=["wandb"] if cfg["wandb_project"] else "none",
+        disable_tqdm=True,
+        dataset_num_proc=1,
+    )
+    if backend == "trl":  # Unsloth runs its own checkpointing; HF's is set on the SFTConfig
+        args["gradient_checkpointing"] = bool(cfg["gradient_checkpointing"])
+        args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    args.update(strategy_args(cfg, cuda))
+    if float(cfg["eval_fraction"]) > 0:
+        args.update(eval_strategy="steps", eval_steps=int(cfg["eval_steps"] or save_steps or 50))
+    return args
+
+
 def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str, Any]) -> dict[str, Any]:
     """The run itself; returns the manifest. ``state`` tells the error handlers how far it got."""
     backend = choose_backend(cfg["backend"])  # before transformers is imported (unsloth patches it)
@@ -599,7 +662,10 @@ def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str,
 
     ds, fmt = load_dataset_rows(cfg)
     state["phase"] = "model"
+    t_load = time.time()
     model, tokenizer = load_model(cfg, backend)
+    metrics.write({"event": "model_loaded", "load_s": round(time.time() - t_load, 2)})
+    say(f"model loaded in {time.time() - t_load:.1f} s")
     setup_chat_template(tokenizer, cfg["chat_template"])
     ds = format_dataset(ds, fmt, tokenizer, cfg["seed"])
     eval_ds = None
@@ -612,42 +678,9 @@ def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str,
         os.environ["WANDB_PROJECT"] = str(cfg["wandb_project"])
         if cfg["wandb_mode"]:
             os.environ["WANDB_MODE"] = str(cfg["wandb_mode"])
-    bf16 = cuda and torch.cuda.is_bf16_supported()
-    save_steps = int(cfg["save_steps"] or 0)
-    args: dict[str, Any] = dict(
-        output_dir=str(out_dir / "checkpoints"),
-        per_device_train_batch_size=int(cfg["per_device_batch_size"]),
-        gradient_accumulation_steps=int(cfg["gradient_accumulation_steps"]),
-        learning_rate=float(cfg["learning_rate"]),
-        lr_scheduler_type=cfg["lr_scheduler"],
-        warmup_steps=int(cfg["warmup_steps"]),
-        weight_decay=float(cfg["weight_decay"]),
-        max_grad_norm=float(cfg["max_grad_norm"]),
-        optim=cfg["optim"],
-        seed=int(cfg["seed"]),
-        num_train_epochs=float(cfg["num_epochs"]),
-        max_steps=int(cfg["max_steps"] or -1),
-        logging_steps=int(cfg["logging_steps"]),
-        save_strategy="steps" if save_steps else "no",
-        save_steps=save_steps or 500,
-        save_total_limit=cfg["save_total_limit"],
-        bf16=bf16,
-        fp16=cuda and not bf16,
-        max_length=int(cfg["max_seq_length"]),
-        packing=bool(cfg["packing"]),
-        report_to=["wandb"] if cfg["wandb_project"] else "none",
-        disable_tqdm=True,
-        dataset_num_proc=1,
-    )
-    if backend == "trl":  # Unsloth runs its own checkpointing; HF's is set on the SFTConfig
-        args["gradient_checkpointing"] = bool(cfg["gradient_checkpointing"])
-        args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
-    args.update(strategy_args(cfg, cuda))
-    if eval_ds is not None:
-        args.update(eval_strategy="steps", eval_steps=int(cfg["eval_steps"] or save_steps or 50))
     trainer = SFTTrainer(
         model=model,
-        args=SFTConfig(**args),
+        args=SFTConfig(**trainer_args(cfg, backend, cuda, out_dir)),
         train_dataset=ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
@@ -666,6 +699,7 @@ def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str,
     t_train = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     train_s = time.time() - t_train
+    host_ram = per_rank(host_ram_peak_gib())  # a collective: before the ranks part ways
     if eval_ds is not None and callback.eval_step != trainer.state.global_step:
         trainer.evaluate()  # the final eval loss, unless the schedule just took it
     memory = gpu_memory()
@@ -697,6 +731,7 @@ def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str,
         "paths": paths,
         "checkpoints": str(out_dir / "checkpoints"),
         "train_s": round(train_s, 2),
+        "host_ram_peak_gib": host_ram,
         "wall_time_s": round(time.time() - metrics.t0, 2),
         "tokens_per_sample": round(tokens_per_sample, 1),
         "world_size": WORLD_SIZE,
@@ -902,6 +937,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_s": manifest["train_s"],
             "wall_time_s": manifest["wall_time_s"],
             "outputs": manifest["paths"],
+            "host_ram_peak_gib": manifest["host_ram_peak_gib"],
             **{k: v for k, v in manifest.items() if k.startswith("gpu_mem")},
         }
     )

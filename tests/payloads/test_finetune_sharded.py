@@ -69,8 +69,13 @@ def _losses(rows: list[dict]) -> list[float]:
 
 
 def test_fsdp_full_finetune_on_two_cpu_ranks(tiny, tmp_path: Path):
-    losses = _losses(_run(tiny, tmp_path / "fsdp", "fsdp"))
+    rows = _run(tiny, tmp_path / "fsdp", "fsdp")
+    losses = _losses(rows)
     assert len(losses) == 8 and losses[-1] < losses[0], losses
+    assert next(r for r in rows if r["event"] == "model_loaded")["load_s"] >= 0
+    # every rank's peak host RAM, gathered to rank 0 (a torch process with a model: well over 100 MiB)
+    peaks = rows[-1]["host_ram_peak_gib"]
+    assert len(peaks) == 2 and all(0.1 < x < 64 for x in peaks), peaks
 
 
 def test_fsdp_cpu_offload_on_two_cpu_ranks(tiny, tmp_path: Path):
