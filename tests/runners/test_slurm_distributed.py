@@ -34,7 +34,9 @@ async def test_two_tasks_srun_torchrun_wiring_runs_for_real(slurm_cluster, tmp_p
         launcher="slurm",
         workdir=str(tmp_path / "work"),
         python=sys.executable,
-        env={"HF_HUB_OFFLINE": "1"},
+        # One thread per task: the test cluster binds no CPUs (TaskPlugin=task/none), and two agents
+        # of one process each would otherwise both run as many OpenMP threads as the node has cores.
+        env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
         slurm=SlurmConfig(time_limit="00:10:00"),
     )
     p = FinetuneInput(
@@ -65,6 +67,7 @@ async def test_two_tasks_srun_torchrun_wiring_runs_for_real(slurm_cluster, tmp_p
     assert "--ntasks-per-node=2" in (d / "run.sh").read_text()
     rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["world_size"] == 2 and {x.get("rank") for x in rows} == {0}
+    assert rows[0]["cpu_threads"] == 1  # the host's env reached the srun tasks' workers
     assert rows[-1]["event"] == "end" and rows[-1]["steps"] == 6
     assert (d / "outputs" / "adapter" / "adapter_config.json").exists()
     assert sorted(p.name for p in (d / "torchrun").iterdir()) == ["agent0", "agent1"]
