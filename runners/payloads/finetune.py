@@ -664,8 +664,9 @@ def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str,
     state["phase"] = "model"
     t_load = time.time()
     model, tokenizer = load_model(cfg, backend)
-    metrics.write({"event": "model_loaded", "load_s": round(time.time() - t_load, 2)})
-    say(f"model loaded in {time.time() - t_load:.1f} s")
+    load_s = time.time() - t_load
+    metrics.write({"event": "model_loaded", "load_s": round(load_s, 2)})
+    say(f"model loaded in {load_s:.1f} s")
     setup_chat_template(tokenizer, cfg["chat_template"])
     ds = format_dataset(ds, fmt, tokenizer, cfg["seed"])
     eval_ds = None
