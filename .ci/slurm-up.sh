@@ -10,6 +10,9 @@
 #
 #   .ci/slurm-up.sh up            configure, start munge/slurmctld/slurmd, wait for the node
 #   .ci/slurm-up.sh down          stop slurmd and slurmctld (munge too, if we started it)
+#   .ci/slurm-up.sh acquire PID   `up`, holding a lease for process PID (a test session)
+#   .ci/slurm-up.sh release PID   drop PID's lease; the last lease out stops the cluster
+#                                 (`down`), unless KEEP_TEST_CLUSTER=1
 #   .ci/slurm-up.sh stop-ctld     stop slurmctld only   (fault tests: controller gone)
 #   .ci/slurm-up.sh start-ctld    start slurmctld again (it recovers its saved state)
 #   .ci/slurm-up.sh restart-ctld  both of the above
@@ -236,6 +239,33 @@ cmd_down() {
     log "down"
 }
 
+# Leases: test sessions share the cluster, so the session that ends must not stop it under
+# another one still running; each holds a lease (a file named by its pid) and the last one out
+# stops it. A lease whose process is gone (a killed pytest) is dropped at the next release.
+cmd_acquire() {
+    [[ $1 =~ ^[0-9]+$ ]] || die "acquire: not a pid: $1"
+    mkdir -p "$STATE_DIR/leases"
+    : > "$STATE_DIR/leases/$1"
+    cmd_up
+}
+
+cmd_release() {
+    [[ $1 =~ ^[0-9]+$ ]] || die "release: not a pid: $1"
+    rm -f "$STATE_DIR/leases/$1"
+    local f left=()
+    for f in "$STATE_DIR"/leases/*; do
+        [[ -e $f ]] || continue
+        if [[ -d /proc/$(basename "$f") ]]; then left+=("$(basename "$f")"); else rm -f "$f"; fi
+    done
+    if [[ ${#left[@]} -gt 0 ]]; then
+        log "release: still leased by pid ${left[*]}: left running"
+    elif [[ ${KEEP_TEST_CLUSTER:-} == 1 ]]; then
+        log "release: KEEP_TEST_CLUSTER=1: left running (.ci/slurm-up.sh down stops it)"
+    else
+        cmd_down
+    fi
+}
+
 cmd_status() {
     scontrol ping 2>/dev/null | grep -q "is UP" || { log "slurmctld not answering"; return 1; }
     echo "node $HOST: $(node_state)"
@@ -254,10 +284,12 @@ cmd_env() {
 case "${1:-up}" in
     up) lock; cmd_up ;;
     down) lock; cmd_down ;;
+    acquire) lock; cmd_acquire "${2:-}" ;;
+    release) lock; cmd_release "${2:-}" ;;
     stop-ctld) lock; stop_pidfile "$STATE_DIR/slurmctld.pid" slurmctld ;;
     start-ctld) lock; need_tools; start_ctld; wait_node ;;
     restart-ctld) lock; stop_pidfile "$STATE_DIR/slurmctld.pid" slurmctld; start_ctld; wait_node ;;
     status) cmd_status ;;
     env) cmd_env ;;
-    *) die "usage: $0 up|down|stop-ctld|start-ctld|restart-ctld|status|env" ;;
+    *) die "usage: $0 up|down|acquire PID|release PID|stop-ctld|start-ctld|restart-ctld|status|env" ;;
 esac
