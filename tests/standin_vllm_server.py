@@ -22,8 +22,19 @@ ready); a headless node connects (retrying for 60 s), then stays until the head 
 a `vllm` distribution of a version), for a host config's env.
 
 Endpoints: GET /health, GET /v1/models, POST /v1/completions, POST
-/v1/chat/completions (both with ``stream: true`` as server-sent events, and
-``stream_options.include_usage``). ``VLLM_API_KEY`` is enforced on /v1/* like vLLM.
+/v1/chat/completions (both with ``stream: true`` as server-sent events,
+``stream_options.include_usage`` and ``continuous_usage_stats``), POST /tokenize and POST
+/detokenize (vLLM's schema: vllm/entrypoints/serve/tokenize/protocol.py). ``VLLM_API_KEY``
+is enforced on /v1/* only, like vLLM (server_utils.py ``GUARDED_PREFIX``).
+
+Tokens are real ones (tests/standin_tokenizer.py: a byte-level BPE, or the model directory's
+``tokenizer.json``): a prompt is as long as that tokenizer counts it, a completion prompt may
+be token ids (checked against the vocabulary), and the "model" generates the tokens of
+`` tok0 tok1 tok2 ✓ …``, one streamed chunk per token as vLLM sends them, including the
+chunks whose token decodes to no text yet (vLLM's completion_stream_generator yields a chunk
+whenever a step produced token ids). Generation runs to ``max_tokens`` unless the stand-in
+"model" emits EOS (``STANDIN_VLLM_EOS_AFTER``) and the request lets it stop there
+(``ignore_eos`` false, ``min_tokens`` reached), as vLLM's sampler does.
 
 Switches (environment variables, so the command line stays vLLM's):
   STANDIN_VLLM_START_DELAY_S   sleep this long before listening (slow start)
@@ -32,6 +43,11 @@ Switches (environment variables, so the command line stays vLLM's):
   STANDIN_VLLM_HANG_AFTER_OOM  with CRASH=oom: print it but keep running (a hung engine)
   STANDIN_VLLM_READY_LAG_S     /health answers at once, /v1/models and completions only after this
   STANDIN_VLLM_TOKEN_DELAY_S   seconds between streamed tokens (default 0.002)
+  STANDIN_VLLM_EOS_AFTER=N     the model emits EOS as its N+1-th token (default: never)
+  STANDIN_VLLM_TOKENS_PER_CHUNK=K  after the first chunk, K tokens per chunk (a lagging API
+                               server coalesces steps: vllm/v1/engine/output_processor.py
+                               RequestOutputCollector); default 1
+  STANDIN_VLLM_ADD_BOS=1       the built-in tokenizer adds <s> like Llama's (default: none, like Qwen2.5)
 """
 
 from __future__ import annotations
@@ -47,6 +63,11 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+try:  # imported as tests.standin_vllm_server, or run as a script from tests/
+    from tests.standin_tokenizer import StandinTokenizer
+except ImportError:  # pragma: no cover - script mode
+    from standin_tokenizer import StandinTokenizer  # type: ignore[no-redef]
 
 HELP_FILE = Path(__file__).parent / "data" / "vllm" / "serve-help-all-0.26.0.txt"
 
@@ -65,20 +86,6 @@ ValueError: Model architectures ['StandinForCausalLM'] are not supported for now
 """
 
 
-def _words(n: int) -> list[str]:
-    return [f" tok{i}" for i in range(n)]
-
-
-def _prompt_tokens(prompt: Any) -> int:
-    if isinstance(prompt, str):
-        return max(1, len(prompt.split()))
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
-        return len(prompt)
-    if isinstance(prompt, list) and prompt:
-        return _prompt_tokens(prompt[0])
-    return 1
-
-
 class StandinState:
     def __init__(
         self,
@@ -89,6 +96,9 @@ class StandinState:
         token_delay: float,
         lora: dict[str, str],
         base: str,
+        tokenizer: StandinTokenizer | None = None,
+        eos_after: int | None = None,
+        tokens_per_chunk: int = 1,
     ) -> None:
         self.names = names
         self.max_model_len = max_model_len
@@ -97,8 +107,56 @@ class StandinState:
         self.token_delay = token_delay
         self.lora = lora
         self.base = base
+        self.tokenizer = tokenizer or StandinTokenizer(base)
+        self.eos_after = eos_after
+        self.tokens_per_chunk = max(1, tokens_per_chunk)
         self.requests = 0
         self.lock = threading.Lock()
+
+
+class _Refused(Exception):
+    """A request vLLM would refuse: HTTP status and message (its ErrorResponse)."""
+
+    def __init__(self, code: int, msg: str, typ: str = "BadRequestError") -> None:
+        super().__init__(msg)
+        self.code, self.msg, self.typ = code, msg, typ
+
+
+def _prompt_ids(st: StandinState, req: dict[str, Any], chat: bool) -> list[int]:
+    """The prompt's token ids as vLLM's renderer makes them (text tokenized with the request's
+    ``add_special_tokens``; token ids taken as given after the vocabulary check)."""
+    tk = st.tokenizer
+    if chat:
+        msgs = req.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise _Refused(400, "messages must be a non-empty list")
+        return tk.encode(tk.chat_text(msgs), add_special_tokens=bool(req.get("add_special_tokens", False)))
+    prompt = req.get("prompt")
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (list, str)):
+        prompt = prompt[0]  # a batch: the stand-in answers its first prompt
+    if isinstance(prompt, str):
+        ids = tk.encode(prompt, add_special_tokens=bool(req.get("add_special_tokens", True)))
+    elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        ids = list(prompt)
+    else:
+        raise _Refused(400, "prompt must be a string, a list of strings or a list of token ids")
+    bad = tk.out_of_vocab(ids)
+    if bad is not None:  # vllm/v1/engine/input_processor.py
+        raise _Refused(400, f"Token id {bad} is out of vocabulary")
+    return ids
+
+
+def _output_ids(st: StandinState, req: dict[str, Any], chat: bool) -> list[int]:
+    """The generated token ids: ``max_tokens`` of them unless the "model" emits EOS and the
+    request lets it stop (vLLM: ``ignore_eos`` false and at least ``min_tokens`` generated)."""
+    n = int((req.get("max_completion_tokens") if chat else None) or req.get("max_tokens") or 16)
+    out = st.tokenizer.generated(n)
+    stop_at = st.eos_after
+    if stop_at is not None and not req.get("ignore_eos") and st.tokenizer.eos_id is not None:
+        stop_at = max(stop_at, int(req.get("min_tokens") or 0))
+        if stop_at < n:
+            out = [*out[:stop_at], st.tokenizer.eos_id]  # EOS is a generated token (counted, no text)
+    return out
 
 
 def make_handler(st: StandinState) -> type[BaseHTTPRequestHandler]:
@@ -163,44 +221,102 @@ def make_handler(st: StandinState) -> type[BaseHTTPRequestHandler]:
                 return
             self._error(404, "Not Found", "NotFoundError")
 
-        def do_POST(self) -> None:
+        def _body(self) -> Any:
             length = int(self.headers.get("Content-Length") or 0)
             try:
-                req = json.loads(self.rfile.read(length) or b"{}")
+                return json.loads(self.rfile.read(length) or b"{}")
             except ValueError:
+                return None
+
+        def _check_model(self, req: dict[str, Any], required: bool) -> bool:
+            model = req.get("model")
+            if (model is None and not required) or model in st.names:
+                return True
+            self._error(404, f"The model `{model}` does not exist.", "NotFoundError")
+            return False
+
+        def do_POST(self) -> None:
+            req = self._body()
+            if not isinstance(req, dict):
                 self._error(400, "Invalid JSON")
+                return
+            if self.path in ("/tokenize", "/detokenize"):
+                self._tokenization(req)  # not under /v1: no API key, as in vLLM
                 return
             if self.path not in ("/v1/completions", "/v1/chat/completions"):
                 self._error(404, "Not Found", "NotFoundError")
                 return
             if not self._authorized() or self._lagging():
                 return
-            model = req.get("model")
-            if model not in st.names:
-                self._error(404, f"The model `{model}` does not exist.", "NotFoundError")
+            if not self._check_model(req, required=True):
                 return
             chat = self.path.endswith("chat/completions")
-            if chat:
-                msgs = req.get("messages") or []
-                prompt_tokens = sum(max(1, len(str(m.get("content", "")).split())) for m in msgs) + 3 * len(msgs)
-            else:
-                prompt_tokens = _prompt_tokens(req.get("prompt", ""))
-            n_out = int(req.get("max_completion_tokens") or req.get("max_tokens") or 16)
-            if prompt_tokens + n_out > st.max_model_len:
-                self._error(400, f"This model's maximum context length is {st.max_model_len} tokens.")
+            try:
+                prompt_ids = _prompt_ids(st, req, chat)
+            except _Refused as e:
+                self._error(e.code, e.msg, e.typ)
+                return
+            out_ids = _output_ids(st, req, chat)
+            n_max = int((req.get("max_completion_tokens") if chat else None) or req.get("max_tokens") or 16)
+            if len(prompt_ids) + n_max > st.max_model_len:  # vllm/renderers/params.py _token_len_check
+                self._error(
+                    400,
+                    f"This model's maximum context length is {st.max_model_len} tokens. However, you requested "
+                    f"{n_max} output tokens and your prompt contains {len(prompt_ids)} input tokens, for a total "
+                    f"of {len(prompt_ids) + n_max} tokens. Please reduce the length of the input prompt or the "
+                    "number of requested output tokens.",
+                )
                 return
             with st.lock:
                 st.requests += 1
-            words = _words(n_out)
+            self._generate(req, chat, prompt_ids, out_ids)
+
+        def _tokenization(self, req: dict[str, Any]) -> None:
+            if self._lagging() or not self._check_model(req, required=False):
+                return
+            tk = st.tokenizer
+            if self.path == "/detokenize":
+                tokens = req.get("tokens")
+                if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+                    self._error(400, "tokens must be a list of integers")
+                    return
+                bad = tk.out_of_vocab(tokens)
+                if bad is not None:
+                    self._error(400, f"Token id {bad} is out of vocabulary")
+                    return
+                self._json(200, {"prompt": tk.decode(tokens)})
+                return
+            if "messages" in req:  # TokenizeChatRequest: add_special_tokens defaults to False
+                ids = tk.encode(
+                    tk.chat_text(req.get("messages") or [], bool(req.get("add_generation_prompt", True))),
+                    add_special_tokens=bool(req.get("add_special_tokens", False)),
+                )
+            elif isinstance(req.get("prompt"), str):  # TokenizeCompletionRequest: defaults to True
+                ids = tk.encode(req["prompt"], add_special_tokens=bool(req.get("add_special_tokens", True)))
+            else:
+                self._error(400, "prompt must be a string (or give messages)")
+                return
+            strs = tk.token_strs(ids) if req.get("return_token_strs") else None
+            self._json(200, {"count": len(ids), "max_model_len": st.max_model_len, "tokens": ids, "token_strs": strs})
+
+        def _generate(self, req: dict[str, Any], chat: bool, prompt_ids: list[int], out_ids: list[int]) -> None:
+            tk = st.tokenizer
+            model = req.get("model")
+            n_out = len(out_ids)
+            finish = "stop" if tk.eos_id is not None and out_ids and out_ids[-1] == tk.eos_id else "length"
             rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n_out, "total_tokens": prompt_tokens + n_out}
-            finish = "length"
+            n_in = len(prompt_ids)
+            usage = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+            print(f"(APIServer) INFO: {rid}: prompt_tokens={n_in} completion_tokens={n_out}", flush=True)
+            want_ids = bool(req.get("return_token_ids"))
             if not req.get("stream"):
-                text = "".join(words)
+                text = tk.decode(out_ids)
                 if chat:
                     choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
                 else:
                     choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+                    if want_ids:
+                        choice.update(prompt_token_ids=prompt_ids, token_ids=out_ids)
                 time.sleep(st.token_delay * n_out)
                 self._json(
                     200,
@@ -219,22 +335,38 @@ def make_handler(st: StandinState) -> type[BaseHTTPRequestHandler]:
             self.send_header("Cache-Control", "no-cache")
             self.send_header("Connection", "close")
             self.end_headers()
-            include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+            opts = req.get("stream_options") or {}
+            include_usage = bool(opts.get("include_usage"))
+            continuous = include_usage and bool(opts.get("continuous_usage_stats"))  # api_utils.should_include_usage
             obj = "chat.completion.chunk" if chat else "text_completion"
 
             def send(doc: Any) -> None:
                 self.wfile.write(b"data: " + json.dumps(doc).encode() + b"\n\n")
                 self.wfile.flush()
 
-            for i, w in enumerate(words):
-                time.sleep(st.token_delay)
-                last = i == len(words) - 1
+            detok = tk.stream()
+            sent = 0
+            while sent < n_out:  # the first chunk is the prefill step's one token, as in vLLM
+                k = 1 if sent == 0 else min(st.tokens_per_chunk, n_out - sent)
+                time.sleep(st.token_delay * k)
+                step = out_ids[sent : sent + k]
+                text = "".join(detok.step(t) for t in step)
+                sent += k
+                last = sent == n_out
                 if chat:
-                    delta: dict[str, Any] = {"content": w} if i else {"role": "assistant", "content": w}
+                    delta: dict[str, Any] = {"content": text} if sent > k else {"role": "assistant", "content": text}
                     ch: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish if last else None}
                 else:
-                    ch = {"index": 0, "text": w, "logprobs": None, "finish_reason": finish if last else None}
-                send({"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [ch]})
+                    ch = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish if last else None}
+                    if want_ids:
+                        ch["token_ids"] = step
+                        if sent == k:
+                            ch["prompt_token_ids"] = prompt_ids
+                doc: dict[str, Any] = {"id": rid, "object": obj, "created": int(time.time()), "model": model}
+                doc["choices"] = [ch]
+                if continuous:
+                    doc["usage"] = {"prompt_tokens": n_in, "completion_tokens": sent, "total_tokens": n_in + sent}
+                send(doc)
             if include_usage:
                 send(
                     {
@@ -314,6 +446,9 @@ def main(argv: list[str]) -> int:
         float(os.environ.get("STANDIN_VLLM_TOKEN_DELAY_S") or 0.002),
         lora,
         args.model,
+        StandinTokenizer(args.model, add_bos=os.environ.get("STANDIN_VLLM_ADD_BOS") == "1"),
+        int(os.environ["STANDIN_VLLM_EOS_AFTER"]) if os.environ.get("STANDIN_VLLM_EOS_AFTER") else None,
+        int(os.environ.get("STANDIN_VLLM_TOKENS_PER_CHUNK") or 1),
     )
     try:
         srv = ThreadingHTTPServer((args.host or "0.0.0.0", args.port), make_handler(st))
