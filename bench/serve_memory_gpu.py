@@ -204,7 +204,7 @@ def serve_once(model_dir: Path, item: str, lora: bool, log: Path, timeout_s: flo
                 break
     finally:
         _stop(proc)
-    row = {"item": item, "argv": argv[:2] + ["<dir>"] + argv[3:], "status": status, "startup_s": ready_s, **smi}
+    row = {"item": item, "argv": [*argv[:2], "<dir>", *argv[3:]], "status": status, "startup_s": ready_s, **smi}
     row.update(parse_log(log.read_text(errors="replace")))
     for _ in range(40):  # wait for the GPU memory to come back before the next server
         if _smi().get("smi_used_mib", 0) < 1024:
@@ -220,7 +220,7 @@ def environment() -> dict[str, Any]:
             from importlib.metadata import version
 
             env[mod] = version(mod)
-        except Exception:  # noqa: BLE001 - only recorded
+        except Exception:
             env[mod] = None
     try:
         env["gpu"] = subprocess.run(
@@ -265,7 +265,7 @@ def measure(args: argparse.Namespace) -> int:
     rows = [json.loads(x) for x in (out / "serve_memory_gpu.jsonl").read_text().splitlines() if x.strip()]
     try:
         print(table(rows))
-    except Exception as e:  # noqa: BLE001 - the rows are written; the table can be redone on the CPU
+    except Exception as e:
         print(f"no table ({type(e).__name__}: {e}); run `compare` on the rows", flush=True)
     return 0
 

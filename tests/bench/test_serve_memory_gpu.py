@@ -35,7 +35,7 @@ LOG = textwrap.dedent(
     (EngineCore pid=202) INFO 12-01 21:41:40 [gpu_worker.py:794] CUDA graph pool memory: 0.58 GiB (actual), 0.62 GiB (estimated), difference: 0.04 GiB (6.9%).
     (EngineCore pid=202) INFO 12-01 21:41:40 [gpu_worker.py:852] Free memory on device (139.78/140.4 GiB) on startup. Desired GPU memory utilization is (0.9, 126.36 GiB). Actual usage is 14.99 GiB for weight, 3.21 GiB for peak activation, 0.09 GiB for non-torch memory, and 0.58 GiB for CUDAGraph memory. Replace gpu_memory_utilization config with `--kv-cache-memory=115` (107.49 GiB) to fit into requested memory, or `--kv-cache-memory=121` (120.55 GiB) to fully utilize gpu memory. Current kv cache memory in use is 107.45 GiB.
     (APIServer pid=101) INFO:     Application startup complete.
-    """  # noqa: E501
+    """
 )
 
 
