@@ -21,6 +21,7 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runners.errors import ConfigError
+from runners.spec import JobKind
 from tools.gpus import Accelerator, parse_accelerator
 
 __all__ = ["APP_NAME", "Config", "HostConfig", "SlurmConfig", "default_config_path", "load_config"]
@@ -84,6 +85,10 @@ class HostConfig(_Strict):
         description="The host's interpreter for payloads (default: this server's own on a local host, python3 over SSH).",
     )
     env: dict[str, str] = Field(default_factory=dict)
+    kind_env: dict[JobKind, dict[str, str]] = Field(
+        default_factory=dict,
+        description="More env for one kind of job (serve, finetune, quantize, ...), laid over `env`.",
+    )
     secrets: list[str] = Field(default_factory=list, description="Names of controller env vars to pass.")
     allow_scripts: bool = False
     slurm: SlurmConfig | None = None
@@ -108,6 +113,15 @@ class HostConfig(_Strict):
         for k in v:
             if not _ENV_NAME_RE.match(k):
                 raise ValueError(f"{k!r} is not a valid environment variable name")
+        return v
+
+    @field_validator("kind_env")
+    @classmethod
+    def _kind_env(cls, v: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for table in v.values():
+            for k in table:
+                if not _ENV_NAME_RE.match(k):
+                    raise ValueError(f"{k!r} is not a valid environment variable name")
         return v
 
     @field_validator("secrets")
@@ -137,6 +151,15 @@ class HostConfig(_Strict):
         if self.python:
             return self.python
         return sys.executable if self.transport == "local" else "python3"
+
+    def env_for(self, kind: str) -> dict[str, str]:
+        """The env a job of ``kind`` (and a probe on its behalf) gets: ``env``, then ``kind_env[kind]`` over it.
+
+        Why per kind: one machine often keeps its serving and training stacks apart (vLLM pins
+        versions the fine-tune stack does not accept; ``import unsloth`` patches vLLM when it can
+        import it), so serve jobs need a PYTHONPATH or PATH that fine-tunes must not see.
+        """
+        return {**self.env, **self.kind_env.get(kind, {})}
 
     @property
     def slurm_settings(self) -> SlurmConfig:

@@ -83,16 +83,17 @@ class PreparedJob:
 
 
 def job_env(job: PreparedJob) -> dict[str, str]:
-    """The non-secret variables every job sees (host env < job env < bookkeeping)."""
+    """The non-secret variables every job sees (host env < host env of its kind < job env < bookkeeping)."""
+    host_env = job.host.env_for(job.spec.kind)
     return {
-        **job.host.env,
+        **host_env,
         **job.spec.env,
         "LLM_OPS_JOB_ID": job.job_id,
         "LLM_OPS_JOB_DIR": job.job_dir,
         "LLM_OPS_JOB_TOKEN": job.token,
         "LLM_OPS_OUTPUTS": job.path(OUTPUTS),
         "LLM_OPS_METRICS": job.path(METRICS),
-        "PYTHONUNBUFFERED": job.host.env.get("PYTHONUNBUFFERED", "1"),
+        "PYTHONUNBUFFERED": host_env.get("PYTHONUNBUFFERED", "1"),
     }
 
 

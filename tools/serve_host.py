@@ -87,11 +87,12 @@ while IFS=', ' read -r i used total; do echo "GPU $i $used $total"; done
 """
 
 
-def host_command(host: HostConfig, argv: list[str]) -> list[str]:
-    """``argv`` with the host's configured env applied (``env K=V ... argv``), as jobs see it."""
-    if not host.env:
+def host_command(host: HostConfig, argv: list[str], kind: str = "serve") -> list[str]:
+    """``argv`` with the host's env for jobs of ``kind`` applied (``env K=V ... argv``), as those jobs see it."""
+    env = host.env_for(kind)
+    if not env:
         return argv
-    return ["env", *(f"{k}={v}" for k, v in host.env.items()), *argv]
+    return ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
 
 
 class VllmInstall(BaseModel):
