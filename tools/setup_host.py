@@ -3,7 +3,7 @@
 Why pins, not "latest": vLLM pins torch exactly, Unsloth caps transformers and TRL, and
 llm-compressor caps transformers too; a fresh ``pip install vllm unsloth`` resolves to
 whatever was released last night. The pins below were read from the packages' metadata
-(shared/gpu/README.md, docs/workflow.md): torch 2.11.0 + transformers 5.17.0 + vllm 0.26.0
+(docs/workflow.md): torch 2.11.0 + transformers 5.17.0 + vllm 0.26.0
 + unsloth 2026.10.9 + trl 1.15.0. llm-compressor 0.14.0.1 wants compressed-tensors 0.19.0
 while vllm 0.26.0 pins 0.17.0, so it gets its own environment (``components=["llmcompressor"]``).
 
