@@ -7,18 +7,14 @@ the way every other client of that server does. The server is found by its job i
 forward or the login node's tunnel for remote hosts) and the API key from the job's
 env file; neither the key nor the tunnel is part of any result.
 
-The benchmark sends streaming completions with a bounded number of prompts, a
-bounded concurrency and a wall-clock budget (a tool call must stay under the
-client's time-out), and measures per request the time to first token and the gaps
-between tokens, as vLLM's own ``bench serve`` does.
+The benchmark (token-exact prompts, per-token timing as vLLM's ``bench serve``) lives in
+tools/serve_bench.py and is re-exported here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import statistics
 import time
 from typing import Any, Literal
 
@@ -27,6 +23,7 @@ from pydantic import BaseModel, Field, model_validator
 from runners.engine import JobEngine
 from runners.errors import Conflict, HostError, InvalidInput, OpsError
 from runners.states import JobState
+from tools.serve_bench import BenchmarkInput, BenchmarkOutput, benchmark_server
 from tools.serve_host import ServeRuntime
 
 __all__ = [
@@ -41,35 +38,6 @@ __all__ = [
 ]
 
 JOB_ID_PATTERN = r"^[a-z][a-z0-9-]{2,79}$"
-_WORDS = [
-    "the",
-    "quick",
-    "brown",
-    "fox",
-    "jumps",
-    "over",
-    "a",
-    "lazy",
-    "dog",
-    "while",
-    "seven",
-    "wise",
-    "owls",
-    "watch",
-    "from",
-    "old",
-    "oak",
-    "trees",
-    "and",
-    "count",
-    "every",
-    "star",
-    "in",
-    "the",
-    "silent",
-    "night",
-    "sky",
-]
 
 
 class ChatMessage(BaseModel):
@@ -105,36 +73,6 @@ class QueryOutput(BaseModel):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     latency_s: float
-    summary: str
-
-
-class BenchmarkInput(BaseModel):
-    server_job_id: str = Field(description="The server's job_id.", pattern=JOB_ID_PATTERN)
-    model: str | None = Field(None, description="Served name to load; default: the base model.")
-    num_prompts: int = Field(64, ge=1, le=2000)
-    input_len: int = Field(256, ge=1, le=32_768, description="Prompt length in words (≈ tokens; measured).")
-    output_len: int = Field(128, ge=1, le=8192, description="Tokens generated per request (EOS ignored).")
-    concurrency: int = Field(8, ge=1, le=512, description="Requests in flight at once.")
-    time_budget_s: float = Field(90.0, gt=0, le=105.0, description="Stop sending after this; report what finished.")
-
-
-class Percentiles(BaseModel):
-    mean: float | None = None
-    p50: float | None = None
-    p99: float | None = None
-
-
-class BenchmarkOutput(BaseModel):
-    completed: int
-    failed: int
-    duration_s: float
-    requests_per_s: float
-    output_tokens_per_s: float
-    total_output_tokens: int
-    mean_input_tokens: float | None = Field(None, description="As the server counted them.")
-    ttft_ms: Percentiles = Field(description="Time to first token.")
-    itl_ms: Percentiles = Field(description="Inter-token latency (gaps between streamed chunks).")
-    errors: list[str] = Field(default_factory=list, description="Distinct error messages (at most 5).")
     summary: str
 
 
@@ -257,109 +195,3 @@ async def query_model(engine: JobEngine, runtime: ServeRuntime, p: QueryInput) -
         latency_s=round(dt, 3),
         summary=f"{model} answered in {dt:.2f} s{toks} (finish: {finish}).",
     )
-
-
-def _pct(values: list[float]) -> Percentiles:
-    if not values:
-        return Percentiles()
-    s = sorted(values)
-
-    def q(x: float) -> float:
-        return round(s[min(len(s) - 1, max(0, round(x * (len(s) - 1))))], 3)
-
-    return Percentiles(mean=round(statistics.fmean(s), 3), p50=q(0.5), p99=q(0.99))
-
-
-async def benchmark_server(engine: JobEngine, runtime: ServeRuntime, p: BenchmarkInput) -> BenchmarkOutput:
-    """Streaming load test: throughput, requests/s, TTFT and ITL p50/p99 (bounded in count and time)."""
-    import openai
-
-    url, key, names = await server_connection(engine, runtime, p.server_job_id)
-    model = p.model or (names[0] if names else None)
-    if model is None:
-        raise InvalidInput("The server lists no model names.", "Pass model=... explicitly.")
-    client = _client(url, key, p.time_budget_s + 5)
-    ttfts: list[float] = []
-    itls: list[float] = []
-    in_tokens: list[int] = []
-    out_tokens = 0
-    completed = failed = 0
-    errors: list[str] = []
-    sem = asyncio.Semaphore(p.concurrency)
-    start = time.perf_counter()
-    deadline = start + p.time_budget_s
-
-    async def one(i: int) -> None:
-        nonlocal out_tokens, completed, failed
-        async with sem:
-            if time.perf_counter() >= deadline:
-                return
-            words = [_WORDS[(i + k) % len(_WORDS)] for k in range(p.input_len)]
-            t0 = time.perf_counter()
-            first: float | None = None
-            last = t0
-            chunks = 0
-            usage_out: int | None = None
-            try:
-                stream = await client.completions.create(
-                    model=model,
-                    prompt=" ".join(words),
-                    max_tokens=p.output_len,
-                    temperature=0.0,
-                    stream=True,
-                    stream_options={"include_usage": True},
-                    extra_body={"ignore_eos": True, "min_tokens": p.output_len},
-                )
-                async for ev in stream:
-                    now = time.perf_counter()
-                    if ev.choices and ev.choices[0].text:
-                        if first is None:
-                            first = now
-                            ttfts.append((now - t0) * 1000)
-                        else:
-                            itls.append((now - last) * 1000)
-                        last = now
-                        chunks += 1
-                    if ev.usage is not None:
-                        usage_out = ev.usage.completion_tokens
-                        in_tokens.append(ev.usage.prompt_tokens)
-            except openai.OpenAIError as e:
-                failed += 1
-                msg = str(_translate(e, url))
-                if msg not in errors and len(errors) < 5:
-                    errors.append(msg)
-                return
-            completed += 1
-            out_tokens += usage_out if usage_out is not None else chunks
-
-    try:
-        await asyncio.gather(*(one(i) for i in range(p.num_prompts)))
-    finally:
-        await client.close()
-    dur = max(time.perf_counter() - start, 1e-9)
-    if completed == 0 and failed:
-        raise HostError(f"Every benchmark request failed: {errors[0]}", "Check the server with query_model first.")
-    out = BenchmarkOutput(
-        completed=completed,
-        failed=failed,
-        duration_s=round(dur, 3),
-        requests_per_s=round(completed / dur, 3),
-        output_tokens_per_s=round(out_tokens / dur, 2),
-        total_output_tokens=out_tokens,
-        mean_input_tokens=round(statistics.fmean(in_tokens), 1) if in_tokens else None,
-        ttft_ms=_pct(ttfts),
-        itl_ms=_pct(itls),
-        errors=errors,
-        summary="",
-    )
-    skipped = p.num_prompts - completed - failed
-    out.summary = (
-        f"{completed}/{p.num_prompts} requests at concurrency {p.concurrency} in {dur:.1f} s: "
-        f"{out.output_tokens_per_s:.1f} output tok/s, {out.requests_per_s:.2f} req/s, TTFT p50 "
-        f"{out.ttft_ms.p50} ms / p99 {out.ttft_ms.p99} ms, ITL p50 {out.itl_ms.p50} ms / p99 "
-        f"{out.itl_ms.p99} ms"
-        + (f"; {skipped} not sent (time budget)" if skipped else "")
-        + (f"; {failed} failed" if failed else "")
-        + "."
-    )
-    return out
