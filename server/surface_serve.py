@@ -85,7 +85,8 @@ def register(app: MCPServer, state: AppState) -> None:
         app,
         ToolSpec(
             "benchmark_server",
-            "Load-test a ready vLLM server: output tokens/s, requests/s, TTFT and ITL p50/p99.",
+            "Load-test a ready vLLM server as vllm bench serve does: prompts of exactly input_len tokens "
+            "(server-counted), output_len tokens each; output tokens/s, requests/s, TTFT, TPOT, ITL per token.",
             open_world=True,
         ),
         BenchmarkInput,
