@@ -23,6 +23,9 @@ APT_PKGS := openssh-server openssh-client slurmd slurmctld slurm-client munge gi
 # same file whoever runs `make lock`.
 LOCK_ARGS := --universal --python-version 3.11 --generate-hashes --quiet
 MAIN_LOCK_ARGS := pyproject.toml --extra worker --extra dev $(LOCK_ARGS)
+# uv trusts the machine's own certificate store, as pip and apt do: behind a proxy that
+# re-signs TLS with a local CA (common in companies), uv's bundled roots would refuse it.
+export UV_SYSTEM_CERTS := 1
 
 .PHONY: demo test lint bench lock lock-check sysdeps venv clean
 
