@@ -6,10 +6,12 @@ gradients, optimizer states, saved activations, logits, the KV cache) plus the
 allocator's own slack. Each term is physics from the architecture (GQA, head_dim,
 tied embeddings, MoE, sliding windows, MLA) and the software's known behaviour:
 
-* vLLM: KV memory = total x gpu_memory_utilization - (weights + profile-run peak
-  activations + non-torch memory); bytes per token = 2 x layers x kv_heads x
-  head_dim x dtype / TP; CUDA graphs are captured outside that budget
-  (vllm/v1/worker/gpu_worker.py ``determine_available_memory``).
+* vLLM: KV memory = ceil(total x gpu_memory_utilization) - (weights + profile-run
+  peak activations + non-torch memory + the CUDA graph estimate); bytes per token =
+  2 x layers x kv_heads x head_dim x dtype / TP; one request of max_model_len must fit
+  (vllm/v1/worker/gpu_worker.py ``determine_available_memory``,
+  vllm/v1/core/kv_cache_utils.py ``check_enough_kv_cache_memory``; each term is in
+  tools/vllm_memory.py with the code it follows).
 * HF (a plain transformers + PEFT loop): fp32 upcast of the logits and their gradient;
   RMSNorm's fp32 upcast; PEFT's fp32 adapters (``autocast_adapter_dtype``) whose
   inputs are saved per adapted module; ``prepare_model_for_kbit_training`` turning
@@ -35,8 +37,10 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from runners.errors import InvalidInput
+from tools import vllm_memory as vm
 from tools.gpus import TIERS, GpuTier, parse_accelerator
 from tools.models import ModelArch, resolve_model
+from tools.vllm_memory import VllmBudget
 
 __all__ = [
     "GIB",
@@ -68,10 +72,6 @@ CUDA_CONTEXT_GIB = 0.55  # torch + CUDA 12 lazy-loaded kernels + cuBLAS/cuDNN ha
 # non-allocator memory under Unsloth against 0.60 GiB under plain HF on the same H200
 # (bench/data/memory_gpu.jsonl, context_gib).
 UNSLOTH_EXTRA_CONTEXT_GIB = 0.5  # of the 0.7 measured; consumer cards load fewer kernels
-VLLM_NON_TORCH_GIB = (0.25, 0.45)  # TP=1, TP>1 (NCCL buffers); vLLM #11251 logs 0.39 at TP=2
-VLLM_CUDA_GRAPHS_GIB = 0.5  # recent vLLM estimates ~0.4 GiB; v0 logged 1~3 GiB
-VLLM_MAX_NUM_BATCHED_TOKENS = 8192  # V1 default for `vllm serve` (chunked prefill on)
-VLLM_MAX_NUM_SEQS = 256
 UNSLOTH_WORKSPACE_GIB = 0.5  # dequantization buffers, fused-CE chunk, Triton workspaces
 _NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit + int8 absmax per 64 + fp32 per 256 blocks (double quant)
 _INT8_BYTES = 1.0 + 4 / 4096  # LLM.int8 row statistics
@@ -124,7 +124,38 @@ class MemoryInput(BaseModel):
     )
     gpu: str | None = Field(None, description="GPU tier such as 'H100' or 'A100-80GB:2'.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM's share of GPU memory.")
-    max_num_batched_tokens: int | None = Field(None, ge=1, description="vLLM profile-run tokens; default 8192.")
+    max_num_batched_tokens: int | None = Field(
+        None, ge=1, description="vLLM profile-run tokens; default vLLM's for the GPU (8192 on H100/H200, else 2048)."
+    )
+    max_num_seqs: int | None = Field(
+        None,
+        ge=1,
+        le=65536,
+        description="vLLM's cap on running sequences (sizes its sampler warm-up); default vLLM's for the GPU "
+        "(1024 on H100/H200, else 256). A cap, not a demand: the KV cache only needs one max_model_len sequence.",
+    )
+    serve_lora_rank: int | None = Field(
+        None, ge=1, le=512, description="vLLM --max-lora-rank when serving LoRA adapters (--enable-lora); none: off."
+    )
+    max_loras: int = Field(1, ge=1, le=256, description="vLLM --max-loras (adapters resident at once on the GPU).")
+
+
+class VllmServing(BaseModel):
+    """vLLM's own start-up budget for one GPU, as its log reports it (GiB unless said)."""
+
+    requested_gib: float = Field(description="ceil(total x gpu_memory_utilization): vLLM's whole budget.")
+    weights_gib: float = Field(description='"Model loading took X GiB" (LoRA buffers included).')
+    activation_peak_gib: float = Field(description="Peak of the profile run (forward or sampler warm-up).")
+    non_torch_gib: float = Field(description="Non-torch memory allocated after vLLM's memory snapshot.")
+    cuda_graphs_gib: float = Field(description='"Estimated CUDA graph memory", taken from the budget.')
+    kv_cache_gib: float = Field(description='"Available KV cache memory".')
+    kv_tokens: int = Field(description='"GPU KV cache size: N tokens".')
+    max_model_len: int
+    max_concurrency: float = Field(description='"Maximum concurrency for max_model_len tokens per request".')
+    fits_one_sequence: bool = Field(description="vLLM starts: one max_model_len sequence fits the KV cache.")
+    max_model_len_that_fits: int = Field(description="Longest context one sequence can have (vLLM's estimate).")
+    max_num_batched_tokens: int
+    max_num_seqs: int
 
 
 class Breakdown(BaseModel):
@@ -163,7 +194,8 @@ class MemoryResult(BaseModel):
     params: ParamCounts
     fits: dict[str, TierFit]
     max_kv_tokens: int | None = Field(None, description="vLLM's KV cache size in tokens (inference with a gpu).")
-    max_concurrency: float | None = Field(None, description="max_kv_tokens / seq_len.")
+    max_concurrency: float | None = Field(None, description="vLLM's maximum concurrency at seq_len tokens per request.")
+    vllm: VllmServing | None = Field(None, description="vLLM's budget term by term (inference on a given gpu).")
     recommendation: dict | None = Field(None, description="A plan (tools/plan.py) that fits the workload.")
     assumptions: list[str]
     summary: str
@@ -191,7 +223,10 @@ class Settings:
     zero_stage: int
     util: float
     cpu_offload: bool
-    mnbt: int
+    mnbt: int | None  # None: vLLM's default for the GPU
+    max_num_seqs: int | None = None  # None: vLLM's default for the GPU
+    serve_lora_rank: int | None = None
+    max_loras: int = 1
     notes: tuple[str, ...] = field(default=())
 
 
@@ -302,7 +337,10 @@ def resolve_settings(p: MemoryInput, arch: ModelArch) -> Settings:
         zero_stage=p.zero_stage or 0,
         util=p.gpu_memory_utilization,
         cpu_offload=p.cpu_offload,
-        mnbt=p.max_num_batched_tokens or VLLM_MAX_NUM_BATCHED_TOKENS,
+        mnbt=p.max_num_batched_tokens,
+        max_num_seqs=p.max_num_seqs,
+        serve_lora_rank=p.serve_lora_rank,
+        max_loras=p.max_loras,
     )
 
 
@@ -324,6 +362,7 @@ class _Parts:
     non_kv: float = 0.0  # vLLM: weights + profile peak + non-torch (its budget minus KV)
     graphs: float = 0.0
     trainable: int = 0
+    budget: VllmBudget | None = None  # vLLM serving on a known GPU: its start-up budget
 
     def total(self) -> float:
         return (
@@ -419,6 +458,7 @@ def breakdown_bytes(
     num_gpus: int | None = None,
     zero_stage: int | None = None,
     gpu_gib: float | None = None,
+    gpu_name: str | None = None,
 ) -> _Parts:
     """Per-GPU bytes for one configuration. Fast (no allocation beyond one dataclass)."""
     tp = s.tp if tp is None else tp
@@ -431,7 +471,7 @@ def breakdown_bytes(
     inter = _mlp_act_width(arch)
     weights = _weight_bytes(arch, s)
     if s.task == "inference":
-        _inference(arch, s, tp, weights, out, gpu_gib)
+        _inference(arch, s, tp, weights, out, gpu_gib, gpu_name)
         return out
 
     # ---- training -------------------------------------------------------------------
@@ -560,7 +600,93 @@ def _trl_fused_head_bytes(arch: ModelArch, s: Settings, tokens: int, rb: int, n:
     return out
 
 
-def _inference(arch: ModelArch, s: Settings, tp: int, weights: float, out: _Parts, gpu_gib: float | None) -> None:
+def _lora_buffer_bytes(arch: ModelArch, s: Settings, tp: int) -> float:
+    """vLLM's stacked LoRA buffers (--enable-lora): A [max_loras, r, in] and B [max_loras, out, r] per slice.
+
+    vllm/lora/layers: every linear layer of the decoder gets them (q, k, v of the packed qkv,
+    o, gate and up of the packed gate_up, down) in the model dtype; column-parallel layers
+    shard B, row-parallel ones shard A (fully_sharded_loras off, vLLM's default).
+    """
+    r = s.serve_lora_rank
+    if not r:
+        return 0.0
+    h, q, kv = arch.hidden_size, arch.q_dim, arch.kv_dim
+    inter = arch.intermediate_size if not arch.is_moe else arch.shared_expert_intermediate_size
+    column = [(h, q), (h, kv), (h, kv), (h, inter), (h, inter)]  # q, k, v, gate, up
+    row = [(q, h), (inter, h)]  # o, down
+    per_layer = sum(i + o / tp for i, o in column if o) + sum(i / tp + o for i, o in row if i)
+    return s.max_loras * r * per_layer * arch.num_layers * _bytes(s.dtype)
+
+
+def vllm_budget(
+    arch: ModelArch, s: Settings, tp: int, weights: float, gpu_gib: float, gpu_name: str | None = None
+) -> VllmBudget:
+    """One GPU's ``vllm serve`` budget (tools/vllm_memory.py says which vLLM code each term follows).
+
+    ``weights`` are the whole model's bytes as loaded; they are split over ``tp`` ranks.
+    """
+    h, V = arch.hidden_size, arch.vocab_size
+    ab = _bytes(s.dtype)
+    mnbt_default, seqs_default = vm.batch_defaults(gpu_gib, gpu_name)
+    tokens = s.mnbt or mnbt_default
+    seqs = s.max_num_seqs or seqs_default
+    reqs = min(seqs, tokens)  # profile_run: max_num_batched_tokens spread over min(max_num_seqs, tokens) requests
+    inter = _mlp_act_width(arch) / tp
+    moe_extra = arch.experts_per_token * h if arch.is_moe else 0
+    # The largest live set of one decoder layer, per token: residual + normed input + the
+    # MLP's gate_up output and its activation (or the attention's q, k, v and output).
+    per_tok = ab * (2 * h + max(3 * inter + moe_extra, (2 * arch.q_dim + 2 * arch.kv_dim) / tp))
+    if arch.is_moe:
+        per_tok += arch.num_experts * 4 * 2  # router logits (fp32) and their softmax
+    forward = tokens * per_tok
+    # _dummy_sampler_run: full-vocab logits on every rank (the logits processor gathers them),
+    # while the forward's hidden states are still held.
+    sampler = reqs * V * vm.SAMPLER_BYTES_PER_LOGIT + vm.TOPK_TOPP_PROGRAMS * V * 4 + tokens * h * ab
+    full_kv, slide_kv = _kv_per_token(arch, s, tp)
+    graphs = _cudagraph_bytes(arch, s, tp, seqs, per_tok)
+    smi = TIERS[gpu_name].memory_gib if gpu_name in TIERS else None
+    return VllmBudget(
+        total=vm.cuda_total_gib(gpu_gib, gpu_name, smi) * GIB,
+        util=s.util,
+        weights=weights / tp + _lora_buffer_bytes(arch, s, tp),
+        forward_peak=forward,
+        sampler_peak=sampler,
+        non_torch=(vm.NON_TORCH_TP_GIB if tp > 1 else vm.NON_TORCH_GIB) * GIB,
+        cuda_graphs=graphs,
+        page_bytes=vm.BLOCK_SIZE * full_kv,
+        slide_page_bytes=vm.BLOCK_SIZE * slide_kv,
+        sliding_window=arch.sliding_window,
+        max_num_batched_tokens=tokens,
+        max_num_seqs=seqs,
+    )
+
+
+def _cudagraph_bytes(arch: ModelArch, s: Settings, tp: int, seqs: int, per_tok: float) -> float:
+    """vLLM's CUDA graph estimate (gpu_model_runner.profile_cudagraph_memory).
+
+    The largest graph of a mode is captured for real (its pool holds one forward's live set at the
+    largest capture size), every further graph costs a per-graph amount that grows with the layers
+    (piecewise graphs are split at each attention). PIECEWISE graphs for every capture size and
+    FULL decode graphs for sizes up to max_num_seqs (FULL_AND_PIECEWISE, the default), all twice
+    with LoRA (graphs with and without adapters).
+    """
+    sizes = vm.cudagraph_capture_sizes(seqs)
+    graphs = len(sizes) + len([x for x in sizes if x <= seqs])
+    if s.serve_lora_rank:
+        graphs *= 2
+    first = sizes[-1] * per_tok
+    return first + (graphs - 2) * arch.num_layers * vm.GRAPH_PER_LAYER_MIB * vm.MIB
+
+
+def _inference(
+    arch: ModelArch,
+    s: Settings,
+    tp: int,
+    weights: float,
+    out: _Parts,
+    gpu_gib: float | None,
+    gpu_name: str | None = None,
+) -> None:
     h, V = arch.hidden_size, arch.vocab_size
     ab = _bytes(s.dtype)
     full_kv, slide_kv = _kv_per_token(arch, s, tp)
@@ -569,19 +695,19 @@ def _inference(arch: ModelArch, s: Settings, tp: int, weights: float, out: _Part
     kv_needed = s.batch_size * (s.seq_len * full_kv + window * slide_kv)
     out.weights = weights / tp
     if s.backend == "vllm":
-        t = s.mnbt
-        inter = _mlp_act_width(arch) / tp
-        moe_extra = arch.experts_per_token * h if arch.is_moe else 0
-        per_tok = ab * (4 * h + max(3 * inter + moe_extra, (arch.q_dim + 2 * arch.kv_dim) / tp + arch.q_dim / tp))
-        seqs = max(VLLM_MAX_NUM_SEQS, s.batch_size)
-        out.activations = t * per_tok
-        out.logits = seqs * V / tp * 4 * 2  # sampler warm-up: fp32 logits and probabilities
-        non_torch = VLLM_NON_TORCH_GIB[tp > 1] * GIB
-        out.graphs = VLLM_CUDA_GRAPHS_GIB * GIB
-        out.non_kv = out.weights + out.activations + out.logits + non_torch
-        out.allocator_overhead = non_torch + out.graphs
+        # Without a GPU the budget is sized as on an H100-class card (vLLM's larger batch defaults).
+        b = vllm_budget(arch, s, tp, weights, gpu_gib if gpu_gib is not None else 80.0, gpu_name)
+        out.adapter = b.weights - out.weights
+        # The peak is the forward's or the sampler warm-up's (shown as logits, beside the held hidden states).
+        held = b.max_num_batched_tokens * h * ab
+        out.activations = b.forward_peak if b.forward_peak >= b.sampler_peak else held
+        out.logits = b.activation_peak - out.activations
+        out.graphs = b.cuda_graphs
+        out.non_kv = b.non_kv
+        out.allocator_overhead = b.non_torch + b.cuda_graphs
         if gpu_gib is not None:  # vLLM takes its whole budget for KV
-            out.kv_cache = max(0.0, gpu_gib * GIB * s.util - out.non_kv)
+            out.budget = b
+            out.kv_cache = max(0.0, b.kv_available)
         else:
             out.kv_cache = kv_needed
     else:  # transformers generate: KV as a DynamicCache, prefill activations, last-token logits
@@ -597,18 +723,40 @@ def _gib(x: float) -> float:
     return round(x / GIB, 2)
 
 
+def vllm_server_budget(arch: ModelArch, s: Settings, tier: GpuTier, tp: int) -> VllmBudget:
+    """vLLM's start-up budget for ``s`` on one GPU of ``tier`` at tensor-parallel size ``tp``."""
+    return vllm_budget(arch, s, tp, _weight_bytes(arch, s), tier.memory_gib, tier.id)
+
+
+def vllm_serving(b: VllmBudget, max_model_len: int) -> VllmServing:
+    """The budget as vLLM's start-up log reports it."""
+    return VllmServing(
+        requested_gib=_gib(b.requested),
+        weights_gib=_gib(b.weights),
+        activation_peak_gib=_gib(b.activation_peak),
+        non_torch_gib=_gib(b.non_torch),
+        cuda_graphs_gib=_gib(b.cuda_graphs),
+        kv_cache_gib=_gib(b.kv_available),
+        kv_tokens=b.kv_tokens(max_model_len),
+        max_model_len=max_model_len,
+        max_concurrency=round(b.max_concurrency(max_model_len), 2),
+        fits_one_sequence=b.fits_one(max_model_len),
+        max_model_len_that_fits=b.max_model_len_that_fits(max_model_len),
+        max_num_batched_tokens=b.max_num_batched_tokens,
+        max_num_seqs=b.max_num_seqs,
+    )
+
+
 def fits_on(arch: ModelArch, s: Settings, tier: GpuTier, n: int) -> tuple[bool, float]:
     """(fits, headroom GiB per GPU) for ``n`` GPUs of ``tier`` using the settings' own parallelism."""
     mem = tier.memory_gib * GIB
     if s.task == "inference":
         if s.backend == "vllm":
-            parts = breakdown_bytes(arch, s, tp=n, num_gpus=n, gpu_gib=tier.memory_gib)
-            full_kv, slide_kv = _kv_per_token(arch, s, n)
-            window = min(s.seq_len, arch.sliding_window or s.seq_len)
-            need = s.batch_size * (s.seq_len * full_kv + window * slide_kv)
-            head = mem * s.util - parts.non_kv - need
-            over = parts.cuda_context + mem * s.util + parts.graphs - mem
-            return head >= 0 and over <= 0, head / GIB
+            # vLLM's own rule: it starts when ONE request of max_model_len fits the KV cache
+            # (kv_cache_utils.check_enough_kv_cache_memory); max_num_seqs only caps the scheduler.
+            b = vllm_server_budget(arch, s, tier, n)
+            head = b.kv_available - b.one_request_bytes(s.seq_len)
+            return b.fits_one(s.seq_len) and b.context_fits_outside(), head / GIB
         parts = breakdown_bytes(arch, s, tp=n, num_gpus=n)
     else:
         zero = s.zero_stage if n == s.num_gpus else (3 if n > 1 else 0)
@@ -638,9 +786,17 @@ def _min_gpus(arch: ModelArch, s: Settings, tier: GpuTier) -> TierFit:
 def _assumptions(arch: ModelArch, s: Settings, tier: GpuTier | None) -> list[str]:
     a = [f"Architecture from {arch.source}."]
     if s.task == "inference" and s.backend == "vllm":
+        mnbt, seqs = vm.batch_defaults(tier.memory_gib if tier else 80.0, tier.id if tier else None)
         a.append(
-            f"vLLM profile run with max_num_batched_tokens={s.mnbt} and {VLLM_MAX_NUM_SEQS} sequences; "
-            f"non-torch memory {VLLM_NON_TORCH_GIB[s.tp > 1]} GiB and CUDA graphs {VLLM_CUDA_GRAPHS_GIB} GiB."
+            f"vLLM 0.26 `vllm serve`: budget ceil(total x {s.util:g}); profile run of "
+            f"max_num_batched_tokens={s.mnbt or mnbt} over max_num_seqs={s.max_num_seqs or seqs} requests "
+            f"(sampler warm-up {vm.SAMPLER_BYTES_PER_LOGIT:g} B per logit); non-torch memory "
+            f"{vm.NON_TORCH_TP_GIB if s.tp > 1 else vm.NON_TORCH_GIB} GiB; its CUDA graph estimate is taken "
+            "from the budget; the CUDA context sits outside it."
+        )
+        a.append(
+            "vLLM starts when one request of seq_len (max_model_len) fits the KV cache; max_num_seqs is a cap. "
+            "max_kv_tokens and max_concurrency are vLLM's 'GPU KV cache size' and 'Maximum concurrency'."
         )
         a.append(
             "KV bytes per token = 2 x layers x KV heads x head_dim x dtype bytes / TP (the MLA latent for DeepSeek)."
@@ -748,7 +904,7 @@ def estimate_memory(p: MemoryInput, *, with_plan: bool = True) -> MemoryResult:
         if (p.num_gpus is None and ":" in p.gpu) or (p.num_gpus is None and acc.count > 1):
             p = p.model_copy(update={"num_gpus": acc.count})
     s = resolve_settings(p, arch)
-    parts = breakdown_bytes(arch, s, gpu_gib=tier.memory_gib if tier else None)
+    parts = breakdown_bytes(arch, s, gpu_gib=tier.memory_gib if tier else None, gpu_name=tier.id if tier else None)
     total, active, _ = _counts(arch)
     trainable = parts.trainable if s.task != "inference" else 0
     bd = Breakdown(
@@ -765,9 +921,10 @@ def estimate_memory(p: MemoryInput, *, with_plan: bool = True) -> MemoryResult:
     total_gib = round(parts.total() / GIB, 2)
     fits = {tid: _min_gpus(arch, s, t) for tid, t in TIERS.items()}
     max_kv = conc = None
-    if s.task == "inference" and s.backend == "vllm" and tier is not None:
-        max_kv = int(parts.kv_cache // parts.kv_per_token) if parts.kv_per_token else 0
-        conc = round(max_kv / s.seq_len, 2)
+    vllm = None
+    if parts.budget is not None:
+        vllm = vllm_serving(parts.budget, s.seq_len)
+        max_kv, conc = vllm.kv_tokens, vllm.max_concurrency
     rec = None
     if with_plan:
         from tools import plan as _plan  # plan builds on this module's core
@@ -779,8 +936,16 @@ def estimate_memory(p: MemoryInput, *, with_plan: bool = True) -> MemoryResult:
         f"seq {s.seq_len} x batch {s.batch_size}{', TP ' + str(s.tp) if s.tp > 1 else ''}): "
         f"{total_gib:.1f} GiB per GPU{where}"
     )
-    if max_kv is not None:
-        summary += f"; KV cache {max_kv:,} tokens (~{conc:g} sequences of {s.seq_len})"
+    if vllm is not None:
+        summary += (
+            f"; vLLM's KV cache {vllm.kv_cache_gib:g} GiB = {vllm.kv_tokens:,} tokens, maximum concurrency "
+            f"{vllm.max_concurrency:.2f}x at {s.seq_len:,} tokens per request"
+            + (
+                ""
+                if vllm.fits_one_sequence
+                else f" (one such request does not fit: at most {vllm.max_model_len_that_fits:,})"
+            )
+        )
     if tier is not None:
         f = fits[tier.id]
         summary += f"; fits {tier.id}: {'yes' if f.fits else 'no'}" + (
@@ -802,6 +967,7 @@ def estimate_memory(p: MemoryInput, *, with_plan: bool = True) -> MemoryResult:
         fits=fits,
         max_kv_tokens=max_kv,
         max_concurrency=conc,
+        vllm=vllm,
         recommendation=rec,
         assumptions=_assumptions(arch, s, tier),
         summary=summary + ".",

@@ -1,10 +1,12 @@
 """Fit a workload to a GPU tier: TP size, quantization, context, micro-batch, checkpointing.
 
 Pure functions over :mod:`tools.memory`'s core. Preference order keeps quality and
-speed first and changes only what must change: the requested settings as they are;
-then more GPUs (the smallest tensor-parallel size that fits *and* divides the
-attention and KV heads, as vLLM requires); then quantization (FP8 where the tier has
-it, else NF4); then a shorter ``max_model_len``. For training: no gradient
+speed first and changes only what must change. Serving follows vLLM's own rule (one
+sequence of ``max_model_len`` must fit the KV cache; ``max_num_seqs`` is only a cap):
+the requested settings as they are; then more GPUs (the smallest tensor-parallel size
+that fits *and* divides the attention and KV heads, as vLLM requires); then a shorter
+``max_model_len``; quantization (FP8 where the tier has it, else 4-bit bitsandbytes)
+only when the weights leave no room for a useful context. For training: no gradient
 checkpointing if it fits (faster), then checkpointing, then a smaller micro-batch
 with gradient accumulation to keep the effective batch, then an 8-bit optimizer,
 QLoRA, and ZeRO-3 across GPUs (HF only; Unsloth runs on one GPU).
@@ -19,8 +21,9 @@ from pydantic import BaseModel, Field
 
 from runners.errors import InvalidInput
 from tools.gpus import TIERS, GpuTier
-from tools.memory import GIB, HF_STACK, Settings, TierFit, breakdown_bytes, fits_on, tp_is_valid
+from tools.memory import GIB, HF_STACK, Settings, TierFit, breakdown_bytes, fits_on, tp_is_valid, vllm_server_budget
 from tools.models import ModelArch
+from tools.vllm_memory import BLOCK_SIZE
 
 __all__ = ["Plan", "plan_inference", "plan_training", "recommend"]
 
@@ -44,56 +47,109 @@ class Plan(BaseModel):
     estimated_gib: float = Field(description="Peak per GPU for this plan.")
     headroom_gib: float
     fits: bool
+    kv_cache_gib: float | None = Field(None, description="Serving: vLLM's 'Available KV cache memory' per GPU.")
+    kv_tokens: int | None = Field(None, description="Serving: vLLM's 'GPU KV cache size' in tokens.")
+    max_concurrency: float | None = Field(
+        None, description="Serving: vLLM's 'Maximum concurrency' at max_model_len tokens per request."
+    )
+    weights_gib: float | None = Field(None, description="Serving: weights per GPU as vLLM loads them.")
     notes: list[str] = []
     summary: str
 
 
-def _inference_quants(s: Settings, tier: GpuTier) -> list[str]:
-    if s.quantization != "none":
-        return [s.quantization]
-    return ["none", "fp8" if tier.fp8 else "bnb-8bit", "bnb-4bit"]
+# The shortest context a plan shortens max_model_len to before it quantizes instead (or the
+# model's own, when that is shorter): weights that leave room for less are weights that don't fit.
+MIN_SERVE_CONTEXT = 4096
+# Our plan's names for the in-flight methods vLLM can apply to a 16-bit checkpoint, and what the
+# host needs for each: fp8 is built into vLLM (GPUs with fp8 support), bitsandbytes (4-bit only
+# in vLLM) needs the package on the host's interpreter.
+INFLIGHT_QUANT = {"fp8": "fp8", "bnb-4bit": "bitsandbytes"}
 
 
-def plan_inference(arch: ModelArch, s: Settings, tier: GpuTier, max_gpus: int | None = None) -> Plan:
-    """Smallest TP (dividing heads and KV heads) that serves ``s`` on ``tier``, quantizing only if needed."""
+def _fallback_quants(s: Settings, tier: GpuTier, methods: frozenset[str] | None) -> list[str]:
+    """In-flight quantizations to try, best first, that this tier (and host, when known) can run."""
+    out = []
+    for ours, method in INFLIGHT_QUANT.items():
+        if ours == "fp8" and not tier.fp8:
+            continue
+        if methods is not None and method not in methods:
+            continue
+        out.append(ours)
+    return out
+
+
+def _longest(arch: ModelArch, s: Settings, tier: GpuTier, tps: list[int]) -> tuple[int, int]:
+    """(TP, max_model_len) giving the longest context one sequence can have (ties: fewest GPUs)."""
+    best = (tps[0], 0)
+    for tp in tps:
+        b = vllm_server_budget(arch, s, tier, tp)
+        if not b.context_fits_outside():
+            continue
+        n = b.max_model_len_that_fits(s.seq_len) // BLOCK_SIZE * BLOCK_SIZE
+        if n > best[1]:
+            best = (tp, n)
+    return best
+
+
+def plan_inference(
+    arch: ModelArch,
+    s: Settings,
+    tier: GpuTier,
+    max_gpus: int | None = None,
+    *,
+    allow_quantization: bool = True,
+    methods: frozenset[str] | None = None,
+) -> Plan:
+    """vLLM's own rules: the smallest TP (dividing heads and KV heads) where ONE sequence of
+    ``s.seq_len`` fits the KV cache; else the longest context that fits (not under
+    MIN_SERVE_CONTEXT); only then an in-flight quantization the host can run (``methods``:
+    vLLM method names it has; None: every method the tier supports).
+    """
     max_gpus = max_gpus or tier.typical_max_per_node
     tps = [t for t in (1, 2, 4, 8, 16) if t <= max_gpus and tp_is_valid(arch, t)]
     if not tps:
         raise InvalidInput(f"No tensor-parallel size up to {max_gpus} divides {arch.name}'s heads.", "Allow more GPUs.")
+    floor = min(s.seq_len, MIN_SERVE_CONTEXT)
+    candidates = [(s, None)]
+    if allow_quantization and s.quantization == "none":
+        candidates += [(replace(s, quantization=q), q) for q in _fallback_quants(s, tier, methods)]
     notes: list[str] = []
-    for quant in _inference_quants(s, tier):
-        qs = replace(s, quantization=quant)
+    for qs, q in candidates:
         for tp in tps:
-            ok, head = fits_on(arch, qs, tier, tp)
-            if ok:
-                if quant != s.quantization:
-                    notes.append(f"Quantized to {quant}: the 16-bit weights don't fit {max_gpus}x {tier.id}.")
-                return _inf_plan(arch, qs, tier, tp, s.seq_len, head, True, notes)
-    # Nothing fits at this context: keep the best layout and shorten max_model_len.
-    qs = replace(s, quantization=_inference_quants(s, tier)[-1])
-    tp = tps[-1]
-    parts = breakdown_bytes(arch, qs, tp=tp, num_gpus=tp, gpu_gib=tier.memory_gib)
-    per_seq = parts.kv_cache / max(parts.kv_per_token, 1) / qs.batch_size
-    if per_seq >= 256:
-        mml = int(per_seq // 16 * 16)
-        notes.append(f"max_model_len cut from {s.seq_len} to {mml} to fit {qs.batch_size} sequence(s).")
-        return _inf_plan(arch, replace(qs, seq_len=mml), tier, tp, mml, 0.0, True, notes)
-    notes.append(f"Does not fit {max_gpus}x {tier.id} even at {qs.quantization}; use a larger tier or more nodes.")
-    return _inf_plan(
-        arch, qs, tier, tp, s.seq_len, -(parts.non_kv - tier.memory_gib * GIB * qs.util) / GIB, False, notes
+            if fits_on(arch, qs, tier, tp)[0]:
+                if q is not None:
+                    notes.append(
+                        f"Quantized to {q}: the 16-bit weights leave no room for a {floor}-token sequence on "
+                        f"{max_gpus}x {tier.id}."
+                    )
+                return _inf_plan(arch, qs, tier, tp, s.seq_len, True, notes)
+        tp, n = _longest(arch, qs, tier, tps)
+        if n >= floor:
+            if q is not None:
+                notes.append(f"Quantized to {q}: the 16-bit weights don't fit {max_gpus}x {tier.id}.")
+            notes.append(
+                f"max_model_len cut from {s.seq_len} to {n}: one {s.seq_len}-token sequence does not fit the KV cache."
+            )
+            return _inf_plan(arch, replace(qs, seq_len=n), tier, tp, n, True, notes)
+    qs = candidates[-1][0]
+    notes.append(
+        f"Does not fit {max_gpus}x {tier.id} even at {qs.quantization}"
+        f"{'' if allow_quantization else ' (quantization not allowed)'}; use a larger tier or more GPUs."
     )
+    return _inf_plan(arch, qs, tier, tps[-1], s.seq_len, False, notes)
 
 
-def _inf_plan(
-    arch: ModelArch, s: Settings, tier: GpuTier, tp: int, mml: int, head: float, ok: bool, notes: list[str]
-) -> Plan:
-    parts = breakdown_bytes(arch, s, tp=tp, num_gpus=tp, gpu_gib=tier.memory_gib)
+def _inf_plan(arch: ModelArch, s: Settings, tier: GpuTier, tp: int, mml: int, ok: bool, notes: list[str]) -> Plan:
+    parts = breakdown_bytes(arch, s, tp=tp, num_gpus=tp, gpu_gib=tier.memory_gib, gpu_name=tier.id)
+    b = parts.budget
+    assert b is not None
     est = parts.total() / GIB
-    kv_tokens = int(parts.kv_cache // parts.kv_per_token) if parts.kv_per_token else 0
+    kv_tokens, conc = b.kv_tokens(mml), b.max_concurrency(mml)
+    head = (b.kv_available - b.one_request_bytes(mml)) / GIB
     summary = (
         f"{tp}x {tier.id}, TP {tp}, {s.quantization if s.quantization != 'none' else s.dtype}, "
-        f"max_model_len {mml}: KV {kv_tokens:,} tokens ({kv_tokens / mml:.1f} sequences)"
-        + ("" if ok else " — does not fit")
+        f"max_model_len {mml}: KV cache {max(0.0, b.kv_available) / GIB:.1f} GiB = {kv_tokens:,} tokens, "
+        f"maximum concurrency {conc:.2f}x at {mml:,} tokens per request" + ("" if ok else " — does not fit")
     )
     return Plan(
         gpu=tier.id,
@@ -105,6 +161,10 @@ def _inf_plan(
         estimated_gib=round(est, 2),
         headroom_gib=round(head, 2),
         fits=ok,
+        kv_cache_gib=round(max(0.0, b.kv_available) / GIB, 2),
+        kv_tokens=kv_tokens,
+        max_concurrency=round(conc, 2),
+        weights_gib=round(b.weights / GIB, 2),
         notes=notes,
         summary=summary,
     )

@@ -48,7 +48,9 @@ def test_sliding_window_caps_kv():
 def test_vllm_budget_and_tp():
     one = est(gpu="H100", seq_len=8192)
     assert one.max_kv_tokens and one.max_kv_tokens > 300_000
-    assert one.total_gib == pytest.approx(79.65 * 0.9 + 0.55 + 0.5, abs=0.1)
+    # CUDA context + vLLM's whole budget: ceil(79.18 GiB, CUDA's total of an H100, x 0.9); the CUDA
+    # graphs are inside the budget since vLLM 0.21 (gpu_worker.determine_available_memory).
+    assert one.total_gib == pytest.approx(79.18 * 0.9 + 0.55, abs=0.02)
     seventy = est(model="llama-3.1-70b", gpu="H100:2", seq_len=8192)
     assert seventy.max_kv_tokens > 8192 and seventy.breakdown_gib.weights == pytest.approx(65.7, rel=0.02)
     assert seventy.fits["H100"].min_gpus == 2 and seventy.fits["B200"].min_gpus == 1  # H200: 131 GiB > 0.9 x 140

@@ -1,0 +1,173 @@
+"""vLLM 0.26's own memory budget for ``vllm serve``, term by term as its code computes it.
+
+Why a module of its own: the serving plan must say "fits" exactly when vLLM would serve,
+and report the KV cache the way vLLM logs it. So each term follows the code that decides it
+(vLLM 0.26.0, files under ``vllm/``):
+
+* ``v1/worker/utils.py request_memory``: the budget is ``ceil(total x gpu_memory_utilization)``
+  of the GPU's whole memory (not of what is free); the CUDA context, made before the
+  snapshot, lives outside it — start-up refuses when less than the budget is free.
+* ``v1/worker/gpu_worker.py determine_available_memory`` with ``utils/mem_utils.py
+  memory_profiling``: available KV = budget - (weights + torch peak increase of the profile
+  run + non-torch increase since the snapshot) - the CUDA graph estimate
+  (``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS``, on by default since 0.21).
+* ``v1/worker/gpu_model_runner.py profile_run``: one dummy forward of
+  ``max_num_batched_tokens`` tokens over ``min(max_num_seqs, tokens)`` requests, then
+  ``_dummy_sampler_run`` on one row of logits per request (bf16 logits, their fp32 copy in
+  ``Sampler.forward``, fp32 probabilities and the exponential noise of ``random_sample``:
+  14 bytes per logit, with the per-SM top-k/top-p buffer of ``topk_topp_triton.py``).
+* ``engine/arg_utils.py get_batch_defaults``: ``vllm serve`` on a GPU of >= 70 GiB that is
+  not an A100 defaults to 8192 batched tokens and 1024 sequences, else 2048 and 256.
+* ``v1/worker/gpu_model_runner.py profile_cudagraph_memory``: the largest graph of each
+  mode captured for real plus a per-graph cost for the others; capture sizes from
+  ``config/compilation.py`` (up to ``min(2 x max_num_seqs, 512)``), twice over with LoRA
+  (``cudagraph_dispatcher.py _get_lora_cases``: graphs with and without adapters).
+* ``v1/core/kv_cache_utils.py``: pages of 16 tokens; ``num_blocks = available // page //
+  layers``; ``check_enough_kv_cache_memory`` needs ONE request of ``max_model_len`` to fit
+  (``max_num_seqs`` is only the scheduler's cap); "GPU KV cache size" = ``int(concurrency x
+  max_model_len)`` with concurrency = ``num_blocks / cdiv(max_model_len, 16)``
+  (``get_max_concurrency_for_kv_cache_config``, ``get_kv_cache_capacity``).
+
+The activation and graph terms are physics with the constants named below; they were
+checked against vLLM's own log lines on an H200 (bench/serve_memory_gpu.py,
+bench/data/serve_memory_gpu.jsonl, table in docs/serving.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = [
+    "BLOCK_SIZE",
+    "VllmBudget",
+    "batch_defaults",
+    "cudagraph_capture_sizes",
+]
+
+GIB = 1024**3
+MIB = 1024**2
+BLOCK_SIZE = 16  # vLLM's default KV block (CacheConfig.block_size for CUDA attention backends)
+SAMPLER_BYTES_PER_LOGIT = 14.0  # bf16 logits + fp32 copy + fp32 probs + fp32 noise (see the module docstring)
+TOPK_TOPP_PROGRAMS = 132  # topk_topp_triton: one fp32 vocab row per SM (H100/H200: 132 SMs)
+NON_TORCH_GIB = 0.1  # cuBLAS/FA3 workspaces and the like, allocated after vLLM's snapshot (TP 1)
+NON_TORCH_TP_GIB = 0.35  # with TP > 1: custom all-reduce IPC buffers on top
+CUDA_CONTEXT_GIB = 0.55  # made before the snapshot: must fit in (1 - gpu_memory_utilization)
+# Per captured graph and decoder layer, beyond the largest graph of a mode. From vLLM start-up
+# logs of dense models at TP 1 (public ones: 0.40 GiB for a 24-layer 0.5B with 51 PIECEWISE +
+# 35 FULL graphs, 0.54 GiB for a 32-layer 8B); not yet measured with 0.26 here (bench/serve_memory_gpu.py).
+GRAPH_PER_LAYER_MIB = 0.19
+# What CUDA reports as the device's total (cudaMemGetInfo, which vLLM's budget multiplies), below
+# nvidia-smi's figure by the driver's reservation; from vLLM's own "Free memory on device (free/total
+# GiB)" lines: H200 139.81, H100 80GB 79.18-79.19 (nvidia-smi: 140.4 and 79.65).
+CUDA_TOTAL_GIB = {"H200": 139.81, "H100": 79.18}
+DRIVER_RESERVED_GIB = 0.5  # other tiers: nvidia-smi's total less about this much
+
+
+def batch_defaults(gpu_memory_gib: float | None, gpu_name: str | None) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) that ``vllm serve`` picks for this GPU (arg_utils.get_batch_defaults)."""
+    if gpu_memory_gib is not None and gpu_memory_gib >= 70 and "a100" not in (gpu_name or "").lower():
+        return 8192, 1024
+    return 2048, 256
+
+
+def cuda_total_gib(gpu_gib: float, gpu_name: str | None, nvidia_smi_gib: float | None = None) -> float:
+    """The total vLLM's budget is a share of, for a GPU whose nvidia-smi total is ``gpu_gib``.
+
+    ``gpu_name`` None: ``gpu_gib`` already is CUDA's own figure (from a vLLM log). A tier whose
+    memory was overridden in the host config (``nvidia_smi_gib`` differs) keeps the override.
+    """
+    if gpu_name is None:
+        return gpu_gib
+    known = CUDA_TOTAL_GIB.get(gpu_name)
+    if known is not None and (nvidia_smi_gib is None or abs(nvidia_smi_gib - gpu_gib) < 0.01):
+        return known
+    return gpu_gib - DRIVER_RESERVED_GIB
+
+
+def cudagraph_capture_sizes(max_num_seqs: int) -> list[int]:
+    """vLLM's default capture sizes (config/compilation.py): 1, 2, 4, then by 8 to 256, by 16 beyond."""
+    top = min(2 * max_num_seqs, 512)
+    sizes = [1, 2, 4, *range(8, 256, 8), *range(256, top + 1, 16)]
+    return [s for s in sizes if s <= top]
+
+
+@dataclass(frozen=True)
+class VllmBudget:
+    """One GPU's budget as vLLM computes it (bytes), and what follows from it for the KV cache."""
+
+    total: float
+    util: float
+    weights: float
+    forward_peak: float  # the dummy forward of max_num_batched_tokens tokens
+    sampler_peak: float  # the sampler warm-up on one row of logits per request
+    non_torch: float
+    cuda_graphs: float
+    page_bytes: float  # one block of BLOCK_SIZE tokens over all full-attention layers
+    slide_page_bytes: float = 0.0  # the same over sliding-window layers
+    sliding_window: int | None = None
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 1024
+
+    @property
+    def requested(self) -> float:
+        return float(math.ceil(self.total * self.util))
+
+    @property
+    def activation_peak(self) -> float:
+        """vLLM's "peak activation" (torch peak increase of profile_run): the larger of its two phases."""
+        return max(self.forward_peak, self.sampler_peak)
+
+    @property
+    def non_kv(self) -> float:
+        return self.weights + self.activation_peak + self.non_torch + self.cuda_graphs
+
+    @property
+    def kv_available(self) -> float:
+        """vLLM's "Available KV cache memory" (may be negative: then vLLM refuses to start)."""
+        return self.requested - self.non_kv
+
+    def _blocks(self) -> int:
+        per_block = self.page_bytes + self.slide_page_bytes
+        return max(0, int(self.kv_available // per_block)) if per_block else 0
+
+    def _blocks_per_request(self, max_model_len: int) -> int:
+        full = math.ceil(max_model_len / BLOCK_SIZE)
+        if not self.slide_page_bytes:
+            return full
+        return full  # one pool for both groups: a request's full-attention pages bound it
+
+    def one_request_bytes(self, max_model_len: int) -> float:
+        """KV bytes one request of ``max_model_len`` needs (kv_cache_interface max_memory_usage_bytes)."""
+        full = math.ceil(max_model_len / BLOCK_SIZE) * self.page_bytes
+        if not self.slide_page_bytes or not self.sliding_window:
+            return full + math.ceil(max_model_len / BLOCK_SIZE) * self.slide_page_bytes
+        span = min(max_model_len, self.sliding_window - 1 + self.max_num_batched_tokens)
+        return full + (math.ceil(span / BLOCK_SIZE) + 1) * self.slide_page_bytes
+
+    def fits_one(self, max_model_len: int) -> bool:
+        """vLLM's start-up check (kv_cache_utils._check_enough_kv_cache_memory)."""
+        return self.kv_available > 0 and self.one_request_bytes(max_model_len) <= self.kv_available
+
+    def max_concurrency(self, max_model_len: int) -> float:
+        """ "Maximum concurrency for L tokens per request" (get_max_concurrency_for_kv_cache_config)."""
+        return self._blocks() / self._blocks_per_request(max_model_len)
+
+    def kv_tokens(self, max_model_len: int) -> int:
+        """ "GPU KV cache size: N tokens" (get_kv_cache_capacity: int(concurrency x max_model_len))."""
+        return int(self.max_concurrency(max_model_len) * max_model_len)
+
+    def max_model_len_that_fits(self, limit: int) -> int:
+        """The longest max_model_len up to ``limit`` whose one request fits (estimate_max_model_len's search)."""
+        lo, hi, best = 1, limit, 0
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if self.one_request_bytes(mid) <= self.kv_available:
+                best, lo = mid, mid + 1
+            else:
+                hi = mid - 1
+        return best
+
+    def context_fits_outside(self) -> bool:
+        """The CUDA context must fit beside the budget: vLLM refuses when less than the budget is free."""
+        return CUDA_CONTEXT_GIB * GIB + self.requested <= self.total
