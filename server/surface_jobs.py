@@ -28,6 +28,8 @@ __all__ = ["get_engine", "register"]
 JOB_ID = Field(description="The job's id, from a submit or list_jobs.", pattern=r"^[a-z][a-z0-9-]{2,79}$")
 MAX_LOG_BYTES = 1 << 20
 MAX_WAIT_S = 110.0
+# Some MCP clients cancel a tool call after about 60 s: a wait returns well before that unless asked.
+DEFAULT_WAIT_S = 45.0
 
 
 async def get_engine(state: AppState) -> JobEngine:
@@ -105,7 +107,13 @@ class WaitForJobInput(BaseModel):
     until: Literal["finished", "running", "ready"] = Field(
         "finished", description="finished (any end state), running, or ready (serve jobs: endpoint answers)."
     )
-    timeout_s: float = Field(60.0, gt=0, le=MAX_WAIT_S, description="Return after this long at most (<= 110 s).")
+    timeout_s: float = Field(
+        DEFAULT_WAIT_S,
+        gt=0,
+        le=MAX_WAIT_S,
+        description="Return after this long at most: 45 s by default (some clients cancel calls after ~60 s), "
+        "up to 110 s. Progress is reported meanwhile; call again while timed_out.",
+    )
 
 
 class WaitForJobOutput(BaseModel):
@@ -236,7 +244,7 @@ def register(app: MCPServer, state: AppState) -> None:
         app,
         ToolSpec(
             "wait_for_job",
-            "Wait (<= 110 s, with progress) until a job is finished, running or ready.",
+            "Wait (45 s by default, up to 110 s, with progress) until a job is finished, running or ready.",
             read_only=True,
             idempotent=True,
             open_world=True,

@@ -23,7 +23,7 @@ def finetune_serve_evaluate(model: str, dataset: str, host: str = "", method: st
 2. submit_finetune(model={model!r}, dataset={dataset!r}, method={method!r}{f", host={host!r}" if host else ""},
    dry_run=true) — read the plan (batch, accumulation, estimated peak vs GPU memory); then submit for real
    with an idempotency_key.
-3. Follow it: wait_for_job(job_id, timeout_s=100) in a loop; get_job_status(job_id, plot=true) for the loss
+3. Follow it: wait_for_job(job_id) in a loop (45 s per call); get_job_status(job_id, plot=true) for the loss
    curve; get_job_logs(job_id, offset=...) to read new log lines. Stop if the loss diverges (cancel_job).
 4. When it succeeded: start_vllm_server(model={model!r}, lora_adapters=[{{"name": "ft", "job_id": <job_id>}}])
    and wait_for_job(server_job_id, until="ready").

@@ -4,13 +4,21 @@ The flow of :func:`start_vllm_server`, every step before the submit free of side
 
 1. resolve the model's architecture (a directory on the host is read there) and the
    adapters (a fine-tune job's ``outputs/`` must come from a job that *succeeded*);
-2. plan with tools/plan.py: the smallest tensor-parallel size that fits and divides
-   the heads, a ``max_model_len`` that fits the requested concurrency, quantization
-   only when needed — each choice with its reason; a model that can't fit raises
-   :class:`DoesNotFit` naming what would (tiers and GPU counts);
-3. ask the host which vLLM it has and which flags that version knows (cached), and
-   build the argv from the typed :class:`~tools.vllm_args.VllmServeArgs` by
-   reflection plus validated ``extra_args``;
+2. ask the host which vLLM it has and whether bitsandbytes is there (package metadata,
+   about a second) and which flags that version knows (cached; on a host whose version
+   is new the job checks them on the host before vLLM starts, so this call never waits
+   for the ~30 s ``vllm serve --help=all``);
+3. plan with tools/plan.py by vLLM 0.26's own rules (tools/vllm_memory.py): the smallest
+   tensor-parallel size that fits and divides the heads, where "fits" is what vLLM
+   checks at start — weights, profile-run activations, non-torch and CUDA graph memory
+   and ONE ``max_model_len`` sequence within ``gpu_memory_utilization`` (``max_num_seqs``
+   is a cap, not a demand); ``max_model_len`` shortened only when one sequence does not
+   fit; quantization only when the weights leave no room, and only with a method the
+   host can run; the KV cache tokens and the concurrency at full length reported as vLLM
+   logs them. Each choice has its reason; a model that can't fit raises
+   :class:`DoesNotFit` naming what would (tiers and GPU counts). Then build the argv from
+   the typed :class:`~tools.vllm_args.VllmServeArgs` by reflection plus validated
+   ``extra_args``;
 4. submit a ``serve`` job running the serve payload (runners/payloads/serve.py),
    which starts vLLM, decides readiness on the host and writes ``ready``.
 
@@ -43,7 +51,7 @@ from runners.states import JobState
 from runners.views import JobView
 from tools.gpus import TIERS, GpuTier
 from tools.models import ModelArch, arch_from_config, resolve_model
-from tools.serve_host import GpuRelease, ServeRuntime, check_gpu_release, check_port, detect_vllm
+from tools.serve_host import GpuRelease, ServeRuntime, VllmInstall, check_gpu_release, check_port, detect_vllm
 from tools.vllm_args import (
     MAX_LORA_RANKS,
     ExtraValue,
@@ -52,6 +60,7 @@ from tools.vllm_args import (
     LoraModule,
     VllmServeArgs,
     build_extra_argv,
+    build_extra_argv_unchecked,
     flag_name,
     to_argv,
 )
@@ -127,16 +136,24 @@ class StartServerInput(BaseModel):
         "defaults, TP within a node and one pipeline stage per node.",
     )
     quantization: str = Field(
-        "auto", description="'auto' (only if needed), 'none', or a vLLM method: fp8, bitsandbytes, awq, gptq..."
+        "auto",
+        description="'auto' (only when the 16-bit weights don't fit, with a method the host can run), 'none', "
+        "or a vLLM method: fp8, bitsandbytes, awq, gptq...",
     )
     max_model_len: int | Literal["auto"] = Field(
-        "auto", description="Context length; 'auto': the model's, shortened only to fit max_num_seqs."
+        "auto", description="Context length; 'auto': the model's, shortened only when one such sequence doesn't fit."
     )
     gpu_memory_utilization: float = Field(0.9, gt=0.05, le=0.99, description="vLLM's share of each GPU's memory.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     kv_cache_dtype: Literal["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
     enable_prefix_caching: bool = True
-    max_num_seqs: int | None = Field(None, ge=1, le=4096, description="Concurrent sequences to plan for.")
+    max_num_seqs: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="vLLM's cap on running sequences (a cap, not a demand: the KV cache needs one max_model_len "
+        "sequence; the plan reports how many fit at full length).",
+    )
     # Plain defaults, not default_factory: the MCP bridge re-declares fields with their default (pydantic copies it).
     lora_adapters: list[LoraAdapterRef] = Field([], description="Adapters served by name.")
     served_model_name: str | None = Field(None, description="Name of the base model for clients; default: model.")
@@ -210,8 +227,15 @@ class ServePlan(BaseModel):
     nodes: int = Field(1, description="SLURM nodes the server spans (one vLLM process per node).")
     quantization: str | None = Field(None, description="vLLM's --quantization (None: as stored).")
     max_model_len: int | None = Field(None, description="None: the model's own.")
-    max_num_seqs: int | None = None
+    max_num_seqs: int | None = Field(None, description="vLLM's cap on running sequences (None: vLLM's default).")
     estimated_gib_per_gpu: float | None = None
+    fits: bool | None = Field(None, description="vLLM would start and serve it (None: no GPUs declared, not planned).")
+    kv_cache_gib: float | None = Field(None, description="vLLM's 'Available KV cache memory' per GPU, estimated.")
+    kv_cache_tokens: int | None = Field(None, description="vLLM's 'GPU KV cache size: N tokens', estimated.")
+    max_concurrency: float | None = Field(
+        None, description="vLLM's 'Maximum concurrency for L tokens per request', estimated (L: max_concurrency_at)."
+    )
+    max_concurrency_at: int | None = Field(None, description="The max_model_len that concurrency is for.")
     reasons: list[str] = Field(default_factory=list, description="Why each setting is what it is.")
 
 
@@ -279,7 +303,16 @@ def _pipeline_stage(arch: ModelArch, pp: int) -> ModelArch:
     )
 
 
-def plan_server(arch: ModelArch, p: StartServerInput, tier: GpuTier | None, gpus: int | None) -> ServePlan:
+def plan_server(
+    arch: ModelArch,
+    p: StartServerInput,
+    tier: GpuTier | None,
+    gpus: int | None,
+    *,
+    lora_rank: int | None = None,
+    max_loras: int = 1,
+    methods: frozenset[str] | None = None,
+) -> ServePlan:
     """TP, PP, quantization and context for ``p`` on ``gpus`` x ``tier`` (a pure function of its inputs).
 
     With ``pipeline_parallel_size`` > 1 the layers are split into stages and each stage is
@@ -288,7 +321,7 @@ def plan_server(arch: ModelArch, p: StartServerInput, tier: GpuTier | None, gpus
     nodes (``--nnodes/--node-rank/--headless``), which start_vllm_server does not launch yet.
     """
     from tools.memory import MemoryInput, resolve_settings
-    from tools.plan import plan_inference
+    from tools.plan import MIN_SERVE_CONTEXT, plan_inference
 
     pp = p.pipeline_parallel_size
     if pp > 1:
@@ -307,6 +340,9 @@ def plan_server(arch: ModelArch, p: StartServerInput, tier: GpuTier | None, gpus
             p.model_copy(update={"pipeline_parallel_size": 1}),
             tier,
             gpus // pp if gpus is not None else None,
+            lora_rank=lora_rank,
+            max_loras=max_loras,
+            methods=methods,
         )
         tp = stage.tensor_parallel_size
         stage.reasons.insert(
@@ -337,7 +373,6 @@ def plan_server(arch: ModelArch, p: StartServerInput, tier: GpuTier | None, gpus
         raise InvalidInput(f"quantization {p.quantization!r} is not a method name.", "Use auto, none, fp8, ...")
     vllm_quant: str | None = None if quant_req in ("auto", "none") else quant_req
     mml = p.max_model_len if isinstance(p.max_model_len, int) else None
-    seqs = p.max_num_seqs or 1
     if tier is None:
         reasons.append(
             "The host declares no GPUs (set `gpus` in its config): no memory plan; vLLM's defaults "
@@ -355,32 +390,40 @@ def plan_server(arch: ModelArch, p: StartServerInput, tier: GpuTier | None, gpus
     if arch.stored_quantization in ("awq", "gptq", "fp8"):
         plan_quant = arch.stored_quantization
         reasons.append(f"The checkpoint is stored as {arch.stored_quantization}; vLLM loads it as it is.")
+    if methods is not None and vllm_quant is not None and vllm_quant not in methods and vllm_quant != "fp8":
+        raise InvalidInput(
+            f"quantization {vllm_quant!r} needs a package the host's interpreter lacks ({_method_need(vllm_quant)}).",
+            f"Install it there, or use quantization='auto' ({'fp8' if tier.fp8 else 'none'} on {tier.id}).",
+        )
     dtype = "float16" if p.dtype == "float16" else "float32" if p.dtype == "float32" else "bfloat16"
     mi = MemoryInput(
         model=arch.name,
         task="inference",
         backend="vllm",
         seq_len=seq_len,
-        batch_size=seqs,
         dtype=dtype,
         quantization=plan_quant,
         kv_cache_dtype=p.kv_cache_dtype,
         num_gpus=explicit_tp or 1,
         tensor_parallel_size=explicit_tp or 1,
         gpu_memory_utilization=p.gpu_memory_utilization,
+        max_num_seqs=p.max_num_seqs,
+        serve_lora_rank=lora_rank,
+        max_loras=max_loras,
     )
     s = resolve_settings(mi, arch)
-    plan = plan_inference(arch, s, tier, max_gpus=explicit_tp or limit)
-    if plan.quantization == "bnb-8bit":  # vLLM quantizes in flight to 4-bit only
-        from dataclasses import replace
-
-        plan = plan_inference(arch, replace(s, quantization="bnb-4bit"), tier, max_gpus=explicit_tp or limit)
-        reasons.append("vLLM's in-flight bitsandbytes quantization is 4-bit, so 4-bit was planned.")
+    plan = plan_inference(
+        arch, s, tier, max_gpus=explicit_tp or limit, allow_quantization=quant_req == "auto", methods=methods
+    )
     if not plan.fits:
+        hint = f"It would fit on: {_would_fit(arch, s) or 'no single node we know'}"
+        if quant_req == "none":
+            hint += "; or allow quantization ('auto')"
         raise DoesNotFit(
-            f"{arch.name} does not fit {limit}x {tier.id} for serving ({seqs} sequence(s) of "
-            f"{seq_len} tokens), even quantized and with a shorter context.",
-            f"It would fit on: {_would_fit(arch, s) or 'no single node we know'}; or lower max_num_seqs.",
+            f"{arch.name} does not fit {limit}x {tier.id} for serving: even one sequence of "
+            f"{min(seq_len, MIN_SERVE_CONTEXT)} tokens leaves no room for the weights and vLLM's working memory"
+            + (" (no quantization allowed)." if quant_req == "none" else ", quantized or not."),
+            hint + ".",
         )
     tp = explicit_tp or plan.tensor_parallel_size
     if explicit_tp is not None and plan.tensor_parallel_size < explicit_tp:
@@ -388,42 +431,58 @@ def plan_server(arch: ModelArch, p: StartServerInput, tier: GpuTier | None, gpus
     elif explicit_tp is None:
         smaller = [t for t in _valid_tps(arch, tp) if t < tp]
         why = (
-            "the weights and KV cache fit on one GPU"
+            f"the weights ({plan.weights_gib:g} GiB) and one {plan.max_model_len}-token sequence fit on one GPU"
             if tp == 1
             else f"TP {smaller[-1] if smaller else 1} does not fit, and {tp} divides the {arch.num_heads} heads"
         )
         reasons.append(f"tensor_parallel_size {tp}: {why}.")
     q_plan = plan.quantization
-    if quant_req == "none" and q_plan not in ("none", arch.stored_quantization):
-        raise DoesNotFit(
-            f"{arch.name} does not fit {limit}x {tier.id} unquantized (quantization='none').",
-            f"Allow quantization ('auto' would use {q_plan}), or use: {_would_fit(arch, s)}.",
-        )
     if quant_req == "auto":
         vllm_quant = _TO_VLLM_QUANT.get(q_plan)
-        if q_plan == "none" or q_plan == arch.stored_quantization:
-            reasons.append(
-                "No quantization: the 16-bit weights fit."
-                if q_plan == "none"
-                else f"Quantization as stored ({q_plan})."
-            )
+        if q_plan == "none":
+            reasons.append("No quantization: the 16-bit weights fit with room for the KV cache.")
+        elif q_plan == arch.stored_quantization:
+            reasons.append(f"Quantization as stored ({q_plan}).")
         else:
             reasons.append(
-                f"quantization {vllm_quant}: the 16-bit weights with the KV cache don't fit {limit}x {tier.id}."
+                f"quantization {vllm_quant}: the 16-bit weights leave no room for a "
+                f"{min(seq_len, MIN_SERVE_CONTEXT)}-token sequence on {limit}x {tier.id}"
+                + ("" if methods is None else f" ({vllm_quant} runs on this host)")
+                + "."
             )
-    if mml is not None and plan.max_model_len is not None and plan.max_model_len < mml:
+    assert plan.max_model_len is not None
+    if mml is not None and plan.max_model_len < mml:
         raise DoesNotFit(
-            f"max_model_len {mml} does not fit {seqs} sequence(s) on {tp}x {tier.id}.",
-            f"Use max_model_len {plan.max_model_len} or less, fewer max_num_seqs, kv_cache_dtype='fp8', or more GPUs.",
+            f"max_model_len {mml}: one sequence of {mml} tokens does not fit the KV cache on {tp}x {tier.id} "
+            f"(vLLM would refuse to start).",
+            f"Use max_model_len {plan.max_model_len} or less, kv_cache_dtype='fp8', a higher "
+            "gpu_memory_utilization, or more GPUs.",
         )
-    out_mml = plan.max_model_len if (mml is not None or (plan.max_model_len or seq_len) < seq_len) else None
-    if mml is None:
-        if out_mml is None:
-            reasons.append(f"max_model_len: the model's own ({seq_len}); the KV cache holds {seqs} such sequence(s).")
-        else:
-            reasons.append(
-                f"max_model_len {out_mml} (the model allows {seq_len}) so that {seqs} sequence(s) fit the KV cache."
+    out_mml = plan.max_model_len if (mml is not None or plan.max_model_len < seq_len) else None
+    full_mml = plan.max_model_len
+    if mml is None and out_mml is None:
+        reasons.append(f"max_model_len: the model's own ({seq_len}); one such sequence fits the KV cache.")
+    elif mml is None:
+        reasons.append(
+            f"max_model_len {out_mml} (the model allows {seq_len}): one {seq_len}-token sequence does not fit "
+            "the KV cache; this is the longest that does."
+        )
+    reasons.append(
+        f"KV cache {plan.kv_cache_gib:g} GiB per GPU: {plan.kv_tokens:,} tokens; maximum concurrency "
+        f"{plan.max_concurrency:.2f}x at {full_mml:,} tokens per request (vLLM logs these as 'GPU KV cache size' "
+        "and 'Maximum concurrency')."
+    )
+    if p.max_num_seqs is not None:
+        held = plan.max_concurrency or 0.0
+        reasons.append(
+            f"max_num_seqs {p.max_num_seqs} is vLLM's cap on running sequences, not a demand: "
+            + (
+                f"all {p.max_num_seqs} fit at full length."
+                if held >= p.max_num_seqs
+                else f"{held:.2f} fit at full length, more when they are shorter (vLLM schedules by KV memory)."
             )
+        )
+    reasons.append(f"Fits: vLLM would start and serve this ({tp}x {tier.id}).")
     reasons.extend(n for n in plan.notes if n not in reasons)
     return ServePlan(
         gpu=tier.id,
@@ -433,8 +492,17 @@ def plan_server(arch: ModelArch, p: StartServerInput, tier: GpuTier | None, gpus
         max_model_len=out_mml,
         max_num_seqs=p.max_num_seqs,
         estimated_gib_per_gpu=plan.estimated_gib,
+        fits=True,
+        kv_cache_gib=plan.kv_cache_gib,
+        kv_cache_tokens=plan.kv_tokens,
+        max_concurrency=plan.max_concurrency,
+        max_concurrency_at=full_mml,
         reasons=reasons,
     )
+
+
+def _method_need(method: str) -> str:
+    return "bitsandbytes" if method == "bitsandbytes" else method
 
 
 # --------------------------------------------------------------------------- resolve
@@ -545,12 +613,6 @@ async def start_vllm_server(
         if count is not None and p.gpus > count:
             raise InvalidInput(f"gpus={p.gpus} but host {host.name!r} has {count}.", f"Use at most {count}.")
         count = p.gpus
-    asked = p
-    if agents > 1 and p.pipeline_parallel_size == 1 and p.tensor_parallel_size == "auto":
-        asked = p.model_copy(update={"pipeline_parallel_size": agents})
-    plan = plan_server(arch, asked, tier, count * p.nodes if count is not None else None)
-    per_task = _split_over_nodes(plan, agents, tasks_per_node, count, auto_pp=asked is not p)
-
     adapters: list[LoraModule] = []
     ranks: list[int] = []
     for ref in p.lora_adapters:
@@ -561,15 +623,37 @@ async def start_vllm_server(
     names = [base_name, *(a.name for a in adapters)]
     if len(set(names)) != len(names):
         raise InvalidInput(f"Served names must differ: {names}.", "Rename the adapters.")
+    lora_rank = _lora_rank(max(ranks)) if ranks else None
 
-    try:
-        install = await detect_vllm(engine, host, cache)
-        known: KnownFlags | None = install.flags
+    try:  # package metadata only (about a second): the slow flag check runs in the job (serve_host.py)
+        install: VllmInstall | None = await detect_vllm(engine, host, cache)
     except NotFound:
         if not p.dry_run:
             raise
-        install, known = None, None
+        install = None
+    known: KnownFlags | None = install.flags if install else None
+
+    asked = p
+    if agents > 1 and p.pipeline_parallel_size == 1 and p.tensor_parallel_size == "auto":
+        asked = p.model_copy(update={"pipeline_parallel_size": agents})
+    plan = plan_server(
+        arch,
+        asked,
+        tier,
+        count * p.nodes if count is not None else None,
+        lora_rank=lora_rank,
+        max_loras=max(1, len(adapters)),
+        methods=install.quantization_methods() if install else None,
+    )
+    per_task = _split_over_nodes(plan, agents, tasks_per_node, count, auto_pp=asked is not p)
+    if install is None:
         plan.reasons.append("vLLM is not installed on the host: this dry run could not check the flags.")
+    elif known is None:
+        plan.reasons.append(
+            f"vLLM {install.version}'s flags are not known here yet (first server on {host.name}): the job checks "
+            "them with `vllm serve --help=all` on the host before it starts vLLM (about 30 s on a GPU host) and "
+            "fails at once on a wrong one; later calls check them before submitting."
+        )
 
     slurm = host.launcher == "slurm"
     bind = "0.0.0.0" if slurm else "127.0.0.1"
@@ -590,7 +674,7 @@ async def start_vllm_server(
         max_num_seqs=p.max_num_seqs,
         enable_lora=bool(adapters),
         max_loras=max(1, len(adapters)),
-        max_lora_rank=_lora_rank(max(ranks)) if ranks else 16,
+        max_lora_rank=lora_rank or 16,
         lora_modules=adapters or None,
         nnodes=agents,
         distributed_executor_backend="mp" if agents > 1 else None,
@@ -614,12 +698,16 @@ async def start_vllm_server(
             argv += ["--port", "{port}"]
     typed = {flag_name(f) for f in VllmServeArgs.model_fields}
     if p.extra_args:
-        if known is None:
+        if install is None:
             raise NotFound(
                 "extra_args can't be checked: vLLM is not installed on the host.",
                 "Install vLLM there first, or drop extra_args.",
             )
-        argv += build_extra_argv(p.extra_args, known, typed)
+        argv += (
+            build_extra_argv(p.extra_args, known, typed)
+            if known is not None
+            else build_extra_argv_unchecked(p.extra_args, typed)
+        )
     command = ["vllm", "serve", *argv]
 
     secrets_: list[str] = []
@@ -653,6 +741,8 @@ async def start_vllm_server(
             "plan": plan.model_dump(mode="json"),
             "vllm_version": install.version if install else None,
             "tasks": agents,
+            # flags not known yet: the payload runs `vllm serve --help=all` on the host and checks them first
+            "check_flags": install is not None and known is None,
         },
         argv=launch,
         env=env,

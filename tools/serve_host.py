@@ -4,9 +4,14 @@ Kept apart from tools/serve.py (which plans and submits) because every function
 here touches a host through the engine's :class:`~runners.transport.Transport`:
 the same code runs for a local host, an SSH host and a SLURM login node.
 
-* :func:`detect_vllm` asks the host's interpreter for vLLM's version and where its
-  ``vllm`` program is, then (once per host and version, cached in the state dir)
-  parses ``vllm serve --help=all``.
+* :func:`detect_vllm` asks the host's interpreter for vLLM's version, where its
+  ``vllm`` program is and whether bitsandbytes is there (package metadata only: about a
+  second), and returns the flags of ``vllm serve`` when this host's version is known
+  (cached in the state dir). It never runs ``vllm serve --help=all`` itself: that takes
+  23-33 s on a GPU host, longer than a tool call may block. The first server job on a
+  host runs it on the host instead, before vLLM starts, fails with a clear error when a
+  flag is wrong (runners/payloads/serve.py ``check_flags``), and leaves the help in its
+  job directory (``vllm-help.json``), which the next call reads and caches.
 * :class:`ServeRuntime` resolves a server job's endpoint *from the controller*:
   direct on a local host, through an SSH port forward for SSH hosts, through the
   login node to the compute node for SLURM (the node name comes from the job's
@@ -27,7 +32,7 @@ from pydantic import BaseModel, Field
 
 from runners.config import HostConfig
 from runners.engine import JobEngine
-from runners.errors import CommandFailed, Conflict, HostError, NotFound
+from runners.errors import CommandFailed, Conflict, HostError, InvalidInput, NotFound
 from runners.jobdir import parse_env
 from runners.transport import Transport
 from tools.vllm_args import FlagCache, KnownFlags, parse_help
@@ -53,6 +58,11 @@ except Exception:
         out["version"] = importlib.import_module("vllm").__version__
     except Exception as e:
         out["error"] = f"{type(e).__name__}: {e}"
+try:  # vLLM's in-flight bitsandbytes quantization needs the package in this interpreter
+    from importlib.metadata import version
+    out["bitsandbytes"] = version("bitsandbytes")
+except Exception:
+    out["bitsandbytes"] = None
 p = os.path.join(os.path.dirname(sys.executable), "vllm")
 out["program"] = p if os.path.exists(p) else shutil.which("vllm")
 print(json.dumps(out))
@@ -95,6 +105,9 @@ def host_command(host: HostConfig, argv: list[str], kind: str = "serve") -> list
     return ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
 
 
+HELP_FILE = "vllm-help.json"  # a serve job's record of `vllm serve --help=all` (written by its payload)
+
+
 class VllmInstall(BaseModel):
     """vLLM as one host has it."""
 
@@ -102,14 +115,21 @@ class VllmInstall(BaseModel):
     version: str
     python: str = Field(description="The host interpreter that has it.")
     program: str | None = Field(None, description="The `vllm` program next to it or on PATH.")
+    bitsandbytes: str | None = Field(None, description="bitsandbytes' version in that interpreter (None: absent).")
     flags_cached: bool = Field(description="True when the flag list came from the state dir's cache.")
-    flags: KnownFlags = Field(exclude=True)
+    flags: KnownFlags | None = Field(
+        None, exclude=True, description="None: not known yet on this host; the server job checks them there."
+    )
+
+    def quantization_methods(self) -> frozenset[str]:
+        """vLLM in-flight quantization methods this host can run (fp8 is vLLM's own)."""
+        return frozenset({"fp8", *(["bitsandbytes"] if self.bitsandbytes else [])})
 
 
 async def detect_vllm(engine: JobEngine, host: HostConfig, cache: FlagCache) -> VllmInstall:
-    """The host's vLLM version and the flags its ``vllm serve`` accepts (cached per host and version)."""
+    """The host's vLLM version, program and bitsandbytes, and its flags when known (see the module docstring)."""
     t = engine.transport(host.name)
-    res = await t.run(host_command(host, [host.interpreter, "-c", _PROBE]), timeout=120)
+    res = await t.run(host_command(host, [host.interpreter, "-c", _PROBE]), timeout=60)
     try:
         doc = json.loads(res.out.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -121,39 +141,43 @@ async def detect_vllm(engine: JobEngine, host: HostConfig, cache: FlagCache) -> 
             "to an interpreter that has it.",
         )
     version = str(doc["version"])
-    cached = cache.get(host.name, version)
-    if cached is not None:
-        return VllmInstall(
-            host=host.name,
-            version=version,
-            python=doc.get("python") or host.interpreter,
-            program=doc.get("program"),
-            flags_cached=True,
-            flags=cached,
-        )
-    program = doc.get("program")
-    cmd = (
-        [program, "serve", "--help=all"]
-        if program
-        else [host.interpreter, "-m", "vllm.entrypoints.cli.main", "serve", "--help=all"]
-    )
-    res = await t.run(host_command(host, cmd), timeout=300)
-    if res.rc != 0:
-        tail = " | ".join(res.err.strip().splitlines()[-2:]) or "no error output"
-        raise CommandFailed(
-            f"`vllm serve --help=all` failed on host {host.name!r} (exit {res.rc}): {tail}.",
-            "vLLM is installed but does not start: run that command on the host to see why.",
-        )
-    flags = parse_help(res.out, version, source=f"host {host.name}: {shlex.join(cmd)}")
-    cache.put(host.name, flags)
+    flags = cache.get(host.name, version)
+    cached = flags is not None
+    if flags is None:
+        flags = await _flags_from_jobs(engine, host, version)
+        if flags is not None:
+            cache.put(host.name, flags)
     return VllmInstall(
         host=host.name,
         version=version,
         python=doc.get("python") or host.interpreter,
-        program=program,
-        flags_cached=False,
+        program=doc.get("program"),
+        bitsandbytes=doc.get("bitsandbytes"),
+        flags_cached=cached,
         flags=flags,
     )
+
+
+async def _flags_from_jobs(engine: JobEngine, host: HostConfig, version: str) -> KnownFlags | None:
+    """The flags a recent serve job on ``host`` read from this ``version``'s help (its HELP_FILE), if any."""
+    t = engine.transport(host.name)
+    for rec in engine.catalog.list(kind="serve", host=host.name, limit=10):
+        data = await t.read_range(f"{rec.job_dir}/{HELP_FILE}", 0, 4 << 20)
+        if not data:
+            continue
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            continue
+        if not isinstance(doc, dict) or doc.get("version") != version or doc.get("rc") != 0:
+            continue
+        try:
+            return parse_help(
+                str(doc.get("text") or ""), version, source=f"host {host.name}: {shlex.join(doc.get('command') or [])}"
+            )
+        except (HostError, InvalidInput):
+            continue
+    return None
 
 
 async def check_port(engine: JobEngine, host: HostConfig, bind: str, port: int | None) -> int:

@@ -11,7 +11,10 @@ Why the host's own flag list: vLLM renames and removes flags between releases.
 The flags a host accepts are parsed once from its ``vllm serve --help=all``
 (:func:`parse_help`), cached per host and version in the state directory
 (:class:`FlagCache`), and every emitted flag — ours and the agent's ``extra_args``
-— is checked against them before anything is started. ``extra_args`` values are
+— is checked against them before anything is started. On a host whose version is
+not known yet, the server job runs that help itself before vLLM starts and fails on
+a wrong flag (the help takes ~30 s, too long for a tool call to wait):
+:func:`build_extra_argv_unchecked` then checks everything but the flags' existence. ``extra_args`` values are
 validated (no leading ``-``, no control characters, the flag's choices); they go
 into an argv list, never through a shell.
 
@@ -40,6 +43,7 @@ __all__ = [
     "MaxLoraRank",
     "VllmServeArgs",
     "build_extra_argv",
+    "build_extra_argv_unchecked",
     "flag_name",
     "parse_help",
     "to_argv",
@@ -401,4 +405,41 @@ def build_extra_argv(extra: dict[str, ExtraValue], known: KnownFlags, typed: set
             out.extend(_check_value(flag, _render(v), info, known.version) for v in value)
             continue
         out += [f"--{flag}", _check_value(flag, _render(value), info, known.version)]
+    return out
+
+
+def build_extra_argv_unchecked(extra: dict[str, ExtraValue], typed: set[str]) -> list[str]:
+    """``extra_args`` before the host's flags are known: names and values checked here, the
+    flags' existence and choices by the server job on the host before vLLM starts
+    (runners/payloads/serve.py ``check_flags``). ``True`` is ``--x``, ``False`` ``--no-x``."""
+    out: list[str] = []
+    for key, value in extra.items():
+        flag = key.strip().removeprefix("--").replace("_", "-")
+        if not _FLAG_RE.match(flag):
+            raise InvalidInput(
+                f"extra_args key {key!r} is not a flag name.", "Use names like 'max_num_batched_tokens'."
+            )
+        base = flag[3:] if flag.startswith("no-") else flag
+        for name in {flag, base}:
+            if name in MANAGED_FLAGS:
+                raise InvalidInput(
+                    f"--{name} can't be passed in extra_args: {MANAGED_FLAGS[name]}.", "Remove it from extra_args."
+                )
+            if name in typed or name.replace("-", "_") in VllmServeArgs.model_fields:
+                raise InvalidInput(
+                    f"--{name} is a parameter of start_vllm_server.",
+                    f"Pass {name.replace('-', '_')}=... instead of putting it in extra_args.",
+                )
+        free = FlagInfo(name=flag, takes_value=True)
+        if isinstance(value, bool):
+            if flag != base and value is not True:
+                raise InvalidInput(f"--{flag} is a switch.", f"Use {{'{base}': false}} or {{'{flag}': true}}.")
+            out.append(f"--{flag}" if value else f"--no-{flag}")
+        elif isinstance(value, list):
+            if not value:
+                raise InvalidInput(f"extra_args {key!r} is an empty list.", "Give at least one value.")
+            out.append(f"--{flag}")
+            out.extend(_check_value(flag, _render(v), free, "on this host") for v in value)
+        else:
+            out += [f"--{flag}", _check_value(flag, _render(value), free, "on this host")]
     return out

@@ -31,7 +31,15 @@ and exits with vLLM's code (srun's ``--kill-on-bad-exit`` then stops the rest).
 Stdlib only: it runs in the host's Python, next to vllm. ``classify_line`` is also
 used by the controller (tools/serve.py) to read logs of servers that never got here.
 Exit codes: vLLM's own; 3 CUDA out of memory; 4 port in use; 5 start-up time-out;
-6 a known start-up failure while vLLM did not exit by itself.
+6 a known start-up failure while vLLM did not exit by itself; 7 a flag this vLLM lacks.
+
+Flags (``payload_config["check_flags"]``): on a host whose vLLM the controller has not
+seen yet, it cannot check the command's flags without ``vllm serve --help=all``, which
+takes 23-33 s on a GPU host — longer than a tool call may block. So this script runs it
+here before starting vLLM (:func:`check_flags`), fails the job with kind
+``unknown_flag`` (the closest real flags named) when the command uses one this vLLM
+lacks or a value outside a flag's choices, and saves the help as ``vllm-help.json`` in
+the job directory, where the controller's next call reads and caches it.
 """
 
 from __future__ import annotations
@@ -52,9 +60,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FAILURES", "classify_line", "main"]
+__all__ = ["FAILURES", "check_flags", "classify_line", "help_flags", "main"]
 
-EXIT_OOM, EXIT_PORT, EXIT_TIMEOUT, EXIT_DIAGNOSED = 3, 4, 5, 6
+EXIT_OOM, EXIT_PORT, EXIT_TIMEOUT, EXIT_DIAGNOSED, EXIT_FLAGS = 3, 4, 5, 6, 7
+HELP_FILE = "vllm-help.json"  # the controller reads it to learn this host's flags (tools/serve_host.py)
+HELP_TIMEOUT_S = 300.0
 FATAL_GRACE_S = 20.0  # after a fatal line, how long vLLM may take to exit by itself ($LLM_OPS_SERVE_FATAL_GRACE_S)
 UNHEALTHY_AFTER = 3  # failed health checks in a row before the ready marker goes
 
@@ -161,6 +171,93 @@ def classify_line(line: str) -> tuple[str, str] | None:
     for kind, rx, hint in FAILURES:
         if rx.search(line):
             return kind, hint
+    return None
+
+
+def _split_invocation(inv: str) -> list[str]:
+    """``--a A, -b B`` -> ['--a A', '-b B'], keeping commas inside ``{...}`` and ``[...]`` choices."""
+    parts, depth, cur = [], 0, ""
+    for ch in inv:
+        depth += 1 if ch in "{[" else -1 if ch in "}]" else 0
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    return [*parts, cur.strip()] if cur.strip() else parts
+
+
+def help_flags(text: str) -> dict[str, list[str] | None]:
+    """Every long option of an argparse ``--help`` text: name -> its choices (None: free value or switch).
+
+    A stdlib twin of tools/vllm_args.py ``parse_help`` (this script runs in the host's Python).
+    """
+    flags: dict[str, list[str] | None] = {}
+    for raw in text.splitlines():
+        if not raw.startswith("  -"):
+            continue
+        inv = re.split(r"\s{2,}", raw.strip(), maxsplit=1)[0]
+        for part in _split_invocation(inv):
+            m = re.match(r"^--([A-Za-z0-9][A-Za-z0-9_.-]*)(?:[ =](.+))?$", part)
+            if not m:
+                continue
+            meta, choices = m.group(2), None
+            if meta and meta.startswith("{") and "}" in meta:
+                choices = [c.strip() for c in meta[1 : meta.index("}")].split(",") if c.strip()]
+            elif meta and meta.startswith("['") and meta.endswith("]"):
+                choices = [c.strip().strip("'") for c in meta[1:-1].split(",") if c.strip()]
+            flags[m.group(1)] = choices
+    return flags
+
+
+def check_flags(cmd: list[str], job_dir: Path, version: str | None) -> tuple[str, str] | None:
+    """Run ``<vllm> serve --help=all`` here, save it to HELP_FILE, and check every ``--flag`` of ``cmd``.
+
+    Returns (message, hint) for the first flag this vLLM lacks (or a value outside its
+    choices, or a help that fails), None when all are known.
+    """
+    help_cmd = [cmd[0], "serve", "--help=all"]
+    print(f"[llm-ops] checking the command's flags against {shlex.join(help_cmd)}", flush=True)
+    try:
+        res = subprocess.run(
+            help_cmd, capture_output=True, text=True, timeout=HELP_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False
+        )
+        rc, out, err = res.returncode, res.stdout, res.stderr
+    except (OSError, subprocess.TimeoutExpired) as e:
+        rc, out, err = -1, "", str(e)
+    _touch_atomic(
+        job_dir / HELP_FILE, json.dumps({"version": version, "command": help_cmd, "rc": rc, "text": out}) + "\n"
+    )
+    known = help_flags(out) if rc == 0 else {}
+    if rc != 0 or len(known) < 20:
+        tail = " | ".join(err.strip().splitlines()[-2:]) or "no error output"
+        return (
+            f"`{shlex.join(help_cmd)}` failed (exit {rc}): {tail}",
+            "vLLM is installed but does not start: run that command on the host to see why.",
+        )
+    start = cmd.index("serve") + 1 if "serve" in cmd else 1
+    for i in range(start, len(cmd)):
+        tok = cmd[i]
+        if not tok.startswith("--"):
+            continue
+        name = tok[2:].split("=", 1)[0].split(".", 1)[0]
+        base = name[3:] if name.startswith("no-") and name[3:] in known and name not in known else name
+        if base not in known:
+            import difflib
+
+            close = difflib.get_close_matches(base, list(known), n=3, cutoff=0.6)
+            return (
+                f"vLLM {version or '(version unknown)'} on this host has no flag --{base}",
+                (f"Did you mean {', '.join('--' + c for c in close)}? " if close else "")
+                + "Fix extra_args (or the typed setting) and start the server again.",
+            )
+        choices = known[base]
+        value = tok.split("=", 1)[1] if "=" in tok else (cmd[i + 1] if i + 1 < len(cmd) else None)
+        if choices and base == name and value is not None and not value.startswith("--") and value not in choices:
+            return (
+                f"--{base} {value!r} is not accepted by vLLM {version or '(version unknown)'} on this host",
+                f"Use one of: {', '.join(choices)}.",
+            )
     return None
 
 
@@ -360,7 +457,12 @@ def main(argv: list[str]) -> int:
             if "--port" in raw:  # a headless node serves no API: drop the port pair
                 i = raw.index("--port")
                 del raw[i : i + 2]
-            return run_headless([*_resolve_program(raw), *extra], env, job_dir, rank, metrics)
+            headless = [*_resolve_program(raw), *extra]
+            if cfg.get("check_flags"):
+                bad = check_flags(headless, job_dir, cfg.get("vllm_version"))
+                if bad:
+                    return fail("unknown_flag", f"node {rank}: {bad[0]}", bad[1], EXIT_FLAGS)
+            return run_headless(headless, env, job_dir, rank, metrics)
     ready_mark.unlink(missing_ok=True)  # the head's: a headless node never touches it
     bind = str(cfg.get("bind_host") or "127.0.0.1")
     port_cfg = cfg.get("port", "auto")
@@ -376,6 +478,10 @@ def main(argv: list[str]) -> int:
                 EXIT_PORT,
             )
     cmd = _resolve_program([str(port) if a == "{port}" else str(a) for a in cfg["argv"]]) + extra
+    if cfg.get("check_flags"):
+        bad = check_flags(cmd, job_dir, cfg.get("vllm_version"))
+        if bad:
+            return fail("unknown_flag", bad[0], bad[1], EXIT_FLAGS)
 
     env = dict(os.environ)
     mode = str(cfg.get("api_key", "auto"))
