@@ -1,5 +1,9 @@
 """GPU tiers (vendor figures) and accelerator strings like ``H100:2``.
 
+Why in runners/: a host's config names its GPUs (``gpus = "H100:4"``) and
+``runners/config.py`` validates that string against this catalog, so the catalog sits
+at the lowest layer; the estimator and planner in ``tools/`` read it from here.
+
 The catalog is data, not logic: each tier carries the figures the memory model and
 the planner need (usable memory, compute capability and what it implies for bf16 /
 fp8 / fp4, bandwidth, dense bf16 tensor throughput, interconnect). ``memory_gib`` is

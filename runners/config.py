@@ -20,9 +20,9 @@ from typing import Literal
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from runners.accelerators import Accelerator, parse_accelerator
 from runners.errors import ConfigError
 from runners.spec import JobKind
-from tools.gpus import Accelerator, parse_accelerator
 
 __all__ = ["APP_NAME", "Config", "HostConfig", "SlurmConfig", "default_config_path", "load_config"]
 

@@ -7,9 +7,9 @@ import json
 from mcp.server.mcpserver import MCPServer
 from pydantic import BaseModel, Field
 
+from runners.accelerators import TIERS, GpuTier
 from server.registry import ToolSpec, add_tool
 from server.state import AppState
-from tools.gpus import TIERS, GpuTier
 from tools.hosts import ListHostsInput, ListHostsOutput, list_hosts
 
 __all__ = ["register"]

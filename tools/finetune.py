@@ -28,12 +28,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from runners.accelerators import GpuTier, get_tier
 from runners.config import HostConfig
 from runners.distributed import DistributedLaunch, launch_argv
 from runners.errors import DoesNotFit, InvalidInput, NotFound, OpsError
 from runners.payloads import dataset_formats as dsf
 from runners.spec import JobSpec, Resources, parse_time_limit
-from tools.gpus import GpuTier, get_tier
 from tools.memory import MemoryInput, breakdown_bytes, resolve_settings
 from tools.models import ModelArch, resolve_model
 from tools.plan import TRAIN_RESERVE, Plan, plan_training
@@ -503,7 +503,7 @@ def _larger_tiers(tier: GpuTier, need_gib: float) -> list[GpuTier]:
     Only cards that would hold the estimate are named: an A100-80GB is 0.35 GiB larger than an H100 and
     no answer to a job that misses the H100 by a gigabyte.
     """
-    from tools.gpus import TIERS
+    from runners.accelerators import TIERS
 
     room = [
         t for t in TIERS.values() if t.memory_gib > tier.memory_gib and t.memory_gib * (1 - TRAIN_RESERVE) >= need_gib

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from runners.accelerators import TIERS
 from runners.errors import InvalidInput
-from tools.gpus import TIERS
 from tools.models import resolve_model
 from tools.serve import StartServerInput, plan_server
 from tools.vllm_args import VllmServeArgs, parse_help, to_argv
