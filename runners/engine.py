@@ -1,7 +1,7 @@
 """The job engine: submit, watch, read, wait for and cancel jobs on any host.
 
 It composes a :class:`~runners.transport.Transport` and a
-:class:`~runners.launchers.Launcher` per host (made from the host's config by
+:class:`~runners.launchers.base.Launcher` per host (made from the host's config by
 ``make_transport``/``make_launcher``), the SQLite :class:`~runners.store.Catalog`
 and the pure :func:`~runners.reconcile.reconcile`. It knows nothing about SSH or
 SLURM: those plug in as new Transport/Launcher classes.
@@ -41,6 +41,7 @@ from pydantic import BaseModel, Field
 
 from runners.config import Config, HostConfig
 from runners.errors import HostError, InvalidInput, NotFound, OpsError
+from runners.factories import make_launcher
 from runners.jobdir import (
     ENV_FILE,
     JOB_JSON,
@@ -55,7 +56,7 @@ from runners.jobdir import (
     render_env,
     render_job_json,
 )
-from runners.launchers import JobRef, Launcher, Observation, make_launcher
+from runners.launchers.base import JobRef, Launcher, Observation
 from runners.logs import (
     LogChunk,
     diagnose,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 
-from runners.launchers import Observation
+from runners.launchers.base import Observation
 from runners.states import JobState, can_transition
 from runners.store import JobRecord
 

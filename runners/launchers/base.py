@@ -1,4 +1,8 @@
-"""How a job is started and watched on its host: the :class:`Launcher` protocol.
+"""How a job is started and watched on its host: the :class:`Launcher` protocol and what it reports.
+
+In its own module so that the launchers, the engine and :mod:`runners.reconcile` share
+:class:`Observation` without importing each other (``runners/factories.py`` picks a
+host's launcher).
 
 A launcher works *through* a :class:`~runners.transport.Transport`, so each of the
 four pairs (local|ssh by direct|slurm) is just two objects. The engine calls:
@@ -12,23 +16,21 @@ four pairs (local|ssh by direct|slurm) is just two objects. The engine calls:
   round trip per call (over SSH each round trip costs tens of milliseconds);
 * ``cancel(transport, ref, grace_s)`` — stop it and everything it spawned.
 
-``slurm`` lives in ``runners/launchers/slurm.py`` as ``SlurmLauncher(host)``.
+The launchers: ``runners/launchers/direct.py`` (``DirectLauncher``) and
+``runners/launchers/slurm.py`` (``SlurmLauncher``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import import_module
 from typing import Protocol, runtime_checkable
 
-from runners.config import HostConfig
-from runners.errors import ConfigError
 from runners.jobdir import PreparedJob
 from runners.states import JobState
 from runners.transport import Transport
 
-__all__ = ["JobRef", "Launcher", "Observation", "make_launcher"]
+__all__ = ["JobRef", "Launcher", "Observation"]
 
 
 @dataclass(frozen=True)
@@ -70,21 +72,3 @@ class Launcher(Protocol):
     async def observe(self, transport: Transport, refs: Sequence[JobRef]) -> dict[str, Observation]: ...
 
     async def cancel(self, transport: Transport, ref: JobRef, grace_s: float) -> str: ...
-
-
-def make_launcher(host: HostConfig) -> Launcher:
-    """The launcher a host's config names."""
-    if host.launcher == "direct":
-        from runners.launchers.direct import DirectLauncher
-
-        return DirectLauncher(host)
-    if host.launcher == "slurm":
-        try:
-            mod = import_module("runners.launchers.slurm")
-        except ModuleNotFoundError as e:
-            raise ConfigError(
-                f"Host {host.name!r} uses launcher 'slurm', which this build does not have yet.",
-                'Use launcher = "direct" for now.',
-            ) from e
-        return mod.SlurmLauncher(host)  # type: ignore[no-any-return]
-    raise ConfigError(f"Host {host.name!r}: unknown launcher {host.launcher!r}.", "Use 'direct' or 'slurm'.")

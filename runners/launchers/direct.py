@@ -32,7 +32,7 @@ from runners.jobdir import (
     PreparedJob,
     render_body,
 )
-from runners.launchers import JobRef, Observation
+from runners.launchers.base import JobRef, Observation
 from runners.transport import Transport
 
 __all__ = ["CANCEL_SCRIPT", "START_SCRIPT", "STATUS_SCRIPT", "DirectLauncher", "parse_status_output"]

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from runners.config import HostConfig
 from runners.errors import CommandFailed, HostError, SchedulerError
 from runners.jobdir import CANCEL_MARK, EXIT_CODE, LOG, READY_MARK, PreparedJob, render_body
-from runners.launchers import JobRef, Observation
+from runners.launchers.base import JobRef, Observation
 from runners.reconcile import describe_exit
 from runners.slurm_commands import (
     SACCT_FIELDS,

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from runners.errors import Conflict, InvalidInput
 from runners.jobdir import render_env
-from runners.launchers import Observation
+from runners.launchers.base import Observation
 from runners.launchers.direct import parse_status_output
 from runners.logs import diagnose, make_redactor, progress_from
 from runners.reconcile import reconcile
