@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field
 
 from runners.config import Config, HostConfig
 from runners.errors import HostError, InvalidInput, NotFound, OpsError
-from runners.factories import make_launcher
+from runners.factories import make_launcher, make_transport
 from runners.jobdir import (
     ENV_FILE,
     JOB_JSON,
@@ -70,7 +70,7 @@ from runners.reconcile import START_GRACE_S, reconcile
 from runners.spec import JOB_ID_RE, JobSpec
 from runners.states import ACTIVE, TERMINAL, JobState
 from runners.store import Catalog, JobRecord
-from runners.transport import Transport, make_transport
+from runners.transport import Transport
 from runners.views import JobView, job_view
 
 __all__ = ["CATALOG_FILE", "JobEngine", "SubmitResult", "WaitUntil"]

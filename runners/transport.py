@@ -3,7 +3,8 @@
 :class:`Transport` is the protocol every host access goes through; the engine and
 the launchers never call ``subprocess`` or ``open`` on a job's files themselves, so
 the SSH transport (``runners/ssh.py``, class ``SSHTransport(host)``) plugs in
-without touching them. Commands are argv lists; nothing from input is ever pasted
+without touching them; ``runners/factories.py`` picks a host's transport, so this
+protocol module imports no transport of its own beyond the local one. Commands are argv lists; nothing from input is ever pasted
 into a shell string. A launcher that needs a shell runs a *constant* script with
 ``bash -c SCRIPT NAME ARG...`` and reads the values from its positional
 parameters, so an SSH transport only has to ``shlex.join`` the argv.
@@ -21,14 +22,13 @@ import re
 import stat as stat_mod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import import_module
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from runners.config import HostConfig
-from runners.errors import CommandFailed, ConfigError, HostError
+from runners.errors import CommandFailed, HostError
 
-__all__ = ["CommandResult", "FileStat", "LocalTransport", "Transport", "make_transport"]
+__all__ = ["CommandResult", "FileStat", "LocalTransport", "Transport"]
 
 
 _TRACEBACK_HEAD = "Traceback (most recent call last):"
@@ -235,19 +235,3 @@ class LocalTransport:
 
     async def aclose(self) -> None:
         return None
-
-
-def make_transport(host: HostConfig) -> Transport:
-    """The transport a host's config names. ``ssh`` lives in ``runners/ssh.py`` (class ``SSHTransport``)."""
-    if host.transport == "local":
-        return LocalTransport(host)
-    if host.transport == "ssh":
-        try:
-            mod = import_module("runners.ssh")
-        except ModuleNotFoundError as e:
-            raise ConfigError(
-                f"Host {host.name!r} uses transport 'ssh', which this build does not have yet.",
-                "Use a local host for now.",
-            ) from e
-        return mod.SSHTransport(host)  # type: ignore[no-any-return]
-    raise ConfigError(f"Host {host.name!r}: unknown transport {host.transport!r}.", "Use 'local' or 'ssh'.")

@@ -20,8 +20,9 @@ from pydantic import BaseModel, Field
 
 from runners.config import Config, HostConfig
 from runners.errors import CommandFailed, HostError, OpsError
+from runners.factories import make_transport
 from runners.slurm_gpus import SlurmGpuStatus, query_slurm_gpus
-from runners.transport import Transport, make_transport
+from runners.transport import Transport
 
 __all__ = [
     "APPS_QUERY",
