@@ -116,6 +116,12 @@ async def test_agent_flow_start_wait_query_benchmark_stop(mode: str, serve_state
 @pytest.mark.parametrize("mode", MODES)
 async def test_bad_input_is_a_tool_error_that_says_what_to_do(mode: str, serve_state: AppState) -> None:
     async with Client(build_server(state=serve_state), mode=mode) as c:
+        # a host seen for the first time: the call returns at once and the job checks the flags there
+        first = await _call(c, "start_vllm_server", {"model": MODEL, "extra_args": {"max_num_batch_tokens": 1}})
+        done = await _call(c, "wait_for_job", {"job_id": first["job_id"], "timeout_s": 60})
+        assert done["job"]["state"] == "failed" and done["job"]["metrics"]["kind"] == "unknown_flag"
+        assert "--max-num-batched-tokens" in done["job"]["metrics"]["hint"]
+        # from then on the flags are known here: refused before anything starts
         text = await _error(c, "start_vllm_server", {"model": MODEL, "extra_args": {"max_num_batch_tokens": 1}})
         assert "has no flag --max-num-batch-tokens" in text and "--max-num-batched-tokens" in text
         text = await _error(c, "start_vllm_server", {"model": "Qwen/Qwen2.5-7B", "tensor_parallel_size": 8})
@@ -140,4 +146,4 @@ async def test_bad_input_is_a_tool_error_that_says_what_to_do(mode: str, serve_s
         text = await _error(c, "stop_vllm_server", {"job_id": failed.job_id})
         assert "not a server" in text
         listed = await _call(c, "list_jobs", {"kind": "serve"})
-        assert listed["count"] == 0  # none of the refused requests started anything
+        assert listed["count"] == 1  # none of the refused requests started anything (the first was checked there)
