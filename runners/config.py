@@ -13,11 +13,9 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tomllib
 from pathlib import Path
 from typing import Literal
 
-import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runners.accelerators import Accelerator, parse_accelerator
@@ -207,6 +205,8 @@ class Config(_Strict):
 
 
 def default_config_path() -> Path:
+    import platformdirs  # here, not at the top: only a start without $LLM_OPS_MCP_CONFIG needs it
+
     return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
 
 
@@ -225,6 +225,8 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
                 f"Config file {p} does not exist.", "Create it (see examples/config.toml) or drop --config."
             )
         return Config.embedded_default(env)
+    import tomllib  # here, not at the top: a start without a config file never parses TOML
+
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:

@@ -15,16 +15,18 @@ directories; it is never the only copy of anything that matters. Rules:
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runners.errors import ConfigError, Conflict
 from runners.states import ACTIVE, JobState
+
+if TYPE_CHECKING:
+    import sqlite3
 
 __all__ = ["MIGRATIONS", "Catalog", "JobRecord"]
 
@@ -102,6 +104,8 @@ class Catalog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        import sqlite3  # here, not at the top: the server lists its tools before any catalog is opened
+
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
             self._db.row_factory = sqlite3.Row
@@ -147,6 +151,8 @@ class Catalog:
 
     # -- writes -------------------------------------------------------------------------
     def insert_intent(self, rec: JobRecord) -> tuple[JobRecord, bool]:
+        import sqlite3  # loaded already by __init__
+
         """Store a new job before its side effect; ``(existing, False)`` if its idempotency key is taken."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-
 from runners.config import APP_NAME, Config
 
 __all__ = ["AppState", "default_state_dir"]
@@ -21,7 +19,11 @@ __all__ = ["AppState", "default_state_dir"]
 def default_state_dir() -> Path:
     """``$LLM_OPS_MCP_STATE_DIR`` or the platformdirs state dir (holds the job catalog)."""
     env = os.environ.get("LLM_OPS_MCP_STATE_DIR")
-    return Path(env).expanduser() if env else Path(platformdirs.user_state_dir(APP_NAME))
+    if env:
+        return Path(env).expanduser()
+    import platformdirs  # here, not at the top: only a start without $LLM_OPS_MCP_STATE_DIR needs it
+
+    return Path(platformdirs.user_state_dir(APP_NAME))
 
 
 @dataclass
