@@ -287,6 +287,7 @@ def estimate(row: dict[str, Any]) -> dict[str, float]:
     v = res.vllm
     assert v is not None
     return {
+        "requested_gib": v.requested_gib,
         "weights_gib": v.weights_gib,
         "activation_peak_gib": v.activation_peak_gib,
         "non_torch_gib": v.non_torch_gib,
@@ -300,20 +301,21 @@ def estimate(row: dict[str, Any]) -> dict[str, float]:
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: estimate / vLLM for each part, and the KV error in %."""
     head = (
-        "| model | LoRA | weights GiB | activation peak GiB | non-torch GiB | CUDA graphs GiB "
+        "| model | LoRA | budget GiB | weights GiB | activation peak GiB | non-torch GiB | CUDA graphs GiB "
         "| KV cache GiB (est / vLLM, error) | KV tokens (est / vLLM) | concurrency at max_model_len | ready s |\n"
-        "|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in rows:
         if "available_kv_gib" not in r:
-            lines.append(f"| {r.get('model')} | {'yes' if r.get('lora') else 'no'} | {r.get('status')} |||||||")
+            lines.append(f"| {r.get('model')} | {'yes' if r.get('lora') else 'no'} | {r.get('status')} ||||||||")
             continue
         e = estimate(r)
         err = 100 * (e["available_kv_gib"] - r["available_kv_gib"]) / r["available_kv_gib"]
         cg = r.get("cudagraph_estimate_gib", r.get("cudagraph_actual_gib"))
         lines.append(
             f"| {r['model']} | {'yes' if r.get('lora') else 'no'} "
+            f"| {e['requested_gib']:.2f} / {r.get('requested_gib')} "
             f"| {e['weights_gib']:.2f} / {r.get('weights_gib', r.get('weights_load_gib'))} "
             f"| {e['activation_peak_gib']:.2f} / {r.get('activation_peak_gib')} "
             f"| {e['non_torch_gib']:.2f} / {r.get('non_torch_gib')} "
