@@ -50,6 +50,15 @@ LLMC_SCHEMES = {"awq": "W4A16_ASYM", "gptq": "W4A16", "fp8": "FP8", "fp8-dynamic
 # W4A16 schemes quantize weights in groups of 128 input features.
 GROUPED_METHODS, GROUP_SIZE = ("awq", "gptq"), 128
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# bitsandbytes 0.50.2, nn/modules.py Linear4bit.forward: on a CPU where functional.has_avx512bf16()
+# holds, the first inference forward repacks each 4-bit weight for the AVX512-BF16 kernel
+# (functional._convert_weight_packed_for_cpu). The repack asserts out_features % 32 == 0 (its block_n)
+# and reshapes the scales to [out_features, in_features // blocksize], so in_features must be a multiple
+# of the 4-bit block size (64): any other layer stops the forward with an AssertionError or
+# "shape '[32, 0]' is invalid". Real models have such layers (Qwen1.5-MoE and Qwen2-MoE: a
+# shared_expert_gate with one output per layer). On a CPU the payload leaves them unquantized whatever
+# this CPU's probe says, so a CPU-made checkpoint runs on every CPU; on a GPU nothing is repacked.
+CPU_REPACK_ROWS = 32
 
 DEFAULTS: dict[str, Any] = {
     "model": None,
@@ -304,23 +313,29 @@ def free(*objs: Any) -> None:
         torch.cuda.empty_cache()
 
 
-def quantize_bnb(cfg: dict[str, Any], src: Path, out: Path, device: str) -> str:
-    """Quantize at load (bitsandbytes) and save the 4/8-bit checkpoint; returns the format name."""
+def quantize_bnb(cfg: dict[str, Any], src: Path, out: Path, device: str, kept: dict[str, str]) -> str:
+    """Quantize at load (bitsandbytes) and save the 4/8-bit checkpoint; returns the format name.
+
+    ``kept``: layers to leave unquantized besides ``ignore`` (from ``plan_cpu_4bit``).
+    """
     require("bitsandbytes", f"method {cfg['method']}")
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     dtype = work_dtype(device)
+    skip: list[str] | None = list(cfg["ignore"]) or None
+    if kept:
+        skip = [*(skip or default_skips(model_skeleton(src, cfg["trust_remote_code"]))), *kept]
     if cfg["method"] == "bnb-nf4":
         qc = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=True,
-            llm_int8_skip_modules=cfg["ignore"] or None,
+            llm_int8_skip_modules=skip,
         )
         fmt = "bitsandbytes-nf4"
     else:
-        qc = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=cfg["ignore"] or None)
+        qc = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
         fmt = "bitsandbytes-int8"
     model = AutoModelForCausalLM.from_pretrained(
         str(src),
@@ -329,9 +344,120 @@ def quantize_bnb(cfg: dict[str, Any], src: Path, out: Path, device: str) -> str:
         dtype=dtype,
         trust_remote_code=cfg["trust_remote_code"],
     )
+    if cfg["method"] == "bnb-nf4" and device == "cpu":
+        check_cpu_4bit(model)
     model.save_pretrained(str(out))
     free(model)
     return fmt
+
+
+def plan_cpu_4bit(cfg: dict[str, Any], src: Path, device: str) -> dict[str, str]:
+    """Before anything loads: the layers a bnb-nf4 quantization on a CPU leaves unquantized, with why.
+
+    Read from the model's skeleton (no weights), so a model with no layer to quantize is refused
+    before minutes of loading, and one with a few misfits (a MoE gate) keeps just those.
+    """
+    if cfg["method"] != "bnb-nf4" or device != "cpu":
+        return {}
+    require("bitsandbytes", f"method {cfg['method']}")
+    ignore = cfg["ignore"]
+    skeleton = model_skeleton(src, cfg["trust_remote_code"])
+    linears = linear_shapes(skeleton)
+    blocksize = bnb_blocksize()
+    kept = {
+        n: why
+        for n, (ins, outs) in linears.items()
+        if not any(n.endswith(i) for i in ignore) and (why := cpu_4bit_misfit(ins, outs, blocksize))
+    }
+    if linears and all(n in kept or any(n.endswith(i) for i in ignore) for n in linears):
+        raise BadInput(no_4bit_layer_message(blocksize))
+    if kept:
+        say(
+            f"keeping {len(kept)} layer(s) unquantized, which bitsandbytes' 4-bit CPU kernel cannot run: "
+            + "; ".join(f"{n} ({why})" for n, why in list(kept.items())[:3])
+            + (f"; and {len(kept) - 3} more" if len(kept) > 3 else "")
+        )
+    return kept
+
+
+def model_skeleton(src: Path, trust_remote_code: bool) -> Any:
+    """The model's modules on the meta device: its layer shapes without reading a weight."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(src), trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def default_skips(model: Any) -> list[str]:
+    """What transformers leaves unquantized when it is given no skip list (the lm_head, tied weights),
+    which it stops doing once the payload passes one (transformers quantizers/base.py
+    ``get_keys_to_not_convert``, used by ``HfQuantizer.get_modules_to_not_convert``)."""
+    try:
+        from transformers.quantizers.base import get_keys_to_not_convert
+    except ImportError:
+        return ["lm_head"]
+    return list(get_keys_to_not_convert(model))
+
+
+def cpu_4bit_misfit(ins: int, outs: int, blocksize: int) -> str | None:
+    """Why bitsandbytes' AVX512-BF16 CPU repack cannot take an ``ins`` -> ``outs`` 4-bit layer, or None."""
+    why = []
+    if ins % blocksize:
+        why.append(f"{ins} input features, not a multiple of the 4-bit block size {blocksize}")
+    if outs % CPU_REPACK_ROWS:
+        why.append(f"{outs} output features, not a multiple of {CPU_REPACK_ROWS}")
+    return " and ".join(why) or None
+
+
+def bnb_blocksize() -> int:
+    """The block size bitsandbytes gives a 4-bit weight when nobody asks (``Params4bit``'s default, 64)."""
+    import bitsandbytes as bnb
+
+    return int(bnb.nn.Params4bit().blocksize)
+
+
+def linear_shapes(model: Any) -> dict[str, tuple[int, int]]:
+    """(in, out) features of every layer transformers may make 4-bit: ``nn.Linear`` and GPT-2's ``Conv1D``."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    shapes: dict[str, tuple[int, int]] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, Conv1D):
+            shapes[name] = tuple(mod.weight.shape)  # [in, out] (transformers integrations/bitsandbytes.py)
+        elif isinstance(mod, torch.nn.Linear):
+            shapes[name] = (mod.in_features, mod.out_features)
+    return shapes
+
+
+def no_4bit_layer_message(blocksize: int) -> str:
+    return (
+        "no layer of this model has a shape bitsandbytes' 4-bit CPU kernel can run (input features a "
+        f"multiple of the block size {blocksize}, output features a multiple of {CPU_REPACK_ROWS}), so "
+        "nothing would be quantized; quantize it on a GPU host or use bnb-int8"
+    )
+
+
+def check_cpu_4bit(model: Any) -> None:
+    """After the 4-bit load on a CPU: something was quantized, and every 4-bit layer fits the CPU repack.
+
+    ``plan_cpu_4bit`` leaves every misfit it sees unquantized; this reads the real layers (with
+    their own block size), so a layer it missed is refused by name instead of failing in the forward.
+    """
+    import bitsandbytes as bnb
+
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    if not layers:
+        raise BadInput(no_4bit_layer_message(bnb_blocksize()))
+    left = {n: why for n, m in layers if (why := cpu_4bit_misfit(m.in_features, m.out_features, m.weight.blocksize))}
+    if left:
+        raise BadInput(
+            f"bitsandbytes' 4-bit CPU kernel cannot run {len(left)} quantized layer(s): "
+            + "; ".join(f"{n} ({why})" for n, why in list(left.items())[:3])
+            + "; quantize on a GPU host or use bnb-int8"
+        )
 
 
 def quantize_llmc(cfg: dict[str, Any], src: Path, out: Path, device: str, tokenizer: Any) -> str:
@@ -417,6 +543,7 @@ def run(cfg: dict[str, Any], job_dir: Path, outputs: Path, metrics: Metrics, sta
     size_before = weights_size(src)
     say(f"model {cfg['model']} at {src} ({size_before / 2**20:.1f} MiB of weights), method {method}, on {device}")
     tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=cfg["trust_remote_code"])
+    kept = plan_cpu_4bit(cfg, src, device)
 
     ppl_before = None
     if not cfg["skip_eval"]:
@@ -436,7 +563,7 @@ def run(cfg: dict[str, Any], job_dir: Path, outputs: Path, metrics: Metrics, sta
     metrics.write({"event": "phase", "phase": "quantize", "step": 2, "total_steps": 4})
     t0 = time.time()
     if method in BNB_METHODS:
-        fmt = quantize_bnb(cfg, src, out, device)
+        fmt = quantize_bnb(cfg, src, out, device, kept)
     else:
         fmt = quantize_llmc(cfg, src, out, device, tokenizer)
     quantize_s = round(time.time() - t0, 2)
@@ -476,6 +603,7 @@ def run(cfg: dict[str, Any], job_dir: Path, outputs: Path, metrics: Metrics, sta
         "eval_tokens": ppl_after["tokens"] if ppl_after else None,
         "eval_text": "built-in held-out paragraph" if not cfg["eval_text"] else "from settings",
         "forward_check": check,
+        "kept_unquantized": kept,
         "calibration": (
             {
                 "dataset": cfg["calibration_dataset"],
