@@ -101,7 +101,7 @@ async def step_finetune(c: Client, work: Path) -> str:
 
     model = build_tiny_model(work / "tiny-llama")
     data = make_dataset(work / "colours.jsonl", "alpaca", n=64)
-    print(f"  built {model} (~60k parameters) and {data.name} (64 alpaca rows)")
+    print(f"  built {model} (~125k parameters) and {data.name} (64 alpaca rows)")
     args = {
         "model": str(model),
         "dataset": str(data),

@@ -1,9 +1,15 @@
 """Builders for a tiny random-init Llama, its tokenizer and small datasets in every format.
 
 Why: the tests, the demo and the CPU benchmarks need a *real* causal LM that trains in
-seconds on two CPU cores and needs no network. A ~100k-parameter Llama with a byte-level
+seconds on two CPU cores and needs no network. A ~125k-parameter Llama with a byte-level
 BPE tokenizer trained on the spot is exactly the architecture the GPU hosts fine-tune,
 only smaller, so the same payload code paths run (PEFT, TRL, chat templates, saving).
+
+Its widths are the smallest a real model could have for 4-bit quantization: every
+projection's input a multiple of 64 (bitsandbytes quantizes 64 inputs to a block) and its
+output a multiple of 32 (the rows its AVX512-BF16 CPU kernel packs together; see
+runners/payloads/quantize.py ``CPU_REPACK_ROWS``). At hidden 32 the blocks straddled rows and
+that kernel's repack failed, on exactly the CPUs that have it.
 
 Run ``python -m tests.helpers.tiny_model OUTDIR`` to write ``OUTDIR/model`` (model and
 tokenizer) and ``OUTDIR/data/<format>.jsonl`` for every dataset format.
@@ -100,8 +106,12 @@ def build_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 512) -> Any:
     return fast
 
 
-def build_tiny_model(out_dir: str | Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
-    """Write a random-init Llama (~60k parameters) plus its tokenizer into ``out_dir``."""
+def build_tiny_model(out_dir: str | Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    """Write a random-init Llama (~125k parameters at hidden 64) plus its tokenizer into ``out_dir``.
+
+    Four heads and two KV heads: the k/v projections have ``hidden / 2`` outputs, which is why
+    ``hidden`` must be a multiple of 64 for every layer to fit 4-bit blocks.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -1,6 +1,6 @@
 """submit_finetune through the real MCP client: a tiny random-init Llama really trains on the CPU.
 
-The model (~60k parameters) and its tokenizer are built by the test; the dataset is
+The model (~125k parameters) and its tokenizer are built by the test; the dataset is
 a local JSONL file that the tool uploads into the job. What is checked is what an
 agent relies on: the plan, the job's progress, a loss that goes down, the adapter
 on disk, resume, cancel, and clear refusals before anything is submitted.

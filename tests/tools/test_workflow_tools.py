@@ -129,15 +129,26 @@ def test_quantize_spec_runs_the_payload() -> None:
 
 @pytest.mark.slow
 @pytest.mark.anyio
-async def test_bnb_nf4_job_quantizes_reloads_and_reports_perplexity(engine: JobEngine, tmp_path: Path) -> None:
+async def test_bnb_nf4_job_quantizes_reloads_and_reports_perplexity(host: HostConfig, tmp_path: Path) -> None:
+    """The engine's job on a host whose bitsandbytes believes the CPU has AVX512-BF16 (forced through
+    the host's env, tests/helpers/bnb_probe.py): the path that repacks 4-bit weights at the first
+    forward, which failed for the old 32-wide tiny model with ``shape '[32, 0]' is invalid``."""
+    from tests.helpers.bnb_probe import check_forced_path, probe_env, read_report
     from tests.helpers.tiny_model import build_tiny_model
 
     model = build_tiny_model(tmp_path / "tiny")
-    p = QuantizeInput(model=str(model), method="bnb-nf4", output_name="nf4")
-    gpus, _ = check_quantize(p, engine.config.host("local"), 0)
-    res = await engine.submit(build_quantize_spec(p, gpus, None), "local")
-    view = await finish(engine, res.job_id)
-    assert view.state is JobState.SUCCEEDED, await log_of(engine, res.job_id)
+    report = tmp_path / "bnb-probe.json"
+    forced = host.model_copy(update={"env": {**host.env, **probe_env(True, report)}})
+    engine = JobEngine(Config(hosts={"local": forced}, default_host="local"), tmp_path / "state", environ={})
+    try:
+        p = QuantizeInput(model=str(model), method="bnb-nf4", output_name="nf4")
+        gpus, _ = check_quantize(p, engine.config.host("local"), 0)
+        res = await engine.submit(build_quantize_spec(p, gpus, None), "local")
+        view = await finish(engine, res.job_id)
+        assert view.state is JobState.SUCCEEDED, await log_of(engine, res.job_id)
+    finally:
+        await engine.aclose()
+    check_forced_path(read_report(report), True, layers_4bit=14)
     manifest = json.loads(Path(res.job_dir, "outputs", "manifest.json").read_text())
     assert manifest["output_dir"] == f"{res.job_dir}/outputs/nf4"
     assert manifest["size_after_bytes"] < manifest["size_before_bytes"]
