@@ -56,6 +56,7 @@ import argparse
 import contextlib
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -162,6 +163,11 @@ def _output_ids(st: StandinState, req: dict[str, Any], chat: bool) -> list[int]:
 def make_handler(st: StandinState) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            # as uvicorn's asyncio transports do: no Nagle delay between a stream's small writes
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def log_message(self, fmt: str, *args: Any) -> None:
             sys.stdout.write("(APIServer) INFO: " + (fmt % args) + "\n")
@@ -330,19 +336,22 @@ def make_handler(st: StandinState) -> type[BaseHTTPRequestHandler]:
                     },
                 )
                 return
-            self.send_response(200)
+            self.send_response(200)  # framed like uvicorn's streaming responses: chunked, kept alive
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
-            self.send_header("Connection", "close")
+            self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             opts = req.get("stream_options") or {}
             include_usage = bool(opts.get("include_usage"))
             continuous = include_usage and bool(opts.get("continuous_usage_stats"))  # api_utils.should_include_usage
             obj = "chat.completion.chunk" if chat else "text_completion"
 
-            def send(doc: Any) -> None:
-                self.wfile.write(b"data: " + json.dumps(doc).encode() + b"\n\n")
+            def chunk(data: bytes) -> None:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
+
+            def send(doc: Any) -> None:
+                chunk(b"data: " + json.dumps(doc).encode() + b"\n\n")
 
             detok = tk.stream()
             sent = 0
@@ -378,9 +387,9 @@ def make_handler(st: StandinState) -> type[BaseHTTPRequestHandler]:
                         "usage": usage,
                     }
                 )
-            self.wfile.write(b"data: [DONE]\n\n")
+            chunk(b"data: [DONE]\n\n")
+            self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
-            self.close_connection = True
 
     return Handler
 
@@ -464,7 +473,6 @@ def main(argv: list[str]) -> int:
 
 def _gather_nodes(args: argparse.Namespace) -> bool:
     """The head: wait (up to 120 s) until nodes 1..N-1 connect to the master address and say their rank."""
-    import socket
 
     try:
         srv = socket.create_server((args.master_addr, args.master_port), reuse_port=False)
@@ -496,7 +504,6 @@ _HEAD_CONNS: list[Any] = []
 
 def _headless_node(args: argparse.Namespace) -> int:
     """A headless node: join the head at the master address, then live as long as it does."""
-    import socket
 
     deadline = time.time() + 60
     while True:

@@ -36,9 +36,10 @@ named at each rule):
   wall time from the first send to the last answer, requests/s likewise (serve.py
   ``benchmark``). Percentiles interpolate linearly, like ``np.percentile``.
 
-Requests go over one pooled ``httpx`` client with raw server-sent-event parsing, as vLLM's
-benchmark does with aiohttp (the ``openai`` client's per-chunk model objects would cost
-client CPU that shows up as latency at thousands of tokens per second).
+Requests go over a lean asyncio HTTP client (tools/http_stream.py, one connection per
+request) with raw server-sent-event parsing and ``json.loads`` per chunk, as vLLM's benchmark
+does with aiohttp: client CPU per chunk would show up as latency at thousands of tokens per
+second (why not httpx/openai: that module's docstring).
 """
 
 from __future__ import annotations
@@ -52,14 +53,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, Field
 
 from runners.engine import JobEngine
 from runners.errors import Conflict, HostError, InvalidInput, OpsError
+from tools.http_stream import HttpEndpoint
 from tools.serve_host import ServeRuntime
 
-__all__ = ["BenchmarkInput", "BenchmarkOutput", "Percentiles", "benchmark_server", "percentile"]
+__all__ = ["BenchmarkInput", "BenchmarkOutput", "Percentiles", "benchmark_server", "measure", "percentile"]
 
 JOB_ID_PATTERN = r"^[a-z][a-z0-9-]{2,79}$"
 _WORDS = [
@@ -201,44 +202,43 @@ def _pct(values_s: list[float]) -> Percentiles:
     )
 
 
-def _message(resp: httpx.Response) -> str:
-    try:
-        doc = resp.json()
-    except ValueError:
-        return resp.text[:300] or resp.reason_phrase
+def _message(doc: Any, raw: bytes) -> str:
     err = doc.get("error") if isinstance(doc, dict) else None
     if isinstance(err, dict):
         return str(err.get("message") or err)
-    return str(err or doc)[:300]
+    if err:
+        return str(err)[:300]
+    return raw.decode("utf-8", "replace")[:300] or "(empty body)"
 
 
-def _http_error(resp: httpx.Response, what: str) -> OpsError:
-    msg = _message(resp)
-    if resp.status_code == 401:
+def _http_error(status: int, doc: Any, raw: bytes, what: str) -> OpsError:
+    msg = _message(doc, raw)
+    if status == 401:
         return Conflict("The server refused the API key.", "Restart the server; its env file holds the key.")
-    if resp.status_code == 404 and "does not exist" in msg:
+    if status == 404 and "does not exist" in msg:
         return InvalidInput(f"The server does not serve that model: {msg}", "Use one of the served_models.")
-    if resp.status_code == 404:
+    if status == 404:
         return HostError(f"The server has no {what} endpoint.", "benchmark_server needs vLLM's OpenAI server (0.26).")
-    if resp.status_code == 400:
+    if status == 400:
         return InvalidInput(
             f"The server refused {what}: {msg}", "Lower input_len/output_len (max_model_len bounds both)."
         )
-    return HostError(f"{what} answered HTTP {resp.status_code}: {msg}", "Read the server's log with get_job_logs.")
+    return HostError(f"{what} answered HTTP {status}: {msg}", "Read the server's log with get_job_logs.")
 
 
-async def _tokenize(http: httpx.AsyncClient, model: str, text: str, special: bool) -> dict[str, Any]:
+async def _tokenize(http: HttpEndpoint, model: str, text: str, special: bool) -> dict[str, Any]:
     """vLLM's ``POST /tokenize`` (serve/tokenize/protocol.py ``TokenizeCompletionRequest``)."""
     try:
-        r = await http.post("/tokenize", json={"model": model, "prompt": text, "add_special_tokens": special})
-    except httpx.HTTPError as e:
+        status, doc, raw = await http.post_json(
+            "/tokenize", {"model": model, "prompt": text, "add_special_tokens": special}
+        )
+    except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as e:
         raise HostError(f"Cannot reach the server's /tokenize: {type(e).__name__}: {e}", "get_job_status") from e
-    if r.status_code != 200:
-        raise _http_error(r, "/tokenize")
-    doc = r.json()
-    if not isinstance(doc.get("tokens"), list):
+    if status != 200:
+        raise _http_error(status, doc, raw, "/tokenize")
+    if not isinstance(doc, dict) or not isinstance(doc.get("tokens"), list):
         raise HostError("/tokenize answered without 'tokens'.", "benchmark_server needs vLLM's OpenAI server (0.26).")
-    return doc  # type: ignore[no-any-return]
+    return doc
 
 
 def _specials(with_sp: list[int], plain: list[int]) -> tuple[list[int], list[int]]:
@@ -254,7 +254,7 @@ def _specials(with_sp: list[int], plain: list[int]) -> tuple[list[int], list[int
 
 
 async def build_prompts(
-    http: httpx.AsyncClient, model: str, input_len: int, output_len: int, num_prompts: int, seed: int
+    http: HttpEndpoint, model: str, input_len: int, output_len: int, num_prompts: int, seed: int
 ) -> list[list[int]]:
     """``num_prompts`` token-id prompts of exactly ``input_len`` tokens each (specials included)."""
     probe = await _tokenize(http, model, "Hello world", True)
@@ -287,7 +287,7 @@ async def build_prompts(
     return prompts
 
 
-async def _one(http: httpx.AsyncClient, model: str, prompt: list[int], output_len: int) -> _Result:
+async def _one(http: HttpEndpoint, model: str, prompt: list[int], output_len: int) -> _Result:
     """One streamed completion, timed per token (vLLM: ``async_request_openai_completions``)."""
     res = _Result()
     body = {
@@ -303,55 +303,62 @@ async def _one(http: httpx.AsyncClient, model: str, prompt: list[int], output_le
     st = time.perf_counter()
     last = st
     try:
-        async with http.stream("POST", "/v1/completions", json=body) as r:
-            if r.status_code != 200:
-                await r.aread()
-                res.error = str(_http_error(r, "the request"))
-                return res
-            async for line in r.aiter_lines():
-                if not line.startswith("data:"):
-                    continue  # blank separators and ":" comments (pings)
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                now = time.perf_counter()
-                doc = json.loads(data)
-                if doc.get("error"):
-                    err = doc["error"]
-                    res.error = str(err.get("message") if isinstance(err, dict) else err)
-                    return res
-                usage = doc.get("usage") or None
-                choices = doc.get("choices") or []
-                if not choices:
-                    if usage:  # the final usage chunk
-                        res.output_tokens = int(usage.get("completion_tokens") or 0)
-                        res.prompt_tokens = usage.get("prompt_tokens")
-                    continue
-                if usage and usage.get("completion_tokens") is not None:
-                    k = int(usage["completion_tokens"]) - seen
-                elif choices[0].get("token_ids") is not None:
-                    k = len(choices[0]["token_ids"])
-                else:
-                    k, res.counted_by_chunk = 1, True
-                if k <= 0:
-                    continue
-                if res.chunks == 0:
-                    res.ttft = now - st
-                    res.itl.extend([0.0] * (k - 1))  # tokens that came with the first one
-                else:
-                    res.itl.extend([(now - last) / k] * k)
-                res.chunks += 1
-                seen += k
-                last = now
-    except httpx.TimeoutException:
-        res.error = "The server did not answer in time."
+        r = await http.post("/v1/completions", body)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
+        res.error = f"Connection to the server failed: {type(e).__name__}: {e}"
         return res
-    except httpx.HTTPError as e:
+    try:
+        if r.status != 200:
+            raw = await r.read()
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                doc = None
+            res.error = str(_http_error(r.status, doc, raw, "the request"))
+            return res
+        async for line in r.lines():
+            if not line.startswith(b"data:"):
+                continue  # blank separators and ":" comments (pings)
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                break
+            now = time.perf_counter()
+            doc = json.loads(data)
+            if doc.get("error"):
+                err = doc["error"]
+                res.error = str(err.get("message") if isinstance(err, dict) else err)
+                return res
+            usage = doc.get("usage") or None
+            choices = doc.get("choices") or []
+            if not choices:
+                if usage:  # the final usage chunk
+                    res.output_tokens = int(usage.get("completion_tokens") or 0)
+                    res.prompt_tokens = usage.get("prompt_tokens")
+                continue
+            if usage and usage.get("completion_tokens") is not None:
+                k = int(usage["completion_tokens"]) - seen
+            elif choices[0].get("token_ids") is not None:
+                k = len(choices[0]["token_ids"])
+            else:
+                k, res.counted_by_chunk = 1, True
+            if k <= 0:
+                continue
+            if res.chunks == 0:
+                res.ttft = now - st
+                res.itl.extend([0.0] * (k - 1))  # tokens that came with the first one
+            else:
+                res.itl.extend([(now - last) / k] * k)
+            res.chunks += 1
+            seen += k
+            last = now
+    except (OSError, asyncio.IncompleteReadError) as e:
         res.error = f"Connection to the server failed: {type(e).__name__}: {e}"
         return res
     except ValueError as e:
         res.error = f"The server sent a chunk that is not JSON: {e}"
         return res
+    finally:
+        r.close()
     if res.chunks == 0:
         res.error = "The stream ended without a token."
         return res
@@ -372,36 +379,44 @@ async def benchmark_server(engine: JobEngine, runtime: ServeRuntime, p: Benchmar
         raise InvalidInput("The server lists no model names.", "Pass model=... explicitly.")
     if names and model not in names:
         raise InvalidInput(f"{model!r} is not served by {p.server_job_id}.", f"Use one of: {', '.join(names)}.")
+    return await measure(url, key, model, p)
+
+
+async def measure(url: str, key: str | None, model: str, p: BenchmarkInput) -> BenchmarkOutput:
+    """The load test itself against a server URL (no job lookup; ``p.server_job_id`` is not used).
+
+    For benches that compare with ``vllm bench serve`` on a bare ``vllm serve`` as well.
+    """
     seed = p.seed if p.seed is not None else random.SystemRandom().randrange(2**31)
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    limits = httpx.Limits(max_connections=p.concurrency + 2, max_keepalive_connections=p.concurrency + 2)
-    timeout = httpx.Timeout(p.time_budget_s + _GRACE_S, connect=10.0)
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout, limits=limits) as http:
-        prompts = await build_prompts(http, model, p.input_len, p.output_len, p.num_prompts, seed)
-        results: list[_Result] = []
-        in_flight = [0]
-        sem = asyncio.Semaphore(p.concurrency)  # vLLM: --max-concurrency, all requests sent at once
-        start = time.perf_counter()
-        deadline = start + p.time_budget_s
+    try:
+        http = HttpEndpoint(url, key)
+    except ValueError as e:
+        raise HostError(f"The server's endpoint is unusable: {e}", "get_job_status shows the endpoint.") from e
+    prompts = await build_prompts(http, model, p.input_len, p.output_len, p.num_prompts, seed)
+    results: list[_Result] = []
+    in_flight = [0]
+    sem = asyncio.Semaphore(p.concurrency)  # vLLM: --max-concurrency, all requests sent at once
+    start = time.perf_counter()
+    deadline = start + p.time_budget_s
 
-        async def limited(prompt: list[int]) -> None:
-            async with sem:
-                if time.perf_counter() >= deadline:
-                    return
-                in_flight[0] += 1
-                r = await _one(http, model, prompt, p.output_len)
-                in_flight[0] -= 1
-                results.append(r)
+    async def limited(prompt: list[int]) -> None:
+        async with sem:
+            if time.perf_counter() >= deadline:
+                return
+            in_flight[0] += 1
+            r = await _one(http, model, prompt, p.output_len)
+            in_flight[0] -= 1
+            results.append(r)
 
-        tasks = [asyncio.ensure_future(limited(pr)) for pr in prompts]
-        _, pending = await asyncio.wait(tasks, timeout=p.time_budget_s + _GRACE_S)
-        stopped = in_flight[0]
-        for t in pending:
-            t.cancel()
-        for t in pending:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        dur = max(time.perf_counter() - start, 1e-9)
+    tasks = [asyncio.ensure_future(limited(pr)) for pr in prompts]
+    _, pending = await asyncio.wait(tasks, timeout=p.time_budget_s + _GRACE_S)
+    stopped = in_flight[0]
+    for t in pending:
+        t.cancel()
+    for t in pending:
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
+    dur = max(time.perf_counter() - start, 1e-9)
     return _report(p, results, stopped, dur)
 
 

@@ -30,6 +30,7 @@ from runners.engine import JobEngine
 from runners.errors import HostError, InvalidInput
 from runners.states import JobState
 from tests.standin_vllm_server import install_standin
+from tools.http_stream import HttpEndpoint
 from tools.serve import StartServerInput, StopServerInput, start_vllm_server, stop_vllm_server
 from tools.serve_bench import BenchmarkInput, _one, benchmark_server, build_prompts, percentile
 from tools.serve_host import ServeRuntime
@@ -113,8 +114,8 @@ BOS = {"env": {"STANDIN_VLLM_ADD_BOS": "1", "STANDIN_VLLM_TOKEN_DELAY_S": "0.001
 @pytest.mark.parametrize("standin", [BOS], indirect=True)
 async def test_prompts_have_exactly_input_len_tokens_as_the_server_counts(standin: Standin) -> None:
     bos = standin.tokenize("x")[0]
-    async with httpx.AsyncClient(base_url=standin.url) as http:
-        prompts = await build_prompts(http, MODEL, input_len=300, output_len=8, num_prompts=6, seed=7)
+    http = HttpEndpoint(standin.url)
+    prompts = await build_prompts(http, MODEL, input_len=300, output_len=8, num_prompts=6, seed=7)
     assert len(prompts) == 6
     for ids in prompts:
         assert len(ids) == 300 and ids[0] == bos and bos not in ids[1:]  # BOS counted, once, where vLLM puts it
@@ -128,9 +129,8 @@ async def test_prompts_have_exactly_input_len_tokens_as_the_server_counts(standi
     # no two prompts share their first KV block (16 tokens): no prefix-cache hits between them
     assert len({tuple(p[:16]) for p in prompts}) == 6
     # the seed picks the text: the same seed gives the same prompts, another seed others
-    async with httpx.AsyncClient(base_url=standin.url) as http:
-        again = await build_prompts(http, MODEL, input_len=300, output_len=8, num_prompts=6, seed=7)
-        other = await build_prompts(http, MODEL, input_len=300, output_len=8, num_prompts=6, seed=8)
+    again = await build_prompts(http, MODEL, input_len=300, output_len=8, num_prompts=6, seed=7)
+    other = await build_prompts(http, MODEL, input_len=300, output_len=8, num_prompts=6, seed=8)
     assert again == prompts and other[0][:16] != prompts[0][:16]
 
 
@@ -140,8 +140,8 @@ async def test_prompts_with_a_real_hf_tokenizer_directory(tmp_path: Path) -> Non
     build_tiny_tokenizer(tmp_path / "model")
     s = Standin(str(tmp_path / "model"), {"STANDIN_VLLM_TOKEN_DELAY_S": "0.001"})
     try:
-        async with httpx.AsyncClient(base_url=s.url) as http:
-            prompts = await build_prompts(http, s.model, input_len=64, output_len=4, num_prompts=3, seed=1)
+        http = HttpEndpoint(s.url)
+        prompts = await build_prompts(http, s.model, input_len=64, output_len=4, num_prompts=3, seed=1)
         assert [s.complete(p, max_tokens=1)["usage"]["prompt_tokens"] for p in prompts] == [64, 64, 64]
     finally:
         s.stop()
@@ -155,8 +155,8 @@ EARLY_EOS = {"env": {"STANDIN_VLLM_TOKEN_DELAY_S": "0.002", "STANDIN_VLLM_EOS_AF
 @pytest.mark.parametrize("standin", [{"env": {"STANDIN_VLLM_TOKEN_DELAY_S": "0.002"}}], indirect=True)
 async def test_itl_counts_every_token_including_those_without_text(standin: Standin) -> None:
     ids = standin.tokenize("hello world, how are you", special=False)
-    async with httpx.AsyncClient(base_url=standin.url) as http:
-        r = await _one(http, MODEL, ids, 40)
+    http = HttpEndpoint(standin.url)
+    r = await _one(http, MODEL, ids, 40)
     assert r.ok, r.error
     # the stream really has tokens without text (a ✓ is three byte tokens; two decode to nothing) ...
     events = _stream(standin, ids, 40)
@@ -170,8 +170,8 @@ async def test_itl_counts_every_token_including_those_without_text(standin: Stan
 
 @pytest.mark.parametrize("standin", [COALESCED], indirect=True)
 async def test_coalesced_chunks_give_one_gap_per_token(standin: Standin) -> None:
-    async with httpx.AsyncClient(base_url=standin.url) as http:
-        r = await _one(http, MODEL, standin.tokenize("a b c", special=False), 25)
+    http = HttpEndpoint(standin.url)
+    r = await _one(http, MODEL, standin.tokenize("a b c", special=False), 25)
     assert r.ok, r.error
     assert r.output_tokens == 25 and r.chunks == 1 + 8 and len(r.itl) == 24  # 1 + 8 chunks of 3
     tpot = (r.latency - r.ttft) / 24
@@ -186,8 +186,8 @@ async def test_output_lengths_are_exact_even_when_the_model_would_stop(standin: 
     ids = standin.tokenize("hello there", special=False)
     # the stand-in's "model" stops after 5 tokens when allowed: without ignore_eos a request is short
     assert standin.complete(ids, max_tokens=32)["usage"]["completion_tokens"] == 6
-    async with httpx.AsyncClient(base_url=standin.url) as http:
-        r = await _one(http, MODEL, ids, 32)
+    http = HttpEndpoint(standin.url)
+    r = await _one(http, MODEL, ids, 32)
     assert r.ok and r.output_tokens == 32 and len(r.itl) == 31
 
 
@@ -203,15 +203,15 @@ def _stream(s: Standin, ids: list[int], n: int) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("standin", [{**BOS, "max_model_len": 256}], indirect=True)
 async def test_bad_lengths_and_models_are_refused_before_sending(standin: Standin) -> None:
-    async with httpx.AsyncClient(base_url=standin.url) as http:
-        with pytest.raises(
-            InvalidInput, match=r"input_len \+ output_len = 300 tokens exceeds the server's max_model_len 256"
-        ):
-            await build_prompts(http, MODEL, input_len=200, output_len=100, num_prompts=2, seed=0)
-        with pytest.raises(InvalidInput, match=r"adds 1 special token.*input_len >= 2"):
-            await build_prompts(http, MODEL, input_len=1, output_len=8, num_prompts=2, seed=0)
-        with pytest.raises(InvalidInput, match="does not serve that model"):
-            await build_prompts(http, "not-served", input_len=16, output_len=8, num_prompts=2, seed=0)
+    http = HttpEndpoint(standin.url)
+    with pytest.raises(
+        InvalidInput, match=r"input_len \+ output_len = 300 tokens exceeds the server's max_model_len 256"
+    ):
+        await build_prompts(http, MODEL, input_len=200, output_len=100, num_prompts=2, seed=0)
+    with pytest.raises(InvalidInput, match=r"adds 1 special token.*input_len >= 2"):
+        await build_prompts(http, MODEL, input_len=1, output_len=8, num_prompts=2, seed=0)
+    with pytest.raises(InvalidInput, match="does not serve that model"):
+        await build_prompts(http, "not-served", input_len=16, output_len=8, num_prompts=2, seed=0)
     for bad in ({"input_len": 0}, {"output_len": 0}, {"concurrency": 0}, {"num_prompts": 0}):
         with pytest.raises(ValidationError):
             BenchmarkInput(server_job_id="serve-x", **bad)  # type: ignore[arg-type]
@@ -232,9 +232,61 @@ async def test_a_server_without_tokenize_is_a_clear_error() -> None:
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.server_address[1]}") as http:
-            with pytest.raises(HostError, match="no /tokenize endpoint"):
-                await build_prompts(http, MODEL, input_len=16, output_len=8, num_prompts=2, seed=0)
+        http = HttpEndpoint(f"http://127.0.0.1:{srv.server_address[1]}")
+        with pytest.raises(HostError, match="no /tokenize endpoint"):
+            await build_prompts(http, MODEL, input_len=16, output_len=8, num_prompts=2, seed=0)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+class _Scripted(BaseHTTPRequestHandler):
+    """Answers every POST with the raw bytes in ``script`` (status line and all), then closes."""
+
+    script = b""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        data = self.script
+        for i in range(0, len(data), 7):  # in small pieces: lines and chunks split across reads
+            self.wfile.write(data[i : i + 7])
+            self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+def _event(n: int, text: str = "x") -> bytes:
+    doc = {"choices": [{"index": 0, "text": text}], "usage": {"prompt_tokens": 4, "completion_tokens": n}}
+    return b"data: " + json.dumps(doc).encode() + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("framing", ["eof", "chunked"])
+async def test_stream_framings_and_an_error_mid_stream(framing: str) -> None:
+    events = [_event(1), b": ping\n\n", _event(3, ""), _event(4)]
+    done = [b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":4}}\n\n', b"data: [DONE]\n\n"]
+    broken = [_event(1), b'data: {"error": {"message": "engine died", "code": 500}}\n\n']
+
+    def body(parts: list[bytes]) -> bytes:
+        if framing == "eof":
+            return b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + b"".join(parts)
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in parts)
+        return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        http = HttpEndpoint(f"http://127.0.0.1:{srv.server_address[1]}")
+        _Scripted.script = body(events + done)
+        r = await _one(http, MODEL, [1, 2, 3, 4], 4)
+        assert r.ok and r.output_tokens == 4 and r.prompt_tokens == 4 and r.chunks == 3 and len(r.itl) == 3
+        _Scripted.script = body(broken)
+        r = await _one(http, MODEL, [1, 2, 3, 4], 4)
+        assert not r.ok and r.error == "engine died"
+        _Scripted.script = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 24\r\n\r\n" + b'{"error":"Unauthorized"}'
+        r = await _one(http, MODEL, [1, 2, 3, 4], 4)
+        assert not r.ok and "refused the API key" in r.error
     finally:
         srv.shutdown()
         srv.server_close()
