@@ -1,7 +1,9 @@
 """Builds the MCP server: one ``MCPServer`` whose tools come from ``server/surface_*.py``.
 
 Each ``surface_*`` module has ``register(app, state)``; this file only lists them.
-The server module imports nothing heavy (a test checks it), so it starts fast.
+The server module imports nothing heavy (a test checks it), and a start whose tool
+listing is stored (``server/tool_cache.py``) imports no surface before ``tools/list``
+is answered, so it starts about as fast as the SDK's bare server.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from mcp.server.mcpserver import MCPServer
 from runners.config import Config, load_config
 from server.registry import OpsServer
 from server.state import AppState
+from server.tool_cache import listing_key, load_listing, save_listing
 
 __all__ = ["SURFACES", "build_server"]
 
@@ -72,6 +75,18 @@ def build_server(config: Config | None = None, state: AppState | None = None) ->
     except PackageNotFoundError:
         ver = "0.0.0"
     app = OpsServer("llm-ops-mcp", version=ver, instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING")
-    for mod in SURFACES:
-        import_module(mod).register(app, state)
+
+    def register_all() -> None:
+        for mod in SURFACES:
+            import_module(mod).register(app, state)
+
+    # A stored listing of this exact code and config answers tools/list; the tools are built on the
+    # first request that needs them (server/tool_cache.py says why).
+    key = listing_key(state.config.model_dump_json())
+    listing = load_listing(state.state_dir, key)
+    if listing is not None:
+        app.defer_registration(register_all, listing)
+    else:
+        register_all()
+        app.on_listed = lambda tools: save_listing(state.state_dir, key, tools)
     return app

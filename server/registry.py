@@ -26,6 +26,7 @@ from typing import Annotated, Any, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import Tool as MCPTool
 from mcp_types import ToolAnnotations
 from pydantic import BaseModel, ValidationError
 
@@ -62,13 +63,70 @@ def unknown_arguments(tool: str, model: type[BaseModel], arguments: dict[str, An
 
 
 class OpsServer(MCPServer):
-    """``MCPServer`` that refuses unknown argument names and words type errors for agents (module docstring)."""
+    """``MCPServer`` that refuses unknown argument names and words type errors for agents (module docstring).
+
+    It can also start from a stored tool listing (``server/tool_cache.py``): :meth:`defer_registration`
+    keeps the function that builds the tools and the listing to answer ``tools/list`` with until then;
+    every other request builds them first (:meth:`ensure_registered`, synchronous, so no request can
+    see half of them). Without a stored listing, :attr:`on_listed` receives the first listing answered.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.input_models: dict[str, type[BaseModel]] = {}
+        self._pending_registration: Callable[[], None] | None = None
+        self._stored_listing: list[MCPTool] | None = None
+        self.on_listed: Callable[[list[MCPTool]], None] | None = None
+
+    def defer_registration(self, register: Callable[[], None], listing: list[MCPTool]) -> None:
+        """Answer tools/list with ``listing`` and run ``register`` when anything else is asked."""
+        self._pending_registration = register
+        self._stored_listing = listing
+
+    def ensure_registered(self) -> None:
+        """Build the deferred tools, resources and prompts now (idempotent)."""
+        register, self._pending_registration = self._pending_registration, None
+        if register is not None:
+            self._stored_listing = None
+            register()
+
+    async def list_tools(self) -> list[MCPTool]:
+        if self._stored_listing is not None:
+            return list(self._stored_listing)
+        tools = await super().list_tools()
+        if self.on_listed is not None:
+            on_listed, self.on_listed = self.on_listed, None
+            on_listed(tools)
+        return tools
+
+    def _tool_input_schema(self, name: str) -> dict[str, Any] | None:
+        # The SDK's hook for HTTP header checks, called before call_tool: answer from the listing too.
+        if self._stored_listing is not None:
+            return next((t.input_schema for t in self._stored_listing if t.name == name), None)
+        return super()._tool_input_schema(name)
+
+    async def list_resources(self) -> Any:
+        self.ensure_registered()
+        return await super().list_resources()
+
+    async def list_resource_templates(self) -> Any:
+        self.ensure_registered()
+        return await super().list_resource_templates()
+
+    async def read_resource(self, *args: Any, **kwargs: Any) -> Any:
+        self.ensure_registered()
+        return await super().read_resource(*args, **kwargs)
+
+    async def list_prompts(self) -> Any:
+        self.ensure_registered()
+        return await super().list_prompts()
+
+    async def get_prompt(self, *args: Any, **kwargs: Any) -> Any:
+        self.ensure_registered()
+        return await super().get_prompt(*args, **kwargs)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        self.ensure_registered()
         model = self.input_models.get(name)
         if model is not None:
             why = unknown_arguments(name, model, arguments)

@@ -17,7 +17,7 @@ __all__ = ["AppState", "default_state_dir"]
 
 
 def default_state_dir() -> Path:
-    """``$LLM_OPS_MCP_STATE_DIR`` or the platformdirs state dir (holds the job catalog)."""
+    """``$LLM_OPS_MCP_STATE_DIR`` or the platformdirs state dir (holds the job catalog and the stored tool listing)."""
     env = os.environ.get("LLM_OPS_MCP_STATE_DIR")
     if env:
         return Path(env).expanduser()
