@@ -291,7 +291,8 @@ def estimate(row: dict[str, Any]) -> dict[str, float]:
         "weights_gib": v.weights_gib,
         "activation_peak_gib": v.activation_peak_gib,
         "non_torch_gib": v.non_torch_gib,
-        "cudagraph_gib": v.cuda_graphs_gib,
+        "cudagraph_gib": v.cuda_graphs_captured_gib,
+        "cudagraph_in_budget_gib": v.cuda_graphs_gib,
         "available_kv_gib": v.kv_cache_gib,
         "kv_tokens": float(v.kv_tokens),
         "max_concurrency": v.max_concurrency,
@@ -312,7 +313,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             continue
         e = estimate(r)
         err = 100 * (e["available_kv_gib"] - r["available_kv_gib"]) / r["available_kv_gib"]
-        cg = r.get("cudagraph_estimate_gib", r.get("cudagraph_actual_gib"))
+        cg = r.get("cudagraph_actual_gib", r.get("graph_capture_gib"))
         lines.append(
             f"| {r['model']} | {'yes' if r.get('lora') else 'no'} "
             f"| {e['requested_gib']:.2f} / {r.get('requested_gib')} "

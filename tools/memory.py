@@ -123,7 +123,9 @@ class MemoryInput(BaseModel):
         "stage 3 the weights and gradients) live in CPU RAM.",
     )
     gpu: str | None = Field(None, description="GPU tier such as 'H100' or 'A100-80GB:2'.")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM's share of GPU memory.")
+    gpu_memory_utilization: float = Field(
+        vm.DEFAULT_GPU_MEMORY_UTILIZATION, gt=0, le=1, description="vLLM's share of GPU memory (vLLM 0.26: 0.92)."
+    )
     max_num_batched_tokens: int | None = Field(
         None, ge=1, description="vLLM profile-run tokens; default vLLM's for the GPU (8192 on H100/H200, else 2048)."
     )
@@ -147,7 +149,10 @@ class VllmServing(BaseModel):
     weights_gib: float = Field(description='"Model loading took X GiB" (LoRA buffers included).')
     activation_peak_gib: float = Field(description="Peak of the profile run (forward or sampler warm-up).")
     non_torch_gib: float = Field(description="Non-torch memory allocated after vLLM's memory snapshot.")
-    cuda_graphs_gib: float = Field(description='"Estimated CUDA graph memory", taken from the budget.')
+    cuda_graphs_gib: float = Field(description="CUDA graph memory taken from the budget (Model Runner V1's estimate).")
+    cuda_graphs_captured_gib: float = Field(
+        description="What capturing the graphs takes; with Model Runner V2 outside the budget, after the KV cache."
+    )
     kv_cache_gib: float = Field(description='"Available KV cache memory".')
     kv_tokens: int = Field(description='"GPU KV cache size: N tokens".')
     max_model_len: int
@@ -641,7 +646,11 @@ def vllm_budget(
     forward = tokens * per_tok
     # _dummy_sampler_run: full-vocab logits on every rank (the logits processor gathers them),
     # while the forward's hidden states are still held.
-    sampler = reqs * V * vm.SAMPLER_BYTES_PER_LOGIT + vm.TOPK_TOPP_PROGRAMS * V * 4 + tokens * h * ab
+    v2 = vm.uses_v2_runner(arch.is_moe, arch.model_type)
+    if v2:
+        sampler = reqs * V * vm.V2_SAMPLER_BYTES_PER_LOGIT + tokens * h * ab
+    else:
+        sampler = reqs * V * vm.SAMPLER_BYTES_PER_LOGIT + vm.TOPK_TOPP_PROGRAMS * V * 4 + tokens * h * ab
     full_kv, slide_kv = _kv_per_token(arch, s, tp)
     graphs = _cudagraph_bytes(arch, s, tp, seqs, per_tok)
     smi = TIERS[gpu_name].memory_gib if gpu_name in TIERS else None
@@ -652,7 +661,8 @@ def vllm_budget(
         forward_peak=forward,
         sampler_peak=sampler,
         non_torch=(vm.NON_TORCH_TP_GIB if tp > 1 else vm.NON_TORCH_GIB) * GIB,
-        cuda_graphs=graphs,
+        cuda_graphs=0.0 if v2 else graphs,
+        graphs_outside=graphs if v2 else 0.0,
         page_bytes=vm.BLOCK_SIZE * full_kv,
         slide_page_bytes=vm.BLOCK_SIZE * slide_kv,
         sliding_window=arch.sliding_window,
@@ -702,9 +712,9 @@ def _inference(
         held = b.max_num_batched_tokens * h * ab
         out.activations = b.forward_peak if b.forward_peak >= b.sampler_peak else held
         out.logits = b.activation_peak - out.activations
-        out.graphs = b.cuda_graphs
+        out.graphs = b.cuda_graphs + b.graphs_outside
         out.non_kv = b.non_kv
-        out.allocator_overhead = b.non_torch + b.cuda_graphs
+        out.allocator_overhead = b.non_torch + b.cuda_graphs + b.graphs_outside
         if gpu_gib is not None:  # vLLM takes its whole budget for KV
             out.budget = b
             out.kv_cache = max(0.0, b.kv_available)
@@ -736,6 +746,7 @@ def vllm_serving(b: VllmBudget, max_model_len: int) -> VllmServing:
         activation_peak_gib=_gib(b.activation_peak),
         non_torch_gib=_gib(b.non_torch),
         cuda_graphs_gib=_gib(b.cuda_graphs),
+        cuda_graphs_captured_gib=_gib(b.cuda_graphs + b.graphs_outside),
         kv_cache_gib=_gib(b.kv_available),
         kv_tokens=b.kv_tokens(max_model_len),
         max_model_len=max_model_len,
@@ -791,8 +802,14 @@ def _assumptions(arch: ModelArch, s: Settings, tier: GpuTier | None) -> list[str
             f"vLLM 0.26 `vllm serve`: budget ceil(total x {s.util:g}); profile run of "
             f"max_num_batched_tokens={s.mnbt or mnbt} over max_num_seqs={s.max_num_seqs or seqs} requests "
             f"(sampler warm-up {vm.SAMPLER_BYTES_PER_LOGIT:g} B per logit); non-torch memory "
-            f"{vm.NON_TORCH_TP_GIB if s.tp > 1 else vm.NON_TORCH_GIB} GiB; its CUDA graph estimate is taken "
-            "from the budget; the CUDA context sits outside it."
+            f"{vm.NON_TORCH_TP_GIB if s.tp > 1 else vm.NON_TORCH_GIB} GiB; "
+            + (
+                "Model Runner V2 (non-MoE models): its CUDA graphs are captured after the KV cache, outside the "
+                "budget, beside the CUDA context."
+                if vm.uses_v2_runner(arch.is_moe, arch.model_type)
+                else "Model Runner V1 (MoE): its CUDA graph estimate is taken from the budget; the CUDA context "
+                "sits outside it."
+            )
         )
         a.append(
             "vLLM starts when one request of seq_len (max_model_len) fits the KV cache; max_num_seqs is a cap. "

@@ -143,7 +143,9 @@ class StartServerInput(BaseModel):
     max_model_len: int | Literal["auto"] = Field(
         "auto", description="Context length; 'auto': the model's, shortened only when one such sequence doesn't fit."
     )
-    gpu_memory_utilization: float = Field(0.9, gt=0.05, le=0.99, description="vLLM's share of each GPU's memory.")
+    gpu_memory_utilization: float = Field(
+        0.92, gt=0.05, le=0.99, description="vLLM's share of each GPU's memory (vLLM 0.26's default: 0.92)."
+    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     kv_cache_dtype: Literal["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
     enable_prefix_caching: bool = True

@@ -109,7 +109,7 @@ class VllmServeArgs(BaseModel):
     tensor_parallel_size: int = Field(1, ge=1, le=64)
     pipeline_parallel_size: int = Field(1, ge=1, le=64)
     max_model_len: int | None = Field(None, ge=16, le=10_485_760)
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    gpu_memory_utilization: float = Field(0.92, gt=0.0, le=1.0)  # vllm/config/cache.py CacheConfig
     dtype: Literal["auto", "bfloat16", "float16", "float32", "half", "float"] = "auto"
     kv_cache_dtype: str = Field("auto", description="auto, bfloat16, fp8, fp8_e4m3, fp8_e5m2 (host's choices).")
     quantization: str | None = Field(None, description="vLLM method name: fp8, bitsandbytes, awq, gptq, ...")

@@ -66,7 +66,9 @@ def test_every_typed_field_is_a_flag_of_the_recorded_version(known: KnownFlags) 
 def test_only_non_defaults_are_emitted() -> None:
     assert to_argv(VllmServeArgs(model="Qwen/Qwen2.5-7B")) == ["Qwen/Qwen2.5-7B"]
     # vLLM's own defaults given explicitly still emit nothing
-    assert to_argv(VllmServeArgs(model="m", tensor_parallel_size=1, gpu_memory_utilization=0.9, port=8000)) == ["m"]
+    # vLLM 0.26's own defaults are not emitted (gpu_memory_utilization: 0.92, vllm/config/cache.py)
+    assert to_argv(VllmServeArgs(model="m", tensor_parallel_size=1, gpu_memory_utilization=0.92, port=8000)) == ["m"]
+    assert "--gpu-memory-utilization" in to_argv(VllmServeArgs(model="m", gpu_memory_utilization=0.9))
 
 
 def test_reflection_kebab_case_booleans_lists(known: KnownFlags) -> None:

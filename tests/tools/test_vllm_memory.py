@@ -56,7 +56,7 @@ def test_capture_sizes_and_cuda_totals():
     assert sizes[:4] == [1, 2, 4, 8] and sizes[-1] == 512 and len(sizes) == 51  # 51 PIECEWISE graphs
     assert len([x for x in cudagraph_capture_sizes(256) if x <= 256]) == 35  # 35 FULL at max_num_seqs 256
     assert cudagraph_capture_sizes(8)[-1] == 16
-    assert cuda_total_gib(TIERS["H200"].memory_gib, "H200", TIERS["H200"].memory_gib) == 139.81
+    assert cuda_total_gib(TIERS["H200"].memory_gib, "H200", TIERS["H200"].memory_gib) == 139.80
     assert cuda_total_gib(120.0, "H200", TIERS["H200"].memory_gib) == 119.5  # a host override is kept
     assert cuda_total_gib(15.77, None) == 15.77  # already CUDA's figure
 
@@ -65,19 +65,30 @@ def test_budget_terms_for_a_real_shape():
     arch = catalog_lookup("meta-llama/Llama-3.1-8B")
     s = resolve_settings(MemoryInput(model="meta-llama/Llama-3.1-8B", seq_len=131072), arch)
     b = vllm_server_budget(arch, s, TIERS["H200"], 1)
-    assert b.requested == math.ceil(139.81 * GIB * 0.9)
+    assert s.util == 0.92  # vLLM 0.26's default (config/cache.py)
+    assert b.requested == math.ceil(139.80 * GIB * 0.92)
     assert b.weights / GIB == pytest.approx(8.03e9 * 2 / GIB, rel=0.01)
-    # the sampler warm-up on 1024 rows of 128,256 logits is the peak, not the 8192-token forward
-    assert b.sampler_peak > b.forward_peak
-    # 14 B per logit, the top-k/top-p buffer (one fp32 vocab row per SM) and the held hidden states
-    assert b.sampler_peak == pytest.approx(1024 * 128256 * 14 + 132 * 128256 * 4 + 8192 * 4096 * 2)
+    # a dense model runs on Model Runner V2: its sampler warm-up holds the bf16 logits of 1024 rows
+    # (no top-k/top-p), the 8192-token forward is the peak, and the graphs are not in the budget
+    assert b.sampler_peak == pytest.approx(1024 * 128256 * 2 + 8192 * 4096 * 2)
+    assert b.forward_peak > b.sampler_peak and b.activation_peak == b.forward_peak
+    assert b.cuda_graphs == 0 and b.graphs_outside > 0.5 * GIB and b.context_fits_outside()
     assert b.page_bytes == BLOCK_SIZE * 32 * 2 * 8 * 128 * 2
     tp2 = vllm_server_budget(arch, s, TIERS["H200"], 2)
     assert tp2.weights == pytest.approx(b.weights / 2) and tp2.page_bytes == b.page_bytes / 2
     lora = resolve_settings(MemoryInput(model="meta-llama/Llama-3.1-8B", seq_len=131072, serve_lora_rank=16), arch)
     with_lora = vllm_server_budget(arch, lora, TIERS["H200"], 1)
     assert 0 < with_lora.weights - b.weights < 0.1 * GIB  # the stacked adapter buffers
-    assert with_lora.cuda_graphs > b.cuda_graphs  # graphs with and without adapters
+    assert with_lora.graphs_outside > b.graphs_outside  # graphs with and without adapters
+
+
+def test_moe_models_run_on_model_runner_v1_with_its_sampler_and_graph_estimate():
+    arch = catalog_lookup("mixtral-8x7b")
+    s = resolve_settings(MemoryInput(model="mixtral-8x7b", seq_len=32768), arch)
+    b = vllm_server_budget(arch, s, TIERS["H200"], 1)
+    # V1's warm-up samples with top-k/top-p: 14 B per logit plus the per-SM buffer, forward hidden states held
+    assert b.sampler_peak == pytest.approx(1024 * 32000 * 14 + 132 * 32000 * 4 + 8192 * 4096 * 2)
+    assert b.cuda_graphs > 0 and b.graphs_outside == 0  # the budget pays for V1's graph estimate
 
 
 def test_estimate_reports_vllms_lines():
