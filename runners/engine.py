@@ -48,6 +48,7 @@ from runners.jobdir import (
     LOG,
     METRICS,
     OUTPUTS,
+    READY_MARK,
     RUN_SH,
     PreparedJob,
     job_dir_for,
@@ -82,6 +83,7 @@ WaitUntil = Literal["finished", "running", "ready"]
 ProgressFn = Callable[[float, float | None, str], Awaitable[None]]
 DIAGNOSE_WINDOW = 65536
 DISK_FULL_KIB = 64  # less free space than this on the job's filesystem: it is full
+READY_POLL_S = 0.2  # wait(until="ready"): how often the ready marker is looked for between status polls
 
 
 class SubmitResult(BaseModel):
@@ -613,12 +615,34 @@ class JobEngine:
             if progress is not None:
                 m = await self._progress_point(view, now - start, timeout_s)
                 await progress(*m)
-            await asyncio.sleep(min(delay, max(0.0, deadline - now)))
+            await self._pause(view, until, min(delay, max(0.0, deadline - now)))
             delay = min(delay * 1.5, 2.0)
         view = await self.status(job_id)
         if progress is not None:
             await progress(*(await self._progress_point(view, time.monotonic() - start, timeout_s)))
         return view, self._reached(view.state, until)
+
+    async def _pause(self, view: JobView, until: WaitUntil, seconds: float) -> None:
+        """Sleep ``seconds`` between two status polls; waiting for ``ready``, look for the serve payload's
+        ready marker every READY_POLL_S meanwhile and end the pause as soon as it is there.
+
+        Why: status polls back off to 2 s (each one is a launcher round trip, squeue on SLURM), so a
+        server that became ready was seen up to 2 s late, most of the time to ready that
+        start_vllm_server added to a bare ``vllm serve`` (bench/workflow_gpu.py ready-time). The
+        marker is one small file read, the same on every transport.
+        """
+        if until != "ready":
+            await asyncio.sleep(seconds)
+            return
+        t = self.transport(view.host)
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(READY_POLL_S, left))
+            try:
+                if await t.read_range(f"{view.job_dir}/{READY_MARK}", 0, 64):
+                    return
+            except HostError:
+                return  # the next status poll reports the host's trouble
 
     @staticmethod
     def _reached(state: JobState, until: WaitUntil) -> bool:

@@ -67,6 +67,7 @@ HELP_FILE = "vllm-help.json"  # the controller reads it to learn this host's fla
 HELP_TIMEOUT_S = 300.0
 FATAL_GRACE_S = 20.0  # after a fatal line, how long vLLM may take to exit by itself ($LLM_OPS_SERVE_FATAL_GRACE_S)
 UNHEALTHY_AFTER = 3  # failed health checks in a row before the ready marker goes
+READY_PROBE_S = 0.2  # seconds between readiness probes until the server is ready
 
 # (kind, pattern, hint). Order matters: the first match of a line wins, and the most
 # specific causes come first. Hints name the start_vllm_server parameter to change.
@@ -590,7 +591,9 @@ def main(argv: list[str]) -> int:
                 "Read the log (get_job_logs); large models take long to download and load.",
                 EXIT_TIMEOUT,
             )
-        if now - last_probe >= (0.5 if not ready else interval):
+        # before ready, probe every READY_PROBE_S: a refused connection costs nothing, and each
+        # interval is added to the time to ready (bench/workflow_gpu.py ready-time measures it)
+        if now - last_probe >= (READY_PROBE_S if not ready else interval):
             last_probe = now
             if not ready:
                 ok, why = probe(base, key, names, probe_model)
