@@ -48,8 +48,10 @@ from typing import Any, TypeVar
 
 import asyncssh
 
-from runners.config import Config, HostConfig
+from runners.config import HostConfig
 from runners.errors import AuthError, CommandFailed, ConfigError, HostError, HostKeyError, HostUnreachable
+from runners.ssh_hosts import HOSTS as _HOSTS  # by name, for proxy_jump (no asyncssh there)
+from runners.ssh_hosts import register_hosts
 from runners.transport import CommandResult, FileStat
 
 __all__ = [
@@ -70,15 +72,6 @@ KEEPALIVE_COUNT_MAX = 3
 # Reconnect delays after a working connection dropped; bounded by the host's connect_timeout_s.
 _BACKOFF_S = (0.0, 0.2, 0.5, 1.0, 2.0, 4.0)
 T = TypeVar("T")
-
-# Hosts by name, so that ``proxy_jump = "login"`` can name another host of the config file.
-_HOSTS: dict[str, HostConfig] = {}
-
-
-def register_hosts(config: Config) -> None:
-    """Make the config's hosts known by name for ``proxy_jump`` (called once by the server)."""
-    _HOSTS.update(config.hosts)
-
 
 # --------------------------------------------------------------------------- errors
 

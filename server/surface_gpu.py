@@ -7,6 +7,8 @@ shutdown, are set up by the same module that needs a transport.
 
 from __future__ import annotations
 
+import sys
+
 from mcp.server.mcpserver import MCPServer
 
 from server.registry import ToolSpec, add_tool
@@ -20,15 +22,15 @@ class _SSHPoolCloser:
     """Closes pooled SSH connections at server shutdown (the lifespan calls ``aclose`` on services)."""
 
     async def aclose(self) -> None:
-        from runners.ssh import close_all
-
-        await close_all()
+        ssh = sys.modules.get("runners.ssh")  # never loaded: no connection to close, and no asyncssh import
+        if ssh is not None:
+            await ssh.close_all()
 
 
 def register(app: MCPServer, state: AppState) -> None:
     state.services.setdefault("host_prober", probe_host)
     if any(h.transport == "ssh" for h in state.config.hosts.values()):
-        from runners.ssh import register_hosts
+        from runners.ssh_hosts import register_hosts
 
         register_hosts(state.config)  # proxy_jump may name another host of the file
         state.services.setdefault("ssh_pool", _SSHPoolCloser())
