@@ -50,8 +50,9 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from pydantic import BaseModel, Field
 
@@ -255,7 +256,7 @@ def _specials(with_sp: list[int], plain: list[int]) -> tuple[list[int], list[int
 
 async def build_prompts(
     http: HttpEndpoint, model: str, input_len: int, output_len: int, num_prompts: int, seed: int
-) -> list[list[int]]:
+) -> Prompts:
     """``num_prompts`` token-id prompts of exactly ``input_len`` tokens each (specials included)."""
     probe = await _tokenize(http, model, "Hello world", True)
     plain = (await _tokenize(http, model, "Hello world", False))["tokens"]
@@ -280,11 +281,29 @@ async def build_prompts(
     if not pool:
         raise HostError("/tokenize returned no tokens for plain text.", "Check the server's tokenizer.")
     starts = rng.sample(range(len(pool)), min(num_prompts, len(pool)))
-    prompts = []
-    for i in range(num_prompts):
-        s = starts[i % len(starts)]
-        prompts.append([*prefix, *(pool[(s + k) % len(pool)] for k in range(body_len)), *suffix])
-    return prompts
+    return Prompts(prefix, pool, suffix, body_len, [starts[i % len(starts)] for i in range(num_prompts)])
+
+
+class Prompts(Sequence[list[int]]):
+    """The prompts, each made when it is sent: 2000 prompts of 128k tokens held at once would be GBs."""
+
+    def __init__(self, prefix: list[int], pool: list[int], suffix: list[int], body_len: int, starts: list[int]) -> None:
+        self.prefix, self.pool, self.suffix, self.body_len, self.starts = prefix, pool, suffix, body_len, starts
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @overload
+    def __getitem__(self, i: int) -> list[int]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[list[int]]: ...
+    def __getitem__(self, i: int | slice) -> list[int] | list[list[int]]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        s, pool, n = self.starts[i], self.pool, len(self.pool)
+        whole, part = divmod(self.body_len, n)
+        body = (pool[s:] + pool[:s]) * whole + (pool[s:] + pool[:s])[:part]
+        return [*self.prefix, *body, *self.suffix]
 
 
 async def _one(http: HttpEndpoint, model: str, prompt: list[int], output_len: int) -> _Result:

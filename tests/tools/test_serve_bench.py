@@ -32,7 +32,7 @@ from runners.states import JobState
 from tests.standin_vllm_server import install_standin
 from tools.http_stream import HttpEndpoint
 from tools.serve import StartServerInput, StopServerInput, start_vllm_server, stop_vllm_server
-from tools.serve_bench import BenchmarkInput, _one, benchmark_server, build_prompts, percentile
+from tools.serve_bench import BenchmarkInput, Prompts, _one, benchmark_server, build_prompts, percentile
 from tools.serve_host import ServeRuntime
 from tools.vllm_args import FlagCache
 
@@ -131,7 +131,16 @@ async def test_prompts_have_exactly_input_len_tokens_as_the_server_counts(standi
     # the seed picks the text: the same seed gives the same prompts, another seed others
     again = await build_prompts(http, MODEL, input_len=300, output_len=8, num_prompts=6, seed=7)
     other = await build_prompts(http, MODEL, input_len=300, output_len=8, num_prompts=6, seed=8)
-    assert again == prompts and other[0][:16] != prompts[0][:16]
+    assert list(again) == list(prompts) and other[0][:16] != prompts[0][:16]
+
+
+@pytest.mark.parametrize("standin", [{**BOS, "max_model_len": 65_536}], indirect=True)
+async def test_long_prompts_are_exact_and_wrap_around_the_pool(standin: Standin) -> None:
+    prompts = await build_prompts(HttpEndpoint(standin.url), MODEL, 60_000, 8, num_prompts=2, seed=3)
+    assert [standin.complete(p, max_tokens=1)["usage"]["prompt_tokens"] for p in prompts] == [60_000, 60_000]
+    # a body longer than the pool (the pool's text is capped at 40k words) wraps around it
+    short = Prompts([1], [10, 11, 12], [2], 7, [2, 0])
+    assert list(short) == [[1, 12, 10, 11, 12, 10, 11, 12, 2], [1, 10, 11, 12, 10, 11, 12, 10, 2]]
 
 
 async def test_prompts_with_a_real_hf_tokenizer_directory(tmp_path: Path) -> None:
