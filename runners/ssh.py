@@ -257,6 +257,7 @@ class _Slot:
     jump: _Slot | None = None
     home: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    sftp_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     connects: int = 0
     ever_connected: bool = False
 
@@ -336,13 +337,23 @@ class _Slot:
         return conn
 
     async def sftp_client(self) -> asyncssh.SFTPClient:
+        """The connection's one SFTP session, opened by the first caller while the others wait.
+
+        Why the lock: callers that arrive together while there is no session would each open
+        one, and every SFTP session is a session channel that sshd counts against MaxSessions
+        (10 by default): 24 concurrent submits over a fresh connection were refused
+        ("Session request failed") by a stock sshd.
+        """
         conn = await self.connection()
-        if self.sftp is None or self.conn is not conn:
+        if self.sftp is not None and self.conn is conn:
+            return self.sftp
+        async with self.sftp_lock:
+            if self.sftp is not None and self.conn is conn:
+                return self.sftp
             sftp = await conn.start_sftp_client()  # errors translated by the caller, which may retry
             if self.conn is conn:
                 self.sftp = sftp
             return sftp
-        return self.sftp
 
     async def close(self) -> None:
         conn, self.conn, self.client, self.sftp = self.conn, None, None, None
