@@ -444,6 +444,9 @@ def plan_server(
         if q_plan == "none":
             reasons.append("No quantization: the 16-bit weights fit with room for the KV cache.")
         elif q_plan == arch.stored_quantization:
+            # vLLM reads it from the checkpoint; `--quantization fp8` on a compressed-tensors checkpoint is refused
+            # (vllm/config/model.py ModelConfig._verify_quantization: "... does not match the quantization method")
+            vllm_quant = None
             reasons.append(f"Quantization as stored ({q_plan}).")
         else:
             reasons.append(

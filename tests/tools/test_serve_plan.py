@@ -109,3 +109,14 @@ def test_kv_figures_match_the_budget_they_come_from():
     blocks = int(b.kv_available // b.page_bytes)
     assert p.kv_cache_tokens == int(blocks / math.ceil(32768 / 16) * 32768)
     assert p.max_concurrency == round(blocks / 2048, 2)
+
+
+def test_a_checkpoint_stored_quantized_gets_no_quantization_flag():
+    """vLLM reads the method from the checkpoint's quantization_config, and a --quantization
+    that names another one (fp8 for a compressed-tensors checkpoint) is refused at start-up
+    (vllm/config/model.py ModelConfig._verify_quantization: "... does not match the
+    quantization method"), so a stored method plans as stored, with no flag."""
+    arch = resolve_model("meta-llama/Llama-3.1-8B").model_copy(update={"stored_quantization": "fp8"})
+    p = plan_server(arch, StartServerInput(model="/models/llama-fp8"), TIERS["H200"], 1, methods=HOPPER_HOST)
+    assert p.fits and p.quantization is None, p
+    assert "Quantization as stored (fp8)" in " ".join(p.reasons)
