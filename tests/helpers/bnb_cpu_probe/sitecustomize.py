@@ -67,12 +67,17 @@ def decode_packed(b: Any, absmax: Any, blocksize: int, quant_type: str) -> Any:
 
 
 def packed_gemm(a: Any, b: Any, absmax: Any, blocksize: int, quant_type_num: int) -> Any:
-    """``a`` [M, K] bf16 times the repacked weight: the stand-in for the compiled AVX512-BF16 kernel."""
+    """``a`` [M, K] bf16 times the repacked weight: the stand-in for the compiled AVX512-BF16 kernel.
+
+    Under ``no_grad``, because the real kernel writes into a fresh tensor through ctypes: autograd
+    sees no graph through it either, and the stand-in must not be kinder than that.
+    """
     import torch
 
     _report["packed_gemm_calls"] += 1
-    weight = decode_packed(b, absmax, blocksize, "fp4" if quant_type_num == 1 else "nf4")
-    return (a.float() @ weight.t()).to(torch.bfloat16)
+    with torch.no_grad():
+        weight = decode_packed(b, absmax, blocksize, "fp4" if quant_type_num == 1 else "nf4")
+        return (a.float() @ weight.t()).to(torch.bfloat16)
 
 
 def _patch_functional(module: Any, forced: bool) -> None:
