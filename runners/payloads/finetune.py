@@ -353,6 +353,8 @@ def load_model(cfg: dict[str, Any], backend: str) -> tuple[Any, Any]:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if method == "qlora":
+        if not cuda:
+            keep_4bit_cpu_layers_differentiable(model)
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False}
         )
@@ -365,6 +367,24 @@ def load_model(cfg: dict[str, Any], backend: str) -> tuple[Any, Any]:
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora), tokenizer
+
+
+def keep_4bit_cpu_layers_differentiable(model: Any) -> None:
+    """Turn off bitsandbytes' AVX512-BF16 repack in every 4-bit layer of a model trained on the CPU.
+
+    Why: bitsandbytes 0.50.2 ``nn/modules.py`` ``Linear4bit.forward`` repacks the weight at the first
+    forward that runs in eval mode without grad (``Trainer.evaluate``) on a CPU where
+    ``functional.has_avx512bf16()`` holds, and from then on ``autograd/_functions.py``
+    ``matmul_4bit`` sends every forward, training ones too, through ``bitsandbytes::gemv_4bit``,
+    which has no autograd kernel: the gradient through each frozen 4-bit layer is silently dropped
+    (torch only warns "an autograd kernel was not registered"), so LoRA below it learns from a wrong
+    gradient. The attribute is the one that forward reads; the unpacked path is differentiable.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def find_checkpoint(spec: str) -> str:

@@ -18,6 +18,7 @@ import peft  # noqa: F401  (the worker stack must be installed: make test does i
 import pytest
 import trl  # noqa: F401
 
+from tests.helpers.bnb_probe import probe_env, read_report
 from tests.helpers.tiny_model import FORMATS, build_tiny_model, make_dataset, make_rows, write_jsonl
 
 PAYLOAD = Path(__file__).resolve().parents[2] / "runners" / "payloads" / "finetune.py"
@@ -31,14 +32,16 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
-def run_payload(job_dir: Path, **config: Any) -> subprocess.CompletedProcess[str]:
+def run_payload(
+    job_dir: Path, env_extra: dict[str, str] | None = None, **config: Any
+) -> subprocess.CompletedProcess[str]:
     """Write job_config.json into job_dir and run the payload on the CPU, as a launcher would."""
     job_dir.mkdir(parents=True, exist_ok=True)
     cfg = {"max_seq_length": 64, "per_device_batch_size": 8, "gradient_accumulation_steps": 1,
            "learning_rate": 5e-3, "lora_r": 8, "save_steps": 0, **config}  # fmt: skip
     (job_dir / "job_config.json").write_text(json.dumps(cfg))
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "WANDB_DISABLED": "true",
-           "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+           "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}  # fmt: skip
     argv = [sys.executable, str(PAYLOAD), "--config", str(job_dir / "job_config.json"), "--job-dir", str(job_dir)]
     return subprocess.run(argv, capture_output=True, text=True, timeout=180, env=env)
 
@@ -114,10 +117,31 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path, tiny_model: Path) 
     assert manifest["resumed_from"].endswith("checkpoint-10") and manifest["steps"] == 20
 
 
-def test_qlora_trains_on_cpu(tmp_path: Path, tiny_model: Path) -> None:
+@pytest.mark.parametrize("avx512bf16", [True, False], ids=["avx512bf16", "no-avx512bf16"])
+def test_qlora_trains_on_cpu(tmp_path: Path, tiny_model: Path, avx512bf16: bool) -> None:
+    """With an eval pass mid-training, on both of bitsandbytes' CPU paths (tests/helpers/bnb_probe.py).
+
+    Where the CPU has AVX512-BF16, that eval's no-grad forward used to repack every 4-bit weight, and
+    the training steps after it ran through an op with no autograd kernel: the gradient through the
+    frozen layers was dropped, with only a torch warning to say so."""
     data = make_dataset(tmp_path / "sharegpt.jsonl", "sharegpt")
     job = tmp_path / "job"
-    check_ok(run_payload(job, model=str(tiny_model), dataset=str(data), method="qlora", max_steps=6))
+    probe = probe_env(avx512bf16, tmp_path / "bnb-probe.json")
+    proc = run_payload(
+        job,
+        probe,
+        model=str(tiny_model),
+        dataset=str(data),
+        method="qlora",
+        max_steps=6,
+        eval_fraction=0.125,
+        eval_steps=3,
+    )
+    check_ok(proc)
+    assert "an autograd kernel was not registered" not in proc.stdout + proc.stderr
+    report = read_report(tmp_path / "bnb-probe.json")
+    assert report["forced"] is avx512bf16 and report["repacks"] == 0  # the payload keeps the differentiable path
+    assert [r["step"] for r in read_metrics(job) if "eval_loss" in r] == [3, 6]
     assert read_metrics(job)[-1]["event"] == "end"
     assert json.loads((job / "outputs" / "manifest.json").read_text())["method"] == "qlora"
 
