@@ -36,10 +36,21 @@ named at each rule):
   wall time from the first send to the last answer, requests/s likewise (serve.py
   ``benchmark``). Percentiles interpolate linearly, like ``np.percentile``.
 
-Requests go over a lean asyncio HTTP client (tools/http_stream.py, one connection per
-request) with raw server-sent-event parsing and ``json.loads`` per chunk, as vLLM's benchmark
-does with aiohttp: client CPU per chunk would show up as latency at thousands of tokens per
-second (why not httpx/openai: that module's docstring).
+Requests go over aiohttp, the client ``vllm bench serve`` itself uses: one session per
+benchmark whose connector keeps up to ``concurrency`` connections alive (serve.py
+``benchmark`` builds its ``TCPConnector(limit=max_concurrency)`` the same way), the body read
+as it arrives (``response.content.iter_any()``, endpoint_request_func.py
+``async_request_openai_completions``), events split by hand and ``json.loads`` per chunk.
+Client CPU per chunk shows up as latency at thousands of tokens per second, so the client
+must cost what vLLM's costs: httpx (the ``openai`` client's transport, a pure-Python parser
+and anyio layers) gave ~15 % less throughput and 4x the TTFT against the stand-in server,
+the client being measured. Measured with bench/serve_client_cpu.py on the 2-core CPU box
+against tests/standin_vllm_server.py (96 prompts of 256 tokens, 64 out, concurrency 8, the
+same token-id prompts, 22 rounds alternated with vLLM 0.26.0's
+``async_request_openai_completions`` driven as serve.py drives it): 0.92-1.16x its output
+tokens/s (median 1.035x), TTFT p50 6-8 ms against 9-19 ms; the hand-written asyncio client
+this replaced gave median 0.93x in the same rounds.
+aiohttp is imported by the benchmark, not at server start-up.
 """
 
 from __future__ import annotations
@@ -50,18 +61,29 @@ import json
 import random
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
 from runners.engine import JobEngine
 from runners.errors import Conflict, HostError, InvalidInput, OpsError
-from tools.http_stream import HttpEndpoint
 from tools.serve_host import ServeRuntime
 
-__all__ = ["BenchmarkInput", "BenchmarkOutput", "Percentiles", "benchmark_server", "measure", "percentile"]
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = [
+    "BenchmarkInput",
+    "BenchmarkOutput",
+    "Percentiles",
+    "benchmark_server",
+    "measure",
+    "open_session",
+    "percentile",
+]
 
 JOB_ID_PATTERN = r"^[a-z][a-z0-9-]{2,79}$"
 _WORDS = [
@@ -115,6 +137,8 @@ _WORDS = [
     "velvet",
 ]
 _GRACE_S = 10.0  # past the time budget, requests still streaming are stopped
+_CONNECT_TIMEOUT_S = 10.0
+_SHORT_TIMEOUT_S = 60.0  # a /tokenize call, connection included
 
 
 class BenchmarkInput(BaseModel):
@@ -227,14 +251,59 @@ def _http_error(status: int, doc: Any, raw: bytes, what: str) -> OpsError:
     return HostError(f"{what} answered HTTP {status}: {msg}", "Read the server's log with get_job_logs.")
 
 
-async def _tokenize(http: HttpEndpoint, model: str, text: str, special: bool) -> dict[str, Any]:
-    """vLLM's ``POST /tokenize`` (serve/tokenize/protocol.py ``TokenizeCompletionRequest``)."""
+def _check_endpoint(base_url: str, api_key: str | None) -> str:
+    """The server's origin (``http(s)://host:port``); ValueError for anything else."""
+    u = urlsplit(base_url)
+    if u.scheme not in ("http", "https") or not u.hostname or u.path.strip("/") or u.query:
+        raise ValueError(f"base_url must be http(s)://host:port, not {base_url!r}")
+    if api_key is not None and any(c in api_key for c in "\r\n\0"):
+        raise ValueError("the API key has a line break in it")
+    return f"{u.scheme}://{u.netloc}"
+
+
+@contextlib.asynccontextmanager
+async def open_session(
+    base_url: str, api_key: str | None = None, concurrency: int = 1
+) -> AsyncIterator[aiohttp.ClientSession]:
+    """One aiohttp session for one benchmark against one server, set up as ``vllm bench serve`` does.
+
+    vllm/benchmarks/serve.py ``benchmark``: a ``TCPConnector`` with ``limit`` and
+    ``limit_per_host`` = the concurrency, connections kept alive (60 s) and reused across
+    requests. Unlike vLLM, proxy variables are not read (``trust_env`` off): the endpoint is a
+    loopback port, an SSH forward or a tunnel of our own server job.
+    """
+    import aiohttp  # here, not at module level: server start-up never needs it
+
+    origin = _check_endpoint(base_url, api_key)
+    connector = aiohttp.TCPConnector(
+        limit=concurrency, limit_per_host=concurrency, keepalive_timeout=60, force_close=False
+    )
+    headers = {"User-Agent": "llm-ops-mcp-benchmark"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT_S)
+    async with aiohttp.ClientSession(base_url=origin, connector=connector, headers=headers, timeout=timeout) as session:
+        yield session
+
+
+def _json_or_none(raw: bytes) -> Any:
     try:
-        status, doc, raw = await http.post_json(
-            "/tokenize", {"model": model, "prompt": text, "add_special_tokens": special}
-        )
-    except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as e:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+async def _tokenize(http: aiohttp.ClientSession, model: str, text: str, special: bool) -> dict[str, Any]:
+    """vLLM's ``POST /tokenize`` (serve/tokenize/protocol.py ``TokenizeCompletionRequest``)."""
+    import aiohttp
+
+    body = {"model": model, "prompt": text, "add_special_tokens": special}
+    try:
+        async with http.post("/tokenize", json=body, timeout=aiohttp.ClientTimeout(total=_SHORT_TIMEOUT_S)) as r:
+            status, raw = r.status, await r.read()
+    except (aiohttp.ClientError, OSError, TimeoutError) as e:
         raise HostError(f"Cannot reach the server's /tokenize: {type(e).__name__}: {e}", "get_job_status") from e
+    doc = _json_or_none(raw)
     if status != 200:
         raise _http_error(status, doc, raw, "/tokenize")
     if not isinstance(doc, dict) or not isinstance(doc.get("tokens"), list):
@@ -255,7 +324,7 @@ def _specials(with_sp: list[int], plain: list[int]) -> tuple[list[int], list[int
 
 
 async def build_prompts(
-    http: HttpEndpoint, model: str, input_len: int, output_len: int, num_prompts: int, seed: int
+    http: aiohttp.ClientSession, model: str, input_len: int, output_len: int, num_prompts: int, seed: int
 ) -> Prompts:
     """``num_prompts`` token-id prompts of exactly ``input_len`` tokens each (specials included)."""
     probe = await _tokenize(http, model, "Hello world", True)
@@ -306,8 +375,33 @@ class Prompts(Sequence[list[int]]):
         return [*self.prefix, *body, *self.suffix]
 
 
-async def _one(http: HttpEndpoint, model: str, prompt: list[int], output_len: int) -> _Result:
+async def _sse_data(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The ``data:`` payloads of a server-sent-event stream, each as soon as its line is complete.
+
+    Read as vLLM's request function reads it (endpoint_request_func.py
+    ``async_request_openai_completions``: ``response.content.iter_any()``, whatever bytes have
+    arrived, not line by line through aiohttp's bounded readline). Its ``StreamedResponseHandler``
+    splits events at ``"\\n\\n"`` and also takes a complete ``data:`` line before its blank
+    line; splitting at every line end takes events at the same moment, and CRLF separators too.
+    Blank separators and ``:`` comments (pings) carry no data and are skipped.
+    """
+    buf = b""
+    async for piece in content.iter_any():
+        buf += piece
+        if b"\n" not in piece:
+            continue
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            if line.startswith(b"data:"):
+                yield line[5:].strip()
+    if buf.startswith(b"data:"):
+        yield buf[5:].strip()
+
+
+async def _one(http: aiohttp.ClientSession, model: str, prompt: list[int], output_len: int) -> _Result:
     """One streamed completion, timed per token (vLLM: ``async_request_openai_completions``)."""
+    import aiohttp
+
     res = _Result()
     body = {
         "model": model,
@@ -322,62 +416,50 @@ async def _one(http: HttpEndpoint, model: str, prompt: list[int], output_len: in
     st = time.perf_counter()
     last = st
     try:
-        r = await http.post("/v1/completions", body)
-    except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
-        res.error = f"Connection to the server failed: {type(e).__name__}: {e}"
-        return res
-    try:
-        if r.status != 200:
-            raw = await r.read()
-            try:
-                doc = json.loads(raw)
-            except ValueError:
-                doc = None
-            res.error = str(_http_error(r.status, doc, raw, "the request"))
-            return res
-        async for line in r.lines():
-            if not line.startswith(b"data:"):
-                continue  # blank separators and ":" comments (pings)
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                break
-            now = time.perf_counter()
-            doc = json.loads(data)
-            if doc.get("error"):
-                err = doc["error"]
-                res.error = str(err.get("message") if isinstance(err, dict) else err)
+        async with http.post("/v1/completions", json=body) as r:
+            if r.status != 200:
+                raw = await r.read()
+                res.error = str(_http_error(r.status, _json_or_none(raw), raw, "the request"))
                 return res
-            usage = doc.get("usage") or None
-            choices = doc.get("choices") or []
-            if not choices:
-                if usage:  # the final usage chunk
-                    res.output_tokens = int(usage.get("completion_tokens") or 0)
-                    res.prompt_tokens = usage.get("prompt_tokens")
-                continue
-            if usage and usage.get("completion_tokens") is not None:
-                k = int(usage["completion_tokens"]) - seen
-            elif choices[0].get("token_ids") is not None:
-                k = len(choices[0]["token_ids"])
-            else:
-                k, res.counted_by_chunk = 1, True
-            if k <= 0:
-                continue
-            if res.chunks == 0:
-                res.ttft = now - st
-                res.itl.extend([0.0] * (k - 1))  # tokens that came with the first one
-            else:
-                res.itl.extend([(now - last) / k] * k)
-            res.chunks += 1
-            seen += k
-            last = now
-    except (OSError, asyncio.IncompleteReadError) as e:
+            async with contextlib.aclosing(_sse_data(r.content)) as events:
+                async for data in events:
+                    if data == b"[DONE]":
+                        continue  # read on to the body's end (as vLLM does): the connection is reused
+                    now = time.perf_counter()
+                    doc = json.loads(data)
+                    if doc.get("error"):
+                        err = doc["error"]
+                        res.error = str(err.get("message") if isinstance(err, dict) else err)
+                        return res
+                    usage = doc.get("usage") or None
+                    choices = doc.get("choices") or []
+                    if not choices:
+                        if usage:  # the final usage chunk
+                            res.output_tokens = int(usage.get("completion_tokens") or 0)
+                            res.prompt_tokens = usage.get("prompt_tokens")
+                        continue
+                    if usage and usage.get("completion_tokens") is not None:
+                        k = int(usage["completion_tokens"]) - seen
+                    elif choices[0].get("token_ids") is not None:
+                        k = len(choices[0]["token_ids"])
+                    else:
+                        k, res.counted_by_chunk = 1, True
+                    if k <= 0:
+                        continue
+                    if res.chunks == 0:
+                        res.ttft = now - st
+                        res.itl.extend([0.0] * (k - 1))  # tokens that came with the first one
+                    else:
+                        res.itl.extend([(now - last) / k] * k)
+                    res.chunks += 1
+                    seen += k
+                    last = now
+    except (aiohttp.ClientError, OSError, TimeoutError) as e:
         res.error = f"Connection to the server failed: {type(e).__name__}: {e}"
         return res
     except ValueError as e:
         res.error = f"The server sent a chunk that is not JSON: {e}"
         return res
-    finally:
-        r.close()
     if res.chunks == 0:
         res.error = "The stream ended without a token."
         return res
@@ -408,34 +490,35 @@ async def measure(url: str, key: str | None, model: str, p: BenchmarkInput) -> B
     """
     seed = p.seed if p.seed is not None else random.SystemRandom().randrange(2**31)
     try:
-        http = HttpEndpoint(url, key)
+        _check_endpoint(url, key)
     except ValueError as e:
         raise HostError(f"The server's endpoint is unusable: {e}", "get_job_status shows the endpoint.") from e
-    prompts = await build_prompts(http, model, p.input_len, p.output_len, p.num_prompts, seed)
-    results: list[_Result] = []
-    in_flight = [0]
-    sem = asyncio.Semaphore(p.concurrency)  # vLLM: --max-concurrency, all requests sent at once
-    start = time.perf_counter()
-    deadline = start + p.time_budget_s
+    async with open_session(url, key, p.concurrency) as http:
+        prompts = await build_prompts(http, model, p.input_len, p.output_len, p.num_prompts, seed)
+        results: list[_Result] = []
+        in_flight = [0]
+        sem = asyncio.Semaphore(p.concurrency)  # vLLM: --max-concurrency, all requests sent at once
+        start = time.perf_counter()
+        deadline = start + p.time_budget_s
 
-    async def limited(prompt: list[int]) -> None:
-        async with sem:
-            if time.perf_counter() >= deadline:
-                return
-            in_flight[0] += 1
-            r = await _one(http, model, prompt, p.output_len)
-            in_flight[0] -= 1
-            results.append(r)
+        async def limited(prompt: list[int]) -> None:
+            async with sem:
+                if time.perf_counter() >= deadline:
+                    return
+                in_flight[0] += 1
+                r = await _one(http, model, prompt, p.output_len)
+                in_flight[0] -= 1
+                results.append(r)
 
-    tasks = [asyncio.ensure_future(limited(pr)) for pr in prompts]
-    _, pending = await asyncio.wait(tasks, timeout=p.time_budget_s + _GRACE_S)
-    stopped = in_flight[0]
-    for t in pending:
-        t.cancel()
-    for t in pending:
-        with contextlib.suppress(asyncio.CancelledError):
-            await t
-    dur = max(time.perf_counter() - start, 1e-9)
+        tasks = [asyncio.ensure_future(limited(pr)) for pr in prompts]
+        _, pending = await asyncio.wait(tasks, timeout=p.time_budget_s + _GRACE_S)
+        stopped = in_flight[0]
+        for t in pending:
+            t.cancel()
+        for t in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        dur = max(time.perf_counter() - start, 1e-9)
     return _report(p, results, stopped, dur)
 
 

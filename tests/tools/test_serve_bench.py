@@ -30,9 +30,16 @@ from runners.engine import JobEngine
 from runners.errors import HostError, InvalidInput
 from runners.states import JobState
 from tests.standin_vllm_server import install_standin
-from tools.http_stream import HttpEndpoint
 from tools.serve import StartServerInput, StopServerInput, start_vllm_server, stop_vllm_server
-from tools.serve_bench import BenchmarkInput, Prompts, _one, benchmark_server, build_prompts, percentile
+from tools.serve_bench import (
+    BenchmarkInput,
+    Prompts,
+    _one,
+    benchmark_server,
+    build_prompts,
+    open_session,
+    percentile,
+)
 from tools.serve_host import ServeRuntime
 from tools.vllm_args import FlagCache
 
@@ -114,8 +121,11 @@ BOS = {"env": {"STANDIN_VLLM_ADD_BOS": "1", "STANDIN_VLLM_TOKEN_DELAY_S": "0.001
 @pytest.mark.parametrize("standin", [BOS], indirect=True)
 async def test_prompts_have_exactly_input_len_tokens_as_the_server_counts(standin: Standin) -> None:
     bos = standin.tokenize("x")[0]
-    http = HttpEndpoint(standin.url)
-    prompts = await build_prompts(http, MODEL, input_len=300, output_len=8, num_prompts=6, seed=7)
+    async with open_session(standin.url) as http:
+        prompts = await build_prompts(http, MODEL, input_len=300, output_len=8, num_prompts=6, seed=7)
+        # the seed picks the text: the same seed gives the same prompts, another seed others
+        again = await build_prompts(http, MODEL, input_len=300, output_len=8, num_prompts=6, seed=7)
+        other = await build_prompts(http, MODEL, input_len=300, output_len=8, num_prompts=6, seed=8)
     assert len(prompts) == 6
     for ids in prompts:
         assert len(ids) == 300 and ids[0] == bos and bos not in ids[1:]  # BOS counted, once, where vLLM puts it
@@ -128,15 +138,13 @@ async def test_prompts_have_exactly_input_len_tokens_as_the_server_counts(standi
     assert len(text.split()) < 150, len(text.split())
     # no two prompts share their first KV block (16 tokens): no prefix-cache hits between them
     assert len({tuple(p[:16]) for p in prompts}) == 6
-    # the seed picks the text: the same seed gives the same prompts, another seed others
-    again = await build_prompts(http, MODEL, input_len=300, output_len=8, num_prompts=6, seed=7)
-    other = await build_prompts(http, MODEL, input_len=300, output_len=8, num_prompts=6, seed=8)
     assert list(again) == list(prompts) and other[0][:16] != prompts[0][:16]
 
 
 @pytest.mark.parametrize("standin", [{**BOS, "max_model_len": 65_536}], indirect=True)
 async def test_long_prompts_are_exact_and_wrap_around_the_pool(standin: Standin) -> None:
-    prompts = await build_prompts(HttpEndpoint(standin.url), MODEL, 60_000, 8, num_prompts=2, seed=3)
+    async with open_session(standin.url) as http:
+        prompts = await build_prompts(http, MODEL, 60_000, 8, num_prompts=2, seed=3)
     assert [standin.complete(p, max_tokens=1)["usage"]["prompt_tokens"] for p in prompts] == [60_000, 60_000]
     # a body longer than the pool (the pool's text is capped at 40k words) wraps around it
     short = Prompts([1], [10, 11, 12], [2], 7, [2, 0])
@@ -149,8 +157,8 @@ async def test_prompts_with_a_real_hf_tokenizer_directory(tmp_path: Path) -> Non
     build_tiny_tokenizer(tmp_path / "model")
     s = Standin(str(tmp_path / "model"), {"STANDIN_VLLM_TOKEN_DELAY_S": "0.001"})
     try:
-        http = HttpEndpoint(s.url)
-        prompts = await build_prompts(http, s.model, input_len=64, output_len=4, num_prompts=3, seed=1)
+        async with open_session(s.url) as http:
+            prompts = await build_prompts(http, s.model, input_len=64, output_len=4, num_prompts=3, seed=1)
         assert [s.complete(p, max_tokens=1)["usage"]["prompt_tokens"] for p in prompts] == [64, 64, 64]
     finally:
         s.stop()
@@ -164,8 +172,8 @@ EARLY_EOS = {"env": {"STANDIN_VLLM_TOKEN_DELAY_S": "0.002", "STANDIN_VLLM_EOS_AF
 @pytest.mark.parametrize("standin", [{"env": {"STANDIN_VLLM_TOKEN_DELAY_S": "0.002"}}], indirect=True)
 async def test_itl_counts_every_token_including_those_without_text(standin: Standin) -> None:
     ids = standin.tokenize("hello world, how are you", special=False)
-    http = HttpEndpoint(standin.url)
-    r = await _one(http, MODEL, ids, 40)
+    async with open_session(standin.url) as http:
+        r = await _one(http, MODEL, ids, 40)
     assert r.ok, r.error
     # the stream really has tokens without text (a ✓ is three byte tokens; two decode to nothing) ...
     events = _stream(standin, ids, 40)
@@ -179,8 +187,8 @@ async def test_itl_counts_every_token_including_those_without_text(standin: Stan
 
 @pytest.mark.parametrize("standin", [COALESCED], indirect=True)
 async def test_coalesced_chunks_give_one_gap_per_token(standin: Standin) -> None:
-    http = HttpEndpoint(standin.url)
-    r = await _one(http, MODEL, standin.tokenize("a b c", special=False), 25)
+    async with open_session(standin.url) as http:
+        r = await _one(http, MODEL, standin.tokenize("a b c", special=False), 25)
     assert r.ok, r.error
     assert r.output_tokens == 25 and r.chunks == 1 + 8 and len(r.itl) == 24  # 1 + 8 chunks of 3
     tpot = (r.latency - r.ttft) / 24
@@ -195,8 +203,8 @@ async def test_output_lengths_are_exact_even_when_the_model_would_stop(standin: 
     ids = standin.tokenize("hello there", special=False)
     # the stand-in's "model" stops after 5 tokens when allowed: without ignore_eos a request is short
     assert standin.complete(ids, max_tokens=32)["usage"]["completion_tokens"] == 6
-    http = HttpEndpoint(standin.url)
-    r = await _one(http, MODEL, ids, 32)
+    async with open_session(standin.url) as http:
+        r = await _one(http, MODEL, ids, 32)
     assert r.ok and r.output_tokens == 32 and len(r.itl) == 31
 
 
@@ -212,15 +220,15 @@ def _stream(s: Standin, ids: list[int], n: int) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("standin", [{**BOS, "max_model_len": 256}], indirect=True)
 async def test_bad_lengths_and_models_are_refused_before_sending(standin: Standin) -> None:
-    http = HttpEndpoint(standin.url)
-    with pytest.raises(
-        InvalidInput, match=r"input_len \+ output_len = 300 tokens exceeds the server's max_model_len 256"
-    ):
-        await build_prompts(http, MODEL, input_len=200, output_len=100, num_prompts=2, seed=0)
-    with pytest.raises(InvalidInput, match=r"adds 1 special token.*input_len >= 2"):
-        await build_prompts(http, MODEL, input_len=1, output_len=8, num_prompts=2, seed=0)
-    with pytest.raises(InvalidInput, match="does not serve that model"):
-        await build_prompts(http, "not-served", input_len=16, output_len=8, num_prompts=2, seed=0)
+    async with open_session(standin.url) as http:
+        with pytest.raises(
+            InvalidInput, match=r"input_len \+ output_len = 300 tokens exceeds the server's max_model_len 256"
+        ):
+            await build_prompts(http, MODEL, input_len=200, output_len=100, num_prompts=2, seed=0)
+        with pytest.raises(InvalidInput, match=r"adds 1 special token.*input_len >= 2"):
+            await build_prompts(http, MODEL, input_len=1, output_len=8, num_prompts=2, seed=0)
+        with pytest.raises(InvalidInput, match="does not serve that model"):
+            await build_prompts(http, "not-served", input_len=16, output_len=8, num_prompts=2, seed=0)
     for bad in ({"input_len": 0}, {"output_len": 0}, {"concurrency": 0}, {"num_prompts": 0}):
         with pytest.raises(ValidationError):
             BenchmarkInput(server_job_id="serve-x", **bad)  # type: ignore[arg-type]
@@ -241,18 +249,29 @@ async def test_a_server_without_tokenize_is_a_clear_error() -> None:
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     try:
-        http = HttpEndpoint(f"http://127.0.0.1:{srv.server_address[1]}")
-        with pytest.raises(HostError, match="no /tokenize endpoint"):
-            await build_prompts(http, MODEL, input_len=16, output_len=8, num_prompts=2, seed=0)
+        async with open_session(f"http://127.0.0.1:{srv.server_address[1]}") as http:
+            with pytest.raises(HostError, match="no /tokenize endpoint"):
+                await build_prompts(http, MODEL, input_len=16, output_len=8, num_prompts=2, seed=0)
     finally:
         srv.shutdown()
         srv.server_close()
 
 
 class _Scripted(BaseHTTPRequestHandler):
-    """Answers every POST with the raw bytes in ``script`` (status line and all), then closes."""
+    """Answers every POST with the raw bytes in ``script`` (status line and all), in small pieces.
 
+    HTTP/1.1 keep-alive: the connection stays open for the next request unless the script says
+    ``Connection: close`` (then it is closed after the script, as a body framed by the
+    connection's end or cut short needs). ``connections`` counts the connections accepted.
+    """
+
+    protocol_version = "HTTP/1.1"
     script = b""
+    connections = 0
+
+    def setup(self) -> None:
+        super().setup()
+        type(self).connections += 1
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -260,7 +279,7 @@ class _Scripted(BaseHTTPRequestHandler):
         for i in range(0, len(data), 7):  # in small pieces: lines and chunks split across reads
             self.wfile.write(data[i : i + 7])
             self.wfile.flush()
-        self.close_connection = True
+        self.close_connection = b"\r\nConnection: close\r\n" in data.split(b"\r\n\r\n", 1)[0] + b"\r\n"
 
     def log_message(self, *_: Any) -> None:
         pass
@@ -271,34 +290,58 @@ def _event(n: int, text: str = "x") -> bytes:
     return b"data: " + json.dumps(doc).encode() + b"\r\n\r\n"
 
 
-@pytest.mark.parametrize("framing", ["eof", "chunked"])
+def _framed(framing: str, parts: list[bytes], cut: bool = False) -> bytes:
+    """A 200 event-stream response with its body framed one way; ``cut``: the connection ends early."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+    if framing == "eof":
+        return head + b"Connection: close\r\n\r\n" + b"".join(parts)
+    close = b"Connection: close\r\n" if cut else b""
+    if framing == "chunked":
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in parts)
+        return head + b"Transfer-Encoding: chunked\r\n" + close + b"\r\n" + chunks + (b"" if cut else b"0\r\n\r\n")
+    whole = b"".join(parts)
+    return head + b"Content-Length: %d\r\n" % (len(whole) + (100 if cut else 0)) + close + b"\r\n" + whole
+
+
+@pytest.mark.parametrize("framing", ["eof", "chunked", "content-length"])
 async def test_stream_framings_and_an_error_mid_stream(framing: str) -> None:
     events = [_event(1), b": ping\n\n", _event(3, ""), _event(4)]
     done = [b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":4}}\n\n', b"data: [DONE]\n\n"]
     broken = [_event(1), b'data: {"error": {"message": "engine died", "code": 500}}\n\n']
-
-    def body(parts: list[bytes]) -> bytes:
-        if framing == "eof":
-            return b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + b"".join(parts)
-        chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in parts)
-        return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+    # one event longer than aiohttp's line buffer (64 KiB): the body is read as it comes, not by readline
+    long = [_event(1, "y" * 100_000), _event(2), done[0].replace(b'tokens":4}', b'tokens":2}'), done[1]]
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
+    _Scripted.connections = 0
     try:
-        http = HttpEndpoint(f"http://127.0.0.1:{srv.server_address[1]}")
-        _Scripted.script = body(events + done)
-        r = await _one(http, MODEL, [1, 2, 3, 4], 4)
-        assert r.ok and r.output_tokens == 4 and r.prompt_tokens == 4 and r.chunks == 3 and len(r.itl) == 3
-        _Scripted.script = body(broken)
-        r = await _one(http, MODEL, [1, 2, 3, 4], 4)
-        assert not r.ok and r.error == "engine died"
-        _Scripted.script = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 24\r\n\r\n" + b'{"error":"Unauthorized"}'
-        r = await _one(http, MODEL, [1, 2, 3, 4], 4)
-        assert not r.ok and "refused the API key" in r.error
+        async with open_session(f"http://127.0.0.1:{srv.server_address[1]}") as http:
+            _Scripted.script = _framed(framing, events + done)
+            for _ in range(2):
+                r = await _one(http, MODEL, [1, 2, 3, 4], 4)
+                assert r.ok and r.output_tokens == 4 and r.prompt_tokens == 4 and r.chunks == 3 and len(r.itl) == 3
+            # a body framed by its length or chunks leaves the connection open for the next request
+            assert _Scripted.connections == (2 if framing == "eof" else 1)
+            _Scripted.script = _framed(framing, long)
+            r = await _one(http, MODEL, [1, 2, 3, 4], 2)
+            assert r.ok and r.output_tokens == 2 and r.chunks == 2, r.error
+            _Scripted.script = _framed(framing, broken)
+            r = await _one(http, MODEL, [1, 2, 3, 4], 4)
+            assert not r.ok and r.error == "engine died"
+            if framing != "eof":  # the connection ends inside the body: a failed request, not a short one
+                _Scripted.script = _framed(framing, events, cut=True)
+                r = await _one(http, MODEL, [1, 2, 3, 4], 4)
+                assert not r.ok and r.error.startswith("Connection to the server failed: ClientPayloadError"), r.error
+            _Scripted.script = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 24\r\n\r\n" + b'{"error":"Unauthorized"}'
+            r = await _one(http, MODEL, [1, 2, 3, 4], 4)
+            assert not r.ok and "refused the API key" in r.error
     finally:
         srv.shutdown()
         srv.server_close()
+    # nothing listens on a closed port: the request fails, it does not raise
+    async with open_session(f"http://127.0.0.1:{srv.server_address[1]}") as http:
+        r = await _one(http, MODEL, [1, 2, 3, 4], 4)
+    assert not r.ok and r.error.startswith("Connection to the server failed: ClientConnectorError"), r.error
 
 
 def test_percentiles_interpolate_like_numpy() -> None:
