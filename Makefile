@@ -33,7 +33,7 @@ demo: $(STAMP)
 	$(PY) examples/demo.py
 
 test: lock-check $(STAMP) $(SYS_STAMP) $(LLMC_STAMP)
-	LLMCOMPRESSOR_PYTHON=$(CURDIR)/$(LLMC_VENV)/bin/python $(PY) -m pytest -q $(PYTEST_ARGS)
+	LLMCOMPRESSOR_PYTHON=$(CURDIR)/$(LLMC_VENV)/bin/python $(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server tools runners tests bench examples
