@@ -472,15 +472,10 @@ async def _one(http: aiohttp.ClientSession, model: str, prompt: list[int], outpu
 
 async def benchmark_server(engine: JobEngine, runtime: ServeRuntime, p: BenchmarkInput) -> BenchmarkOutput:
     """Streaming load test with token-exact lengths: throughput, requests/s, TTFT, TPOT and ITL."""
-    from tools.serve_client import server_connection  # one home for finding a server job
+    from tools.serve_client import served_model, server_connection  # one home for finding a server job
 
     url, key, names = await server_connection(engine, runtime, p.server_job_id)
-    model = p.model or (names[0] if names else None)
-    if model is None:
-        raise InvalidInput("The server lists no model names.", "Pass model=... explicitly.")
-    if names and model not in names:
-        raise InvalidInput(f"{model!r} is not served by {p.server_job_id}.", f"Use one of: {', '.join(names)}.")
-    return await measure(url, key, model, p)
+    return await measure(url, key, served_model(names, p.model, p.server_job_id), p)
 
 
 async def measure(url: str, key: str | None, model: str, p: BenchmarkInput) -> BenchmarkOutput:

@@ -34,6 +34,7 @@ __all__ = [
     "QueryOutput",
     "benchmark_server",
     "query_model",
+    "served_model",
     "server_connection",
 ]
 
@@ -149,16 +150,22 @@ def _translate(e: Exception, url: str) -> OpsError:
     return HostError(f"Request failed: {type(e).__name__}: {e}", "Read the server's log with get_job_logs.")
 
 
+def served_model(names: list[str], requested: str | None, server_job_id: str) -> str:
+    """The model name to send: the one asked for if the server serves it, else the server's first."""
+    model = requested or (names[0] if names else None)
+    if model is None:
+        raise InvalidInput("The server lists no model names.", "Pass model=... explicitly.")
+    if names and model not in names:
+        raise InvalidInput(f"{model!r} is not served by {server_job_id}.", f"Use one of: {', '.join(names)}.")
+    return model
+
+
 async def query_model(engine: JobEngine, runtime: ServeRuntime, p: QueryInput) -> QueryOutput:
     """One completion (chat or plain) from a ready server job."""
     import openai
 
     url, key, names = await server_connection(engine, runtime, p.server_job_id)
-    model = p.model or (names[0] if names else None)
-    if model is None:
-        raise InvalidInput("The server lists no model names.", "Pass model=... explicitly.")
-    if names and model not in names:
-        raise InvalidInput(f"{model!r} is not served by {p.server_job_id}.", f"Use one of: {', '.join(names)}.")
+    model = served_model(names, p.model, p.server_job_id)
     client = _client(url, key, p.timeout_s)
     t0 = time.perf_counter()
     try:
