@@ -27,6 +27,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -350,25 +351,35 @@ def _check_value(flag: str, value: str, info: FlagInfo, version: str) -> str:
     return value
 
 
+def _extra_flag(key: str) -> str:
+    """An ``extra_args`` key as a flag name (``max_num_batched_tokens`` → ``max-num-batched-tokens``)."""
+    flag = key.strip().removeprefix("--").replace("_", "-")
+    if not _FLAG_RE.match(flag):
+        raise InvalidInput(f"extra_args key {key!r} is not a flag name.", "Use names like 'max_num_batched_tokens'.")
+    return flag
+
+
+def _refuse_reserved(names: Iterable[str], typed: set[str]) -> None:
+    """Flags we set ourselves, or that start_vllm_server takes as parameters, never come through extra_args."""
+    for name in names:
+        if name in MANAGED_FLAGS:
+            raise InvalidInput(
+                f"--{name} can't be passed in extra_args: {MANAGED_FLAGS[name]}.", "Remove it from extra_args."
+            )
+        if name in typed or name.replace("-", "_") in VllmServeArgs.model_fields:
+            raise InvalidInput(
+                f"--{name} is a parameter of start_vllm_server.",
+                f"Pass {name.replace('-', '_')}=... instead of putting it in extra_args.",
+            )
+
+
 def build_extra_argv(extra: dict[str, ExtraValue], known: KnownFlags, typed: set[str]) -> list[str]:
     """Validated flags for ``extra_args``; ``typed`` are flag names our own parameters already set."""
     out: list[str] = []
     for key, value in extra.items():
-        flag = key.strip().removeprefix("--").replace("_", "-")
-        if not _FLAG_RE.match(flag):
-            raise InvalidInput(
-                f"extra_args key {key!r} is not a flag name.", "Use names like 'max_num_batched_tokens'."
-            )
+        flag = _extra_flag(key)
         base = flag[3:] if flag.startswith("no-") and flag[3:] in known.flags else flag
-        if base in MANAGED_FLAGS:
-            raise InvalidInput(
-                f"--{base} can't be passed in extra_args: {MANAGED_FLAGS[base]}.", "Remove it from extra_args."
-            )
-        if base in typed or base.replace("-", "_") in VllmServeArgs.model_fields:
-            raise InvalidInput(
-                f"--{base} is a parameter of start_vllm_server.",
-                f"Pass {base.replace('-', '_')}=... instead of putting it in extra_args.",
-            )
+        _refuse_reserved((base,), typed)
         info = known.get(flag)
         if info is None:
             close = difflib.get_close_matches(flag, list(known.flags), n=3, cutoff=0.6)
@@ -414,22 +425,9 @@ def build_extra_argv_unchecked(extra: dict[str, ExtraValue], typed: set[str]) ->
     (runners/payloads/serve.py ``check_flags``). ``True`` is ``--x``, ``False`` ``--no-x``."""
     out: list[str] = []
     for key, value in extra.items():
-        flag = key.strip().removeprefix("--").replace("_", "-")
-        if not _FLAG_RE.match(flag):
-            raise InvalidInput(
-                f"extra_args key {key!r} is not a flag name.", "Use names like 'max_num_batched_tokens'."
-            )
+        flag = _extra_flag(key)
         base = flag[3:] if flag.startswith("no-") else flag
-        for name in {flag, base}:
-            if name in MANAGED_FLAGS:
-                raise InvalidInput(
-                    f"--{name} can't be passed in extra_args: {MANAGED_FLAGS[name]}.", "Remove it from extra_args."
-                )
-            if name in typed or name.replace("-", "_") in VllmServeArgs.model_fields:
-                raise InvalidInput(
-                    f"--{name} is a parameter of start_vllm_server.",
-                    f"Pass {name.replace('-', '_')}=... instead of putting it in extra_args.",
-                )
+        _refuse_reserved(dict.fromkeys((flag, base)), typed)
         free = FlagInfo(name=flag, takes_value=True)
         if isinstance(value, bool):
             if flag != base and value is not True:
