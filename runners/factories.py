@@ -8,8 +8,6 @@ no circle forms; the engine receives the factories and knows nothing about SSH o
 
 from __future__ import annotations
 
-from importlib import import_module
-
 from runners.config import HostConfig
 from runners.errors import ConfigError
 from runners.launchers.base import Launcher
@@ -25,14 +23,9 @@ def make_launcher(host: HostConfig) -> Launcher:
 
         return DirectLauncher(host)
     if host.launcher == "slurm":
-        try:
-            mod = import_module("runners.launchers.slurm")
-        except ModuleNotFoundError as e:
-            raise ConfigError(
-                f"Host {host.name!r} uses launcher 'slurm', which this build does not have yet.",
-                'Use launcher = "direct" for now.',
-            ) from e
-        return mod.SlurmLauncher(host)  # type: ignore[no-any-return]
+        from runners.launchers.slurm import SlurmLauncher
+
+        return SlurmLauncher(host)
     raise ConfigError(f"Host {host.name!r}: unknown launcher {host.launcher!r}.", "Use 'direct' or 'slurm'.")
 
 
@@ -41,12 +34,7 @@ def make_transport(host: HostConfig) -> Transport:
     if host.transport == "local":
         return LocalTransport(host)
     if host.transport == "ssh":
-        try:
-            mod = import_module("runners.ssh")
-        except ModuleNotFoundError as e:
-            raise ConfigError(
-                f"Host {host.name!r} uses transport 'ssh', which this build does not have yet.",
-                "Use a local host for now.",
-            ) from e
-        return mod.SSHTransport(host)  # type: ignore[no-any-return]
+        from runners.ssh import SSHTransport  # asyncssh is imported only for a host that uses it
+
+        return SSHTransport(host)
     raise ConfigError(f"Host {host.name!r}: unknown transport {host.transport!r}.", "Use 'local' or 'ssh'.")
