@@ -26,7 +26,8 @@ from mcp import Client
 from runners.config import Config, HostConfig
 from runners.engine import JobEngine
 from runners.spec import JobSpec
-from runners.ssh import SSHTransport, close_all, connection_count
+from runners.transports.ssh import SSHTransport
+from runners.transports.ssh_pool import close_all, connection_count
 from server.app import build_server
 from server.state import AppState
 from tests.fixtures.sshd import running_sshd

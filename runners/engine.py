@@ -1,6 +1,6 @@
 """The job engine: submit, watch, read, wait for and cancel jobs on any host.
 
-It composes a :class:`~runners.transport.Transport` and a
+It composes a :class:`~runners.transports.base.Transport` and a
 :class:`~runners.launchers.base.Launcher` per host (made from the host's config by
 ``make_transport``/``make_launcher``), the SQLite :class:`~runners.store.Catalog`
 and the pure :func:`~runners.reconcile.reconcile`. It knows nothing about SSH or
@@ -71,7 +71,7 @@ from runners.reconcile import START_GRACE_S, reconcile
 from runners.spec import JOB_ID_RE, JobSpec
 from runners.states import ACTIVE, TERMINAL, JobState
 from runners.store import Catalog, JobRecord
-from runners.transport import Transport
+from runners.transports.base import Transport
 from runners.views import JobView, job_view
 
 __all__ = ["CATALOG_FILE", "JobEngine", "SubmitResult", "WaitUntil"]

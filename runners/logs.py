@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from runners.errors import InvalidInput
-from runners.transport import Transport
+from runners.transports.base import Transport
 
 __all__ = [
     "ErrorExcerpt",

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from runners.errors import InvalidInput, SchedulerError
 
 if TYPE_CHECKING:
-    from runners.transport import Transport
+    from runners.transports.base import Transport
 
 __all__ = [
     "SINFO_GPU_FIELDS",

@@ -22,15 +22,16 @@ class _SSHPoolCloser:
     """Closes pooled SSH connections at server shutdown (the lifespan calls ``aclose`` on services)."""
 
     async def aclose(self) -> None:
-        ssh = sys.modules.get("runners.ssh")  # never loaded: no connection to close, and no asyncssh import
-        if ssh is not None:
-            await ssh.close_all()
+        # never loaded: no connection to close, and no asyncssh import
+        pool = sys.modules.get("runners.transports.ssh_pool")
+        if pool is not None:
+            await pool.close_all()
 
 
 def register(app: MCPServer, state: AppState) -> None:
     state.services.setdefault("host_prober", probe_host)
     if any(h.transport == "ssh" for h in state.config.hosts.values()):
-        from runners.ssh_hosts import register_hosts
+        from runners.transports.ssh_hosts import register_hosts
 
         register_hosts(state.config)  # proxy_jump may name another host of the file
         state.services.setdefault("ssh_pool", _SSHPoolCloser())

@@ -24,7 +24,7 @@ from runners.config import HostConfig
 from runners.engine import SubmitResult
 from runners.errors import CommandFailed
 from runners.spec import JobSpec, Resources
-from runners.transport import Transport
+from runners.transports.base import Transport
 
 __all__ = [
     "HF_ENV_VARS",

@@ -22,7 +22,7 @@ from runners.config import Config, HostConfig
 from runners.errors import CommandFailed, HostError, OpsError
 from runners.factories import make_transport
 from runners.slurm_gpus import SlurmGpuStatus, query_slurm_gpus
-from runners.transport import Transport
+from runners.transports.base import Transport
 
 __all__ = [
     "APPS_QUERY",

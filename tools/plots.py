@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from runners.errors import Conflict, OpsError
-from runners.transport import Transport
+from runners.transports.base import Transport
 
 __all__ = ["MAX_BYTES", "loss_curve_png", "loss_points", "read_metrics_points"]
 

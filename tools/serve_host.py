@@ -1,7 +1,7 @@
 """What serving needs to know about, and do on, a host: its vLLM, its ports, tunnels, keys, GPUs.
 
 Kept apart from tools/serve.py (which plans and submits) because every function
-here touches a host through the engine's :class:`~runners.transport.Transport`:
+here touches a host through the engine's :class:`~runners.transports.base.Transport`:
 the same code runs for a local host, an SSH host and a SLURM login node.
 
 * :func:`detect_vllm` asks the host's interpreter for vLLM's version, where its
@@ -34,7 +34,7 @@ from runners.config import HostConfig
 from runners.engine import JobEngine
 from runners.errors import CommandFailed, Conflict, HostError, InvalidInput, NotFound
 from runners.jobdir import parse_env
-from runners.transport import Transport
+from runners.transports.base import Transport
 from tools.vllm_args import FlagCache, KnownFlags, parse_help
 
 __all__ = [

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from runners.engine import SubmitResult
 from runners.errors import InvalidInput
 from runners.spec import JobSpec, Resources
-from runners.transport import Transport
+from runners.transports.base import Transport
 
 __all__ = [
     "MARKER",

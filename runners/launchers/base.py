@@ -4,7 +4,7 @@ In its own module so that the launchers, the engine and :mod:`runners.reconcile`
 :class:`Observation` without importing each other (``runners/factories.py`` picks a
 host's launcher).
 
-A launcher works *through* a :class:`~runners.transport.Transport`, so each of the
+A launcher works *through* a :class:`~runners.transports.base.Transport`, so each of the
 four pairs (local|ssh by direct|slurm) is just two objects. The engine calls:
 
 * ``render_script(job)`` — the full run.sh (the launcher's header + the common body
@@ -28,7 +28,7 @@ from typing import Protocol, runtime_checkable
 
 from runners.jobdir import PreparedJob
 from runners.states import JobState
-from runners.transport import Transport
+from runners.transports.base import Transport
 
 __all__ = ["JobRef", "Launcher", "Observation"]
 

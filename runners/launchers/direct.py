@@ -33,7 +33,7 @@ from runners.jobdir import (
     render_body,
 )
 from runners.launchers.base import JobRef, Observation
-from runners.transport import Transport
+from runners.transports.base import Transport
 
 __all__ = ["CANCEL_SCRIPT", "START_SCRIPT", "STATUS_SCRIPT", "DirectLauncher", "parse_status_output"]
 

@@ -1,6 +1,6 @@
 """The SLURM launcher: ``sbatch`` to start, one ``squeue`` to watch, ``scancel`` to stop.
 
-It works through any :class:`~runners.transport.Transport`: a local SLURM, or SSH to
+It works through any :class:`~runners.transports.base.Transport`: a local SLURM, or SSH to
 a login node. Every command is built by :mod:`runners.slurm_commands` (argv, values
 validated) and every state is read by :mod:`runners.slurm_states` (pure).
 
@@ -55,7 +55,7 @@ from runners.slurm_commands import (
 )
 from runners.slurm_states import SlurmView, interpret
 from runners.states import JobState
-from runners.transport import Transport
+from runners.transports.base import Transport
 
 __all__ = [
     "CANCEL_SCRIPT",

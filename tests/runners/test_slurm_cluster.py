@@ -22,7 +22,7 @@ from runners.slurm_commands import parse_squeue, squeue_by_name_argv
 from runners.slurm_gpus import sinfo_gpus_argv, slurm_gpu_status
 from runners.spec import JobSpec, Resources
 from runners.states import JobState
-from runners.transport import LocalTransport
+from runners.transports.local import LocalTransport
 
 pytestmark = pytest.mark.anyio
 

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from runners.errors import CommandFailed, NotFound
-from runners.transport import CommandResult
+from runners.transports.base import CommandResult
 from tools.finetune import FinetuneInput
 from tools.models import resolve_model
 from tools.serve import StartServerInput
@@ -73,7 +73,8 @@ async def test_a_full_job_filesystem_is_named_when_the_log_cannot_say(tmp_path, 
     from runners.config import Config, HostConfig
     from runners.engine import JobEngine
     from runners.spec import JobSpec
-    from runners.transport import CommandResult, LocalTransport
+    from runners.transports.base import CommandResult
+    from runners.transports.local import LocalTransport
 
     host = HostConfig(name="local", workdir=str(tmp_path / "w"), allow_scripts=True)
     eng = JobEngine(Config(hosts={"local": host}), tmp_path / "s")

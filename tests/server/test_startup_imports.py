@@ -18,7 +18,7 @@ import sys, anyio
 from server.app import build_server
 app = build_server()
 app.ensure_registered()  # what the first request does when the listing was stored
-from runners.ssh_hosts import HOSTS
+from runners.transports.ssh_hosts import HOSTS
 print(len(anyio.run(app.list_tools)), sorted(HOSTS), "asyncssh" in sys.modules, "aiohttp" in sys.modules)
 """
 

@@ -17,8 +17,8 @@ import pytest
 from mcp import Client
 
 from runners.config import Config, HostConfig
-from runners.ssh import close_all, connection_count
-from runners.transport import LocalTransport
+from runners.transports.local import LocalTransport
+from runners.transports.ssh_pool import close_all, connection_count
 from server.app import build_server
 from server.state import AppState
 from tests.fixtures.sshd import SSHD

@@ -1,7 +1,7 @@
 """The config's hosts by name, for SSH ``proxy_jump = "login"`` (another host of the file).
 
 Its own module so that the server can register them at start without importing
-``runners/ssh.py`` and with it asyncssh, which takes a second or two on a small machine
+``runners/transports/ssh.py`` and with it asyncssh, which takes a second or two on a small machine
 and is needed only when the first SSH connection is made.
 """
 

@@ -24,8 +24,10 @@ from runners.config import Config, HostConfig
 from runners.engine import JobEngine
 from runners.errors import AuthError, ConfigError, HostKeyError, HostUnreachable
 from runners.spec import JobSpec
-from runners.ssh import SSHTransport, close_all, connection_count, register_hosts
 from runners.states import JobState
+from runners.transports.ssh import SSHTransport
+from runners.transports.ssh_hosts import register_hosts
+from runners.transports.ssh_pool import close_all, connection_count
 from tests.fixtures.sshd import SSHD
 
 pytestmark = pytest.mark.anyio
