@@ -32,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from runners.errors import OpsError
 
-__all__ = ["OpsServer", "ToolSpec", "add_tool", "format_validation_error", "unknown_arguments"]
+__all__ = ["OpsServer", "ToolSpec", "add_tool", "format_validation_error", "own_fields_first", "unknown_arguments"]
 
 log = logging.getLogger("llm_ops_mcp")
 
@@ -165,6 +165,18 @@ class ToolSpec:
         )
 
 
+def own_fields_first(model: type[BaseModel]) -> list[tuple[str, Any]]:
+    """The model's fields, those it declares itself before those it inherits (e.g. ``tools/submit.py``'s
+    host / idempotency_key / dry_run), each group in declaration order: an agent reads ``model`` first."""
+    depth = {
+        name: sum(
+            1 for k in model.__mro__ if isinstance(k, type) and issubclass(k, BaseModel) and name in k.model_fields
+        )
+        for name in model.model_fields
+    }
+    return sorted(model.model_fields.items(), key=lambda item: depth[item[0]])
+
+
 def add_tool(
     app: MCPServer,
     spec: ToolSpec,
@@ -203,7 +215,7 @@ def add_tool(
             ) from e
 
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Context)]
-    for fname, finfo in input_model.model_fields.items():
+    for fname, finfo in own_fields_first(input_model):
         # A default_factory stays inside the FieldInfo (pydantic applies it); a plain default is
         # also the signature's, so the schema shows it.
         plain_default = not finfo.is_required() and finfo.default_factory is None

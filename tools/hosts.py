@@ -3,6 +3,10 @@
 ``list_hosts`` is cheap by default (config only). With ``check=True`` each host is
 probed through its transport: reachability, and ``nvidia-smi`` for the GPUs it
 really has.
+
+:func:`host_gpus` is the one answer to "which GPUs does this host have" for every planner
+(fine-tune, quantize, serve): the config's accelerator when it names one, else what
+nvidia-smi found (:func:`detect_gpus`), with the config's ``gpu_memory_gib`` over either.
 """
 
 from __future__ import annotations
@@ -10,12 +14,82 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from runners.accelerators import GpuTier, get_tier
 from runners.config import Config, HostConfig
+from runners.errors import OpsError
+from tools.gpu_status import GpuInfo, query_gpu_status
 
-__all__ = ["HostInfo", "ListHostsInput", "ListHostsOutput", "list_hosts", "probe_local_gpus"]
+if TYPE_CHECKING:
+    from tools.context import ToolContext
+
+__all__ = [
+    "HostGpus",
+    "HostInfo",
+    "ListHostsInput",
+    "ListHostsOutput",
+    "detect_gpus",
+    "host_gpus",
+    "list_hosts",
+    "probe_local_gpus",
+]
+
+
+@dataclass(frozen=True)
+class HostGpus:
+    """A host's GPUs as a planner sees them.
+
+    ``tier`` is the catalog's tier (None: no GPU, or nvidia-smi names a card the catalog lacks);
+    ``memory_gib`` is per GPU, the config's ``gpu_memory_gib`` when set (a MIG slice, a card with
+    less usable memory), else the tier's or nvidia-smi's; ``count`` is None when nothing says.
+    """
+
+    tier: GpuTier | None
+    memory_gib: float | None
+    count: int | None
+
+    def sized_tier(self) -> GpuTier | None:
+        """The tier with ``memory_gib`` as its memory (what a planner that reads only the tier needs)."""
+        if self.tier is None or self.memory_gib is None or self.memory_gib == self.tier.memory_gib:
+            return self.tier
+        return self.tier.model_copy(update={"memory_gib": self.memory_gib})
+
+
+def host_gpus(host: HostConfig, detected: Sequence[GpuInfo] | None = None) -> HostGpus:
+    """The config's accelerator when it names one, else the ``detected`` GPUs (None: not probed)."""
+    acc = host.accelerator
+    if acc is not None:
+        return HostGpus(acc.tier, host.gpu_memory_gib or acc.tier.memory_gib, acc.count)
+    if detected is None:
+        return HostGpus(None, None, None)
+    sized = [g for g in detected if g.memory_total_mib]
+    if not sized:
+        return HostGpus(None, None, len(detected))
+    try:
+        tier: GpuTier | None = get_tier(sized[0].name)
+    except OpsError:
+        tier = None
+    return HostGpus(tier, host.gpu_memory_gib or sized[0].memory_total_mib / 1024, len(sized))
+
+
+async def detect_gpus(ctx: ToolContext, host: HostConfig) -> list[GpuInfo] | None:
+    """nvidia-smi's GPUs on a direct host whose config names none; None when not asked or not answered.
+
+    A SLURM host's login node is not where its jobs run, so it is never asked. A host that cannot be
+    reached is "unknown" here: the submit that follows reports the transport's own error.
+    """
+    if host.accelerator is not None or host.launcher != "direct":
+        return None
+    try:
+        gpus, _note = await query_gpu_status(ctx.transport(host))
+    except OpsError:
+        return None
+    return gpus
 
 
 class ListHostsInput(BaseModel):
