@@ -24,7 +24,7 @@ def make_launcher(host: HostConfig) -> Launcher:
 
         return DirectLauncher(host)
     if host.launcher == "slurm":
-        from runners.launchers.slurm import SlurmLauncher
+        from runners.launchers.slurm.launcher import SlurmLauncher
 
         return SlurmLauncher(host)
     raise ConfigError(f"Host {host.name!r}: unknown launcher {host.launcher!r}.", "Use 'direct' or 'slurm'.")

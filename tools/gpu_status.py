@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from runners.config import Config, HostConfig
 from runners.errors import CommandFailed, HostError, OpsError
 from runners.factories import make_transport
-from runners.slurm_gpus import SlurmGpuStatus, query_slurm_gpus
+from runners.launchers.slurm.gpus import SlurmGpuStatus, query_slurm_gpus
 from runners.transports.base import Transport
 
 __all__ = [

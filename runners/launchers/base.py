@@ -17,7 +17,7 @@ four pairs (local|ssh by direct|slurm) is just two objects. The engine calls:
 * ``cancel(transport, ref, grace_s)`` — stop it and everything it spawned.
 
 The launchers: ``runners/launchers/direct.py`` (``DirectLauncher``) and
-``runners/launchers/slurm.py`` (``SlurmLauncher``).
+``runners/launchers/slurm/launcher.py`` (``SlurmLauncher``).
 """
 
 from __future__ import annotations

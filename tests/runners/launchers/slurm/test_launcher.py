@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from runners.config import HostConfig, SlurmConfig
 from runners.jobdir import PreparedJob, job_env
-from runners.launchers.slurm import SlurmLauncher, parse_observe_output, to_observation
-from runners.slurm_commands import SEP
-from runners.slurm_states import interpret
+from runners.launchers.slurm.commands import SEP
+from runners.launchers.slurm.launcher import SlurmLauncher, parse_observe_output, to_observation
+from runners.launchers.slurm.states import interpret
 from runners.spec import JobSpec, Resources
 from runners.states import JobState
 

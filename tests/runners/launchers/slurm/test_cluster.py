@@ -17,9 +17,9 @@ from runners.engine import JobEngine
 from runners.errors import HostError, SchedulerError
 from runners.factories import make_transport
 from runners.jobdir import PreparedJob
-from runners.launchers.slurm import SLURM_ID, SUBMITTING, SlurmLauncher, job_name_for
-from runners.slurm_commands import parse_squeue, squeue_by_name_argv
-from runners.slurm_gpus import sinfo_gpus_argv, slurm_gpu_status
+from runners.launchers.slurm.commands import parse_squeue, squeue_by_name_argv
+from runners.launchers.slurm.gpus import sinfo_gpus_argv, slurm_gpu_status
+from runners.launchers.slurm.launcher import SLURM_ID, SUBMITTING, SlurmLauncher, job_name_for
 from runners.spec import JobSpec, Resources
 from runners.states import JobState
 from runners.transports.local import LocalTransport

@@ -6,7 +6,7 @@ import pytest
 
 from runners.config import SlurmConfig
 from runners.errors import InvalidInput
-from runners.slurm_commands import (
+from runners.launchers.slurm.commands import (
     SEP,
     format_time_minutes,
     parse_sacct,

@@ -1,8 +1,8 @@
 """The SLURM launcher: ``sbatch`` to start, one ``squeue`` to watch, ``scancel`` to stop.
 
 It works through any :class:`~runners.transports.base.Transport`: a local SLURM, or SSH to
-a login node. Every command is built by :mod:`runners.slurm_commands` (argv, values
-validated) and every state is read by :mod:`runners.slurm_states` (pure).
+a login node. Every command is built by :mod:`runners.launchers.slurm.commands` (argv, values
+validated) and every state is read by :mod:`runners.launchers.slurm.states` (pure).
 
 * **Script.** run.sh *is* the batch script: the host's header lines (``module load``),
   a line that records the SLURM job id and node in the job directory, then the
@@ -36,8 +36,7 @@ from runners.config import HostConfig
 from runners.errors import CommandFailed, HostError, SchedulerError
 from runners.jobdir import CANCEL_MARK, EXIT_CODE, LOG, READY_MARK, PreparedJob, render_body
 from runners.launchers.base import JobRef, Observation
-from runners.reconcile import describe_exit
-from runners.slurm_commands import (
+from runners.launchers.slurm.commands import (
     SACCT_FIELDS,
     SEP,
     SQUEUE_FIELDS,
@@ -53,7 +52,8 @@ from runners.slurm_commands import (
     sinfo_partitions_argv,
     squeue_by_name_argv,
 )
-from runners.slurm_states import SlurmView, interpret
+from runners.launchers.slurm.states import SlurmView, interpret
+from runners.reconcile import describe_exit
 from runners.states import JobState
 from runners.transports.base import Transport
 

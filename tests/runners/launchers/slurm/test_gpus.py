@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runners.errors import InvalidInput
-from runners.slurm_gpus import SEP, gpu_count, sinfo_gpus_argv, slurm_gpu_status, split_gres
+from runners.launchers.slurm.gpus import SEP, gpu_count, sinfo_gpus_argv, slurm_gpu_status, split_gres
 
 
 def _line(node, gres, used, state, cpus="0/64/0/64"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runners.slurm_states import from_log_marker, interpret, pending_text
+from runners.launchers.slurm.states import from_log_marker, interpret, pending_text
 from runners.states import JobState
 
 
