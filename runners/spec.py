@@ -33,7 +33,7 @@ __all__ = [
     "validate_argv",
 ]
 
-JobKind = Literal["finetune", "serve", "quantize", "download", "script", "command"]
+JobKind = Literal["finetune", "serve", "quantize", "download", "script", "command", "evaluate"]
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 JOB_ID_RE = re.compile(r"^[a-z][a-z0-9-]{2,79}$")
 _PAYLOAD_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")

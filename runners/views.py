@@ -28,7 +28,7 @@ class JobView(BaseModel):
 
     job_id: str = Field(description="The job's id; pass it to the other job tools.")
     host: str = Field(description="The host the job runs on.")
-    kind: str = Field(description="finetune, serve, quantize, download, script or command.")
+    kind: str = Field(description="finetune, serve, quantize, download, script, command or evaluate.")
     name: str | None = Field(None, description="The job's label, if any.")
     state: JobState = Field(description="queued, running, ready, succeeded, failed, cancelled or lost.")
     terminal: bool = Field(description="True once the job has finished (its state will not change).")
