@@ -36,9 +36,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from runners.accelerators import TIERS, GpuTier, parse_accelerator
 from runners.errors import InvalidInput
 from tools import vllm_memory as vm
-from tools.gpus import TIERS, GpuTier, parse_accelerator
 from tools.models import ModelArch, resolve_model
 from tools.vllm_memory import VllmBudget
 

@@ -19,8 +19,8 @@ from dataclasses import replace
 
 from pydantic import BaseModel, Field
 
+from runners.accelerators import TIERS, GpuTier
 from runners.errors import InvalidInput
-from tools.gpus import TIERS, GpuTier
 from tools.memory import GIB, HF_STACK, Settings, TierFit, breakdown_bytes, fits_on, tp_is_valid, vllm_server_budget
 from tools.models import ModelArch
 from tools.vllm_memory import BLOCK_SIZE

@@ -42,6 +42,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from runners.accelerators import TIERS, GpuTier
 from runners.config import HostConfig
 from runners.distributed import srun_argv
 from runners.engine import JobEngine
@@ -49,7 +50,6 @@ from runners.errors import Conflict, DoesNotFit, InvalidInput, NotFound
 from runners.spec import JobSpec, Resources, parse_time_limit
 from runners.states import JobState
 from runners.views import JobView
-from tools.gpus import TIERS, GpuTier
 from tools.models import ModelArch, arch_from_config, resolve_model
 from tools.serve_host import GpuRelease, ServeRuntime, VllmInstall, check_gpu_release, check_port, detect_vllm
 from tools.vllm_args import (

@@ -13,8 +13,8 @@ import math
 
 import pytest
 
+from runners.accelerators import TIERS
 from runners.errors import DoesNotFit, InvalidInput
-from tools.gpus import TIERS
 from tools.memory import MemoryInput, resolve_settings, vllm_server_budget
 from tools.models import resolve_model
 from tools.serve import StartServerInput, plan_server

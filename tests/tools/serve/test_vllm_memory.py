@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tools.gpus import TIERS
+from runners.accelerators import TIERS
 from tools.memory import GIB, MemoryInput, estimate_memory, resolve_settings, vllm_server_budget
 from tools.models import catalog_lookup
 from tools.vllm_memory import BLOCK_SIZE, VllmBudget, batch_defaults, cuda_total_gib, cudagraph_capture_sizes
