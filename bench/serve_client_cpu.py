@@ -34,7 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.serve_bench import BenchmarkInput, build_prompts, measure, open_session, percentile  # noqa: E402
+from tools.serve.bench import BenchmarkInput, build_prompts, measure, open_session, percentile  # noqa: E402
 
 MODEL = "Qwen/Qwen2.5-0.5B"  # the stand-in's built-in tokenizer serves it
 

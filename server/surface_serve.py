@@ -1,10 +1,9 @@
 """Serving tools: start_vllm_server, query_model, benchmark_server, stop_vllm_server.
 
-Only wiring (STYLE 1): the logic is in tools/serve.py, tools/serve_client.py and
-tools/serve_host.py. The job engine is the one of server/surface_jobs.py, so a
-server is an ordinary job for get_job_status, get_job_logs and
-wait_for_job(until="ready"). Tunnels and API keys live in ``state.services["serve"]``
-(closed with the server).
+Only wiring (STYLE 1): the logic is in the tools/serve/ package. The job engine is the context's
+(``ToolContext.engine``), so a server is an ordinary job for get_job_status, get_job_logs and
+wait_for_job(until="ready"). Tunnels and API keys live in the context's
+serve runtime (``ToolContext.serve_runtime``, closed with the server).
 """
 
 from __future__ import annotations
@@ -12,9 +11,11 @@ from __future__ import annotations
 from mcp.server.mcpserver import MCPServer
 
 from server.registry import ToolSpec, add_tool
-from server.state import AppState
-from server.surface_jobs import get_engine
-from tools.serve import (
+from tools.context import ToolContext
+from tools.serve.bench import BenchmarkInput, BenchmarkOutput, benchmark_server
+from tools.serve.client import QueryInput, QueryOutput, query_model
+from tools.serve.flags import FlagCache
+from tools.serve.start import (
     StartServerInput,
     StartServerOutput,
     StopServerInput,
@@ -22,33 +23,16 @@ from tools.serve import (
     start_vllm_server,
     stop_vllm_server,
 )
-from tools.serve_client import (
-    BenchmarkInput,
-    BenchmarkOutput,
-    QueryInput,
-    QueryOutput,
-    benchmark_server,
-    query_model,
-)
-from tools.serve_host import ServeRuntime
-from tools.vllm_args import FlagCache
 
-__all__ = ["get_runtime", "register"]
+__all__ = ["register"]
 
 
-async def get_runtime(state: AppState) -> ServeRuntime:
-    """The server's one ServeRuntime (tunnels, keys), built on first use."""
-    rt = state.services.get("serve")
-    if rt is None:
-        rt = ServeRuntime(await get_engine(state))
-        state.services["serve"] = rt
-    return rt  # type: ignore[no-any-return]
 
 
-def register(app: MCPServer, state: AppState) -> None:
+def register(app: MCPServer, ctx: ToolContext) -> None:
     async def _start(p: StartServerInput) -> StartServerOutput:
-        engine = await get_engine(state)
-        return await start_vllm_server(engine, await get_runtime(state), FlagCache(state.state_dir), p)
+        engine = await ctx.engine()
+        return await start_vllm_server(engine, await ctx.serve_runtime(), FlagCache(ctx.state_dir), p)
 
     add_tool(
         app,
@@ -64,7 +48,7 @@ def register(app: MCPServer, state: AppState) -> None:
     )
 
     async def _query(p: QueryInput) -> QueryOutput:
-        return await query_model(await get_engine(state), await get_runtime(state), p)
+        return await query_model(await ctx.engine(), await ctx.serve_runtime(), p)
 
     add_tool(
         app,
@@ -79,7 +63,7 @@ def register(app: MCPServer, state: AppState) -> None:
     )
 
     async def _bench(p: BenchmarkInput) -> BenchmarkOutput:
-        return await benchmark_server(await get_engine(state), await get_runtime(state), p)
+        return await benchmark_server(await ctx.engine(), await ctx.serve_runtime(), p)
 
     add_tool(
         app,
@@ -95,7 +79,7 @@ def register(app: MCPServer, state: AppState) -> None:
     )
 
     async def _stop(p: StopServerInput) -> StopServerOutput:
-        return await stop_vllm_server(await get_engine(state), await get_runtime(state), p)
+        return await stop_vllm_server(await ctx.engine(), await ctx.serve_runtime(), p)
 
     add_tool(
         app,

@@ -11,7 +11,7 @@ tied embeddings, MoE, sliding windows, MLA) and the software's known behaviour:
   2 x layers x kv_heads x head_dim x dtype / TP; one request of max_model_len must fit
   (vllm/v1/worker/gpu_worker.py ``determine_available_memory``,
   vllm/v1/core/kv_cache_utils.py ``check_enough_kv_cache_memory``; each term is in
-  tools/vllm_memory.py with the code it follows).
+  tools/serve/vllm_memory.py with the code it follows).
 * HF (a plain transformers + PEFT loop): fp32 upcast of the logits and their gradient;
   RMSNorm's fp32 upcast; PEFT's fp32 adapters (``autocast_adapter_dtype``) whose
   inputs are saved per adapted module; ``prepare_model_for_kbit_training`` turning
@@ -38,9 +38,9 @@ from pydantic import BaseModel, Field
 
 from runners.accelerators import TIERS, GpuTier, parse_accelerator
 from runners.errors import InvalidInput
-from tools import vllm_memory as vm
 from tools.models import ModelArch, resolve_model
-from tools.vllm_memory import VllmBudget
+from tools.serve import vllm_memory as vm
+from tools.serve.vllm_memory import VllmBudget
 
 __all__ = [
     "GIB",
@@ -626,7 +626,7 @@ def _lora_buffer_bytes(arch: ModelArch, s: Settings, tp: int) -> float:
 def vllm_budget(
     arch: ModelArch, s: Settings, tp: int, weights: float, gpu_gib: float, gpu_name: str | None = None
 ) -> VllmBudget:
-    """One GPU's ``vllm serve`` budget (tools/vllm_memory.py says which vLLM code each term follows).
+    """One GPU's ``vllm serve`` budget (tools/serve/vllm_memory.py says which vLLM code each term follows).
 
     ``weights`` are the whole model's bytes as loaded; they are split over ``tp`` ranks.
     """

@@ -23,7 +23,7 @@ from runners.accelerators import TIERS, GpuTier
 from runners.errors import InvalidInput
 from tools.memory import GIB, HF_STACK, Settings, TierFit, breakdown_bytes, fits_on, tp_is_valid, vllm_server_budget
 from tools.models import ModelArch
-from tools.vllm_memory import BLOCK_SIZE
+from tools.serve.vllm_memory import BLOCK_SIZE
 
 __all__ = ["Plan", "plan_inference", "plan_training", "recommend"]
 

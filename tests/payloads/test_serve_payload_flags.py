@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from runners.payloads import serve as payload
-from tools.vllm_args import parse_help
+from tools.serve.flags import parse_help
 
 ROOT = Path(__file__).resolve().parents[2]
 HELP = ROOT / "tests" / "data" / "vllm" / "serve-help-all-0.26.0.txt"
@@ -42,7 +42,7 @@ def test_a_good_command_passes_and_leaves_the_help_for_the_controller(vllm: Path
     assert payload.check_flags(cmd, tmp_path, "0.26.0") is None
     doc = json.loads((tmp_path / payload.HELP_FILE).read_text())
     assert doc["version"] == "0.26.0" and doc["rc"] == 0 and doc["command"][-2:] == ["serve", "--help=all"]
-    assert parse_help(doc["text"], "0.26.0", "job").flags  # what tools/serve_host.py reads back
+    assert parse_help(doc["text"], "0.26.0", "job").flags  # what tools/serve/host.py reads back
 
 
 def test_an_unknown_flag_or_value_is_named_with_the_closest_real_ones(vllm: Path, tmp_path: Path):

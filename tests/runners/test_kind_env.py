@@ -15,7 +15,7 @@ from runners.config import load_config
 from runners.engine import JobEngine
 from runners.errors import ConfigError
 from runners.spec import JobSpec
-from tools.serve_host import host_command
+from tools.serve.host import host_command
 
 TOML = """
 [hosts.box]

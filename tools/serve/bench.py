@@ -70,7 +70,8 @@ from pydantic import BaseModel, Field
 
 from runners.engine import JobEngine
 from runners.errors import Conflict, HostError, InvalidInput, OpsError
-from tools.serve_host import ServeRuntime
+from tools.serve.connection import JOB_ID_PATTERN, served_model, server_connection
+from tools.serve.runtime import ServeRuntime
 
 if TYPE_CHECKING:
     import aiohttp
@@ -85,7 +86,6 @@ __all__ = [
     "percentile",
 ]
 
-JOB_ID_PATTERN = r"^[a-z][a-z0-9-]{2,79}$"
 _WORDS = [
     "the",
     "quick",
@@ -472,8 +472,6 @@ async def _one(http: aiohttp.ClientSession, model: str, prompt: list[int], outpu
 
 async def benchmark_server(engine: JobEngine, runtime: ServeRuntime, p: BenchmarkInput) -> BenchmarkOutput:
     """Streaming load test with token-exact lengths: throughput, requests/s, TTFT, TPOT and ITL."""
-    from tools.serve_client import served_model, server_connection  # one home for finding a server job
-
     url, key, names = await server_connection(engine, runtime, p.server_job_id)
     return await measure(url, key, served_model(names, p.model, p.server_job_id), p)
 

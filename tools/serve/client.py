@@ -1,20 +1,14 @@
-"""query_model and benchmark_server: talk to a server job through the OpenAI client library.
+"""query_model: one completion from a server job through the OpenAI client library.
 
 Why the ``openai`` library and not hand-rolled HTTP: vLLM's server *is* the OpenAI
 API, the library handles streaming (server-sent events), retries and error types
-the way every other client of that server does. The server is found by its job id:
-:class:`~tools.serve_host.ServeRuntime` gives a URL reachable from here (an SSH
-forward or the login node's tunnel for remote hosts) and the API key from the job's
-env file; neither the key nor the tunnel is part of any result.
-
-The benchmark (token-exact prompts, per-token timing as vLLM's ``bench serve``) lives in
-tools/serve_bench.py and is re-exported here.
+the way every other client of that server does. The server is found by its job id
+(tools/serve/connection.py). The benchmark (token-exact prompts, per-token timing as
+vLLM's ``bench serve``) is tools/serve/bench.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import time
 from typing import Any, Literal
 
@@ -22,23 +16,10 @@ from pydantic import BaseModel, Field, model_validator
 
 from runners.engine import JobEngine
 from runners.errors import Conflict, HostError, InvalidInput, OpsError
-from runners.states import JobState
-from tools.serve_bench import BenchmarkInput, BenchmarkOutput, benchmark_server
-from tools.serve_host import ServeRuntime
+from tools.serve.connection import JOB_ID_PATTERN, served_model, server_connection
+from tools.serve.runtime import ServeRuntime
 
-__all__ = [
-    "BenchmarkInput",
-    "BenchmarkOutput",
-    "ChatMessage",
-    "QueryInput",
-    "QueryOutput",
-    "benchmark_server",
-    "query_model",
-    "served_model",
-    "server_connection",
-]
-
-JOB_ID_PATTERN = r"^[a-z][a-z0-9-]{2,79}$"
+__all__ = ["ChatMessage", "QueryInput", "QueryOutput", "query_model"]
 
 
 class ChatMessage(BaseModel):
@@ -77,46 +58,6 @@ class QueryOutput(BaseModel):
     summary: str
 
 
-async def server_connection(engine: JobEngine, runtime: ServeRuntime, job_id: str) -> tuple[str, str | None, list[str]]:
-    """(base URL reachable from here, API key or None, served names) of a ready or running server job."""
-    view = await engine.status(job_id, with_details=True)
-    if view.kind != "serve":
-        raise InvalidInput(f"Job {job_id} is a {view.kind} job, not a server.", "Give a start_vllm_server job_id.")
-    if view.terminal:
-        err = view.error.line if view.error else view.reason
-        m = view.metrics or {}
-        if m.get("event") == "error" and m.get("hint"):
-            raise Conflict(f"Server job {job_id} is {view.state.value}: {m.get('message') or err}.", str(m["hint"]))
-        raise Conflict(
-            f"Server job {job_id} is {view.state.value}" + (f": {err}." if err else "."),
-            "Start it again with start_vllm_server (get_job_logs shows vLLM's output).",
-        )
-    if view.state is not JobState.READY:
-        raise Conflict(
-            f"Server job {job_id} is {view.state.value}, not ready yet.",
-            f"wait_for_job(job_id='{job_id}', until='ready') first.",
-        )
-    host = engine.config.host(view.host)
-    doc = await runtime.endpoint_doc(view.host, view.job_dir)
-    if doc is None or not isinstance(doc.get("port"), int):
-        raise HostError(f"Server job {job_id} has no endpoint.json yet.", "Wait a moment and retry.")
-    bind = str(doc.get("bind") or "127.0.0.1")
-    node = str(doc.get("host")) if host.launcher == "slurm" else ("127.0.0.1" if bind in ("0.0.0.0", "::") else bind)
-    url = await runtime.url_for(host, node, int(doc["port"]))
-    rec = engine.catalog.get(job_id)
-    mode = "auto"
-    if rec is not None:
-        with contextlib.suppress(ValueError):
-            mode = str(json.loads(rec.spec_json).get("payload_config", {}).get("api_key", "auto"))
-    key = None
-    if mode == "auto":
-        key = await runtime.api_key(view.host, job_id, view.job_dir)
-    elif mode.startswith("env:"):
-        key = await runtime.api_key(view.host, job_id, view.job_dir, name=mode[4:])
-    names = [str(n) for n in doc.get("served_names") or []]
-    return url, key, names
-
-
 def _client(url: str, key: str | None, timeout: float) -> Any:
     from openai import AsyncOpenAI  # imported on use: keeps the server's start-up light
 
@@ -148,16 +89,6 @@ def _translate(e: Exception, url: str) -> OpsError:
             "Read the server's log with get_job_logs.",
         )
     return HostError(f"Request failed: {type(e).__name__}: {e}", "Read the server's log with get_job_logs.")
-
-
-def served_model(names: list[str], requested: str | None, server_job_id: str) -> str:
-    """The model name to send: the one asked for if the server serves it, else the server's first."""
-    model = requested or (names[0] if names else None)
-    if model is None:
-        raise InvalidInput("The server lists no model names.", "Pass model=... explicitly.")
-    if names and model not in names:
-        raise InvalidInput(f"{model!r} is not served by {server_job_id}.", f"Use one of: {', '.join(names)}.")
-    return model
 
 
 async def query_model(engine: JobEngine, runtime: ServeRuntime, p: QueryInput) -> QueryOutput:

@@ -1,8 +1,8 @@
-"""What serving needs to know about, and do on, a host: its vLLM, its ports, tunnels, keys, GPUs.
+"""What serving needs to know about, and do on, a host: its vLLM, its free ports, its GPUs.
 
-Kept apart from tools/serve.py (which plans and submits) because every function
-here touches a host through the engine's :class:`~runners.transports.base.Transport`:
-the same code runs for a local host, an SSH host and a SLURM login node.
+Kept apart from the planning (tools/serve/plan.py) because every function here touches a
+host through the engine's :class:`~runners.transports.base.Transport`: the same code runs
+for a local host, an SSH host and a SLURM login node.
 
 * :func:`detect_vllm` asks the host's interpreter for vLLM's version, where its
   ``vllm`` program is and whether bitsandbytes is there (package metadata only: about a
@@ -12,39 +12,33 @@ the same code runs for a local host, an SSH host and a SLURM login node.
   host runs it on the host instead, before vLLM starts, fails with a clear error when a
   flag is wrong (runners/payloads/serve.py ``check_flags``), and leaves the help in its
   job directory (``vllm-help.json``), which the next call reads and caches.
-* :class:`ServeRuntime` resolves a server job's endpoint *from the controller*:
-  direct on a local host, through an SSH port forward for SSH hosts, through the
-  login node to the compute node for SLURM (the node name comes from the job's
-  ``endpoint.json``, written by the serve payload on the node). Forwards live as
-  long as the MCP server and are rebuilt lazily after a restart.
-* The API key is read from the job's 0600 env file when a request needs it; it is
-  never returned, logged or stored elsewhere.
+* :func:`check_port` and :func:`check_gpu_release` ask the host whether a port is free and
+  whether a stopped server's GPU memory came back.
+
+The endpoint of a running server (tunnels, API keys) is tools/serve/runtime.py.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass
-from typing import Any
 
 from pydantic import BaseModel, Field
 
 from runners.config import HostConfig
 from runners.engine import JobEngine
 from runners.errors import CommandFailed, Conflict, HostError, InvalidInput, NotFound
-from runners.jobdir import parse_env
-from runners.transports.base import Transport
-from tools.vllm_args import FlagCache, KnownFlags, parse_help
+from tools.serve.flags import FlagCache, KnownFlags, parse_help
 
 __all__ = [
+    "HELP_FILE",
     "GpuRelease",
-    "ServeRuntime",
     "VllmInstall",
     "check_gpu_release",
     "check_port",
     "detect_vllm",
     "host_command",
+    "parse_gpu_lines",
 ]
 
 _PROBE = r"""
@@ -246,68 +240,3 @@ async def check_gpu_release(engine: JobEngine, host: HostConfig, job_id: str, wa
                 )
             return rel
         await asyncio.sleep(1.0)
-
-
-@dataclass
-class _Endpoint:
-    url: str
-    forward: Any | None = None
-
-
-class ServeRuntime:
-    """Per-server-process state of serving: tunnels and API keys, keyed by job (lives in state.services)."""
-
-    def __init__(self, engine: JobEngine) -> None:
-        self.engine = engine
-        self._endpoints: dict[tuple[str, str, int], _Endpoint] = {}
-        self._keys: dict[str, str | None] = {}
-
-    async def endpoint_doc(self, host: str, job_dir: str) -> dict[str, Any] | None:
-        """The job's endpoint.json (host name, port), once the payload has written it."""
-        t = self.engine.transport(host)
-        data = await t.read_range(f"{job_dir}/endpoint.json", 0, 65536)
-        if not data:
-            return None
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            return None
-        return doc if isinstance(doc, dict) else None
-
-    async def url_for(self, host: HostConfig, node: str, port: int) -> str:
-        """A URL the controller can open for ``node:port`` as seen from ``host`` (tunnelled if needed)."""
-        key = (host.name, node, port)
-        ep = self._endpoints.get(key)
-        if ep is not None:
-            return ep.url
-        t: Transport = self.engine.transport(host.name)
-        if host.transport == "local":
-            ep = _Endpoint(url=f"http://{node}:{port}")
-        else:
-            forward = getattr(t, "forward_local_port", None)
-            if forward is None:
-                raise HostError(
-                    f"The transport of host {host.name!r} cannot forward ports.",
-                    "Use an SSH host (runners/ssh.py) for remote servers.",
-                )
-            fwd = await forward(node, port)
-            ep = _Endpoint(url=fwd.url, forward=fwd)
-        self._endpoints[key] = ep
-        return ep.url
-
-    async def api_key(self, host: str, job_id: str, job_dir: str, name: str = "VLLM_API_KEY") -> str | None:
-        """The key (``VLLM_API_KEY``, or the secret ``name``) from the job's 0600 env file; None if absent."""
-        if job_id in self._keys:
-            return self._keys[job_id]
-        data = await self.engine.transport(host).read_range(f"{job_dir}/env", 0, 1 << 20)
-        key = parse_env(data.decode("utf-8", errors="replace")).get(name)
-        if key is not None:
-            self._keys[job_id] = key
-        return key
-
-    async def aclose(self) -> None:
-        for ep in self._endpoints.values():
-            if ep.forward is not None:
-                await ep.forward.aclose()
-        self._endpoints.clear()
-        self._keys.clear()

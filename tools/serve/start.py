@@ -51,8 +51,7 @@ from runners.spec import JobSpec, Resources, parse_time_limit
 from runners.states import JobState
 from runners.views import JobView
 from tools.models import ModelArch, arch_from_config, resolve_model
-from tools.serve_host import GpuRelease, ServeRuntime, VllmInstall, check_gpu_release, check_port, detect_vllm
-from tools.vllm_args import (
+from tools.serve.flags import (
     MAX_LORA_RANKS,
     ExtraValue,
     FlagCache,
@@ -64,6 +63,8 @@ from tools.vllm_args import (
     flag_name,
     to_argv,
 )
+from tools.serve.host import GpuRelease, VllmInstall, check_gpu_release, check_port, detect_vllm
+from tools.serve.runtime import ServeRuntime
 
 __all__ = [
     "LoraAdapterRef",

@@ -30,8 +30,7 @@ from runners.engine import JobEngine
 from runners.errors import HostError, InvalidInput
 from runners.states import JobState
 from tests.standin_vllm_server import install_standin
-from tools.serve import StartServerInput, StopServerInput, start_vllm_server, stop_vllm_server
-from tools.serve_bench import (
+from tools.serve.bench import (
     BenchmarkInput,
     Prompts,
     _one,
@@ -40,11 +39,12 @@ from tools.serve_bench import (
     open_session,
     percentile,
 )
-from tools.serve_host import ServeRuntime
-from tools.vllm_args import FlagCache
+from tools.serve.flags import FlagCache
+from tools.serve.runtime import ServeRuntime
+from tools.serve.start import StartServerInput, StopServerInput, start_vllm_server, stop_vllm_server
 
 pytestmark = pytest.mark.anyio
-STANDIN = Path(__file__).resolve().parents[1] / "standin_vllm_server.py"
+STANDIN = Path(__file__).resolve().parents[2] / "standin_vllm_server.py"
 MODEL = "Qwen/Qwen2.5-0.5B"  # catalog entry (planning); the stand-in's built-in tokenizer serves it
 
 

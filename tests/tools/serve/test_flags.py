@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from runners.errors import InvalidInput
-from tools.vllm_args import (
+from tools.serve.flags import (
     MANAGED_FLAGS,
     FlagCache,
     KnownFlags,
@@ -24,7 +24,7 @@ from tools.vllm_args import (
     to_argv,
 )
 
-HELP = Path(__file__).parents[1] / "data" / "vllm" / "serve-help-all-0.26.0.txt"
+HELP = Path(__file__).parents[2] / "data" / "vllm" / "serve-help-all-0.26.0.txt"
 TYPED = {flag_name(f) for f in VllmServeArgs.model_fields}
 
 

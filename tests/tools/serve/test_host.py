@@ -1,4 +1,4 @@
-"""What start_vllm_server learns from the host, and how fast (tools/serve_host.py).
+"""What start_vllm_server learns from the host, and how fast (tools/serve/host.py).
 
 The host's vLLM is the STAND-IN of tests/standin_vllm_server.py (a `vllm` program and a
 `vllm` distribution of version 0.26.0, named as such), run by the real job engine and serve
@@ -21,9 +21,10 @@ from runners.config import Config, HostConfig
 from runners.engine import JobEngine
 from runners.errors import DoesNotFit
 from tests.standin_vllm_server import install_standin
-from tools.serve import StartServerInput, start_vllm_server
-from tools.serve_host import HELP_FILE, ServeRuntime, detect_vllm
-from tools.vllm_args import FlagCache
+from tools.serve.flags import FlagCache
+from tools.serve.host import HELP_FILE, detect_vllm
+from tools.serve.runtime import ServeRuntime
+from tools.serve.start import StartServerInput, start_vllm_server
 
 pytestmark = pytest.mark.anyio
 MODEL = "Qwen/Qwen2.5-0.5B"

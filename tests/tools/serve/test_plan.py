@@ -1,4 +1,4 @@
-"""start_vllm_server's plan by vLLM's own rules (tools/serve.py plan_server over tools/plan.py).
+"""start_vllm_server's plan by vLLM's own rules (tools/serve/plan.py plan_server over tools/plan.py).
 
 vLLM starts when the weights, its working memory and ONE max_model_len sequence fit in
 gpu_memory_utilization of the GPU (kv_cache_utils.check_enough_kv_cache_memory);
@@ -17,7 +17,7 @@ from runners.accelerators import TIERS
 from runners.errors import DoesNotFit, InvalidInput
 from tools.memory import MemoryInput, resolve_settings, vllm_server_budget
 from tools.models import resolve_model
-from tools.serve import StartServerInput, plan_server
+from tools.serve.start import StartServerInput, plan_server
 
 HOPPER_HOST = frozenset({"fp8"})  # vLLM without bitsandbytes in the host's interpreter
 FULL_HOST = frozenset({"fp8", "bitsandbytes"})

@@ -25,10 +25,12 @@ from runners.errors import Conflict, DoesNotFit, InvalidInput, NotFound
 from runners.spec import JobSpec
 from runners.states import JobState
 from tests.standin_vllm_server import install_standin
-from tools.serve import LoraAdapterRef, StartServerInput, StopServerInput, start_vllm_server, stop_vllm_server
-from tools.serve_client import BenchmarkInput, ChatMessage, QueryInput, benchmark_server, query_model
-from tools.serve_host import ServeRuntime, parse_gpu_lines
-from tools.vllm_args import FlagCache
+from tools.serve.bench import BenchmarkInput, benchmark_server
+from tools.serve.client import ChatMessage, QueryInput, query_model
+from tools.serve.flags import FlagCache
+from tools.serve.host import parse_gpu_lines
+from tools.serve.runtime import ServeRuntime
+from tools.serve.start import LoraAdapterRef, StartServerInput, StopServerInput, start_vllm_server, stop_vllm_server
 
 pytestmark = pytest.mark.anyio
 MODEL = "Qwen/Qwen2.5-0.5B"  # catalog entry: 14 heads, 2 KV heads

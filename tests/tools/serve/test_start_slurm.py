@@ -19,8 +19,8 @@ from server.state import AppState
 from server.surface_jobs import get_engine
 from server.surface_serve import get_runtime
 from tests.standin_vllm_server import install_standin
-from tools.serve import StartServerInput, start_vllm_server
-from tools.vllm_args import FlagCache
+from tools.serve.flags import FlagCache
+from tools.serve.start import StartServerInput, start_vllm_server
 
 pytestmark = pytest.mark.anyio
 MODEL = "Qwen/Qwen2.5-0.5B"

@@ -1,4 +1,4 @@
-"""vLLM 0.26's budget rules (tools/vllm_memory.py) against vLLM's own formulas and log lines."""
+"""vLLM 0.26's budget rules (tools/serve/vllm_memory.py) against vLLM's own formulas and log lines."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from runners.accelerators import TIERS
 from tools.memory import GIB, MemoryInput, estimate_memory, resolve_settings, vllm_server_budget
 from tools.models import catalog_lookup
-from tools.vllm_memory import BLOCK_SIZE, VllmBudget, batch_defaults, cuda_total_gib, cudagraph_capture_sizes
+from tools.serve.vllm_memory import BLOCK_SIZE, VllmBudget, batch_defaults, cuda_total_gib, cudagraph_capture_sizes
 
 LLAMA_1B_PAGE = BLOCK_SIZE * 16 * 2 * 8 * 64 * 2  # 16 tokens x 16 layers x (K, V) x 8 KV heads x 64 x bf16
 
