@@ -4,7 +4,7 @@ Why torchrun (``python -m torch.distributed.run`` with the host's interpreter): 
 PyTorch's own launcher, so RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR are set the way
 the Trainer, accelerate, FSDP and DeepSpeed expect; it tears every rank down when one
 fails, and it names the failing rank ("Root Cause (first observed failure)", with the
-rank's own error file) in its summary, which :func:`runners.logs.diagnose` reads.
+rank's own error file) in its summary, which :func:`runners.diagnosis.diagnose` reads.
 Nothing here starts a process: these functions return argv lists that end up in the
 job's run.sh (``shlex.join``), so a dry run shows exactly what will run.
 

@@ -25,7 +25,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import re
 import shlex
 import time
@@ -40,6 +39,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from runners.config import Config, HostConfig
+from runners.diagnosis import diagnose_job
 from runners.errors import HostError, InvalidInput, NotFound, OpsError
 from runners.factories import make_launcher, make_transport
 from runners.jobdir import (
@@ -51,23 +51,16 @@ from runners.jobdir import (
     READY_MARK,
     RUN_SH,
     PreparedJob,
+    check_uploads,
     job_dir_for,
     job_env,
-    parse_env,
     render_env,
     render_job_json,
 )
 from runners.launchers.base import JobRef, Launcher, Observation
-from runners.logs import (
-    LogChunk,
-    diagnose,
-    disk_full_excerpt,
-    make_redactor,
-    progress_from,
-    read_last_metrics,
-    read_log,
-)
+from runners.logs import LogChunk, progress_from, read_last_metrics, read_log
 from runners.reconcile import START_GRACE_S, reconcile
+from runners.redaction import JobSecrets
 from runners.spec import JOB_ID_RE, JobSpec
 from runners.states import ACTIVE, TERMINAL, JobState
 from runners.store import Catalog, JobRecord
@@ -81,8 +74,6 @@ log = logging.getLogger("llm_ops_mcp.jobs")
 CATALOG_FILE = "jobs.sqlite3"
 WaitUntil = Literal["finished", "running", "ready"]
 ProgressFn = Callable[[float, float | None, str], Awaitable[None]]
-DIAGNOSE_WINDOW = 65536
-DISK_FULL_KIB = 64  # less free space than this on the job's filesystem: it is full
 READY_POLL_S = 0.2  # wait(until="ready"): how often the ready marker is looked for between status polls
 
 
@@ -106,25 +97,8 @@ def _spec_hash(host: str, spec: JobSpec, uploads: Mapping[str, bytes] | None = N
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
-# Secrets a payload may create on the host and append to the job's env file (never seen by the controller).
-HOST_MADE_SECRETS = frozenset({"VLLM_API_KEY"})
-
 # Payload modules a payload imports from its own directory (they are copied beside it).
 PAYLOAD_SIBLINGS: dict[str, tuple[str, ...]] = {"finetune": ("dataset_formats",)}
-_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|APIKEY|(?:^|_)KEY(?:$|_)", re.IGNORECASE)
-_UPLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_RESERVED_FILES = {"job.json", "run.sh", "env", "output.log", "exit_code", "pid", "metrics.jsonl", "outputs"}
-
-
-def check_uploads(uploads: Mapping[str, bytes]) -> None:
-    """Uploaded files land flat in the job directory: plain names only, never a job file or a path."""
-    for name in uploads:
-        if not _UPLOAD_NAME.match(name) or name in _RESERVED_FILES or name.endswith(".py"):
-            raise InvalidInput(
-                f"{name!r} cannot be uploaded into a job directory.", "Use a plain file name such as dataset.jsonl."
-            )
-
-
 def new_job_id(kind: str, now: float) -> str:
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d-%H%M%S")
     return f"{kind}-{stamp}-{uuid.uuid4().hex[:6]}"
@@ -149,14 +123,13 @@ class JobEngine:
         self.catalog = Catalog(Path(state_dir) / CATALOG_FILE)
         self._transport_factory = transport_factory
         self._launcher_factory = launcher_factory
-        self._environ = environ
+        self._secrets = JobSecrets(environ)  # what a job's text may reveal; redacted before it is returned
         self._clock = clock
         self.start_grace_s = start_grace_s
         self.cancel_grace_s = cancel_grace_s
         self._transports: dict[str, Transport] = {}
         self._launchers: dict[str, Launcher] = {}
         self._workdirs: dict[str, str] = {}
-        self._env_secrets: dict[str, dict[str, str]] = {}
         self._started = False
         self._start_lock = asyncio.Lock()
 
@@ -188,18 +161,6 @@ class JobEngine:
         if host not in self._workdirs:
             self._workdirs[host] = await self.transport(host).expand_path(self.config.host(host).workdir)
         return self._workdirs[host]
-
-    def _env(self) -> Mapping[str, str]:
-        """The controller environment secrets are read from (injectable for tests)."""
-        return self._environ if self._environ is not None else os.environ
-
-    def _secret_values(self, host: HostConfig, names: Iterable[str]) -> dict[str, str]:
-        values = host.secret_values(dict(self._environ) if self._environ is not None else None)
-        src = self._env()
-        for n in names:
-            if n in src:
-                values[n] = src[n]
-        return values
 
     def _record(self, job_id: str) -> JobRecord:
         if not JOB_ID_RE.match(job_id):
@@ -235,7 +196,7 @@ class JobEngine:
     async def prepare(self, spec: JobSpec, host_name: str | None = None) -> tuple[PreparedJob, dict[str, str]]:
         """Build the job and its secret values; no side effect but expanding the host's workdir."""
         host = self.config.host(host_name)
-        env = self._env()
+        env = self._secrets.env()
         missing = [n for n in spec.secrets if n not in env]
         if missing:
             raise InvalidInput(
@@ -255,7 +216,7 @@ class JobEngine:
             secret_names=sorted(set(host.secrets) | set(spec.secrets)),
         )
         job.env = job_env(job)
-        return job, self._secret_values(host, spec.secrets)
+        return job, self._secrets.values(host, spec.secrets)
 
     async def submit(
         self,
@@ -461,81 +422,14 @@ class JobEngine:
                 pct, eta = progress_from(last[-1], elapsed)
                 out.update(metrics=last[-1], progress_percent=pct, eta_s=None if rec.state.terminal else eta)
             if rec.state in (JobState.FAILED, JobState.LOST):
-                path = f"{rec.job_dir}/{LOG}"
-                size = await t.file_size(path) or 0
-                data = await t.read_range(path, max(0, size - DIAGNOSE_WINDOW), DIAGNOSE_WINDOW)
                 redact = await self._redactor(rec)
-                text = redact(data.decode("utf-8", errors="replace"))
-                err = diagnose(text, rec.exit_code)
-                if err.kind == "exit_code":  # the log does not say: a full disk cannot even say so
-                    free = await self._free_kib(t, rec.job_dir)
-                    if free is not None and free < DISK_FULL_KIB:
-                        err = disk_full_excerpt(free, err.tail)
-                # A payload that knows why it failed says so in metrics.jsonl ({"event": "error", ...});
-                # its words beat our guess from the log (e.g. vLLM start-up failures, dataset errors).
-                ev = last[-1] if last and last[-1].get("event") == "error" else None
-                if ev and isinstance(ev.get("message"), str):
-                    err = err.model_copy(
-                        update={
-                            "kind": str(ev.get("kind") or err.kind),
-                            "line": redact(ev["message"])[:500],
-                            "hint": redact(str(ev.get("hint") or ev.get("suggestion") or err.hint)),
-                        }
-                    )
-                out["error"] = err
+                out["error"] = await diagnose_job(t, rec.job_dir, rec.exit_code, last[-1] if last else None, redact)
         except HostError as e:
             out["note"] = f"details unavailable: {e.message}"
         return out
 
-    @staticmethod
-    async def _free_kib(t: Transport, path: str) -> int | None:
-        """Free KiB on the filesystem of ``path`` (``df -Pk``), None when it cannot be told."""
-        try:
-            res = await t.run(["df", "-Pk", "--", path], timeout=15)
-        except OpsError:
-            return None
-        lines = res.out.strip().splitlines()
-        if res.rc != 0 or len(lines) < 2:
-            return None
-        fields = lines[-1].split()
-        return int(fields[3]) if len(fields) >= 4 and fields[3].isdigit() else None
-
     async def _redactor(self, rec: JobRecord) -> Callable[[str], str]:
-        host = self.config.hosts.get(rec.host)
-        try:
-            names = json.loads(rec.spec_json).get("secrets", [])
-        except ValueError:
-            names = []
-        values = self._secret_values(host, names) if host else {}
-        if host is None or host.transport == "local":
-            values.update(self._inherited_secrets())
-        values.update(await self._env_file_secrets(rec, {*names, *(host.secrets if host else ())}))
-        return make_redactor(values)
-
-    async def _env_file_secrets(self, rec: JobRecord, names: set[str]) -> dict[str, str]:
-        """Secrets as the job's own 0600 env file holds them, including ones made on the host
-        (a serve payload's generated VLLM_API_KEY), which the controller never saw."""
-        cached = self._env_secrets.get(rec.job_id)
-        if cached is not None:
-            return cached
-        wanted = names | HOST_MADE_SECRETS
-        try:
-            data = await self.transport(rec.host).read_range(f"{rec.job_dir}/{ENV_FILE}", 0, 1 << 20)
-        except HostError:
-            return {}
-        found = {k: v for k, v in parse_env(data.decode("utf-8", errors="replace")).items() if k in wanted and v}
-        if rec.state.terminal or set(found) >= HOST_MADE_SECRETS or rec.kind != "serve":
-            self._env_secrets[rec.job_id] = found  # nothing more will be appended
-        return found
-
-    def _inherited_secrets(self) -> dict[str, str]:
-        """What a local job inherits from the server's own environment and may print: the secrets any host
-        declares, and every variable whose name says it is one (``*TOKEN*``, ``*KEY*``...)."""
-        env = self._env()
-        names = {n for h in self.config.hosts.values() for n in h.secrets}
-        out = {n: env[n] for n in names if env.get(n)}
-        out.update({k: v for k, v in env.items() if _SECRET_NAME.search(k) and len(v) >= 8})
-        return out
+        return await self._secrets.redactor(self.config, rec, self.transport)
 
     async def list_jobs(
         self, *, state: JobState | None = None, kind: str | None = None, host: str | None = None, limit: int = 50

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from runners.logs import ErrorExcerpt
+from runners.diagnosis import ErrorExcerpt
 from runners.states import JobState
 from runners.store import JobRecord
 

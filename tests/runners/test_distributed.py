@@ -29,7 +29,7 @@ from runners.distributed import (
     slurm_launch_argv,
     torchrun_argv,
 )
-from runners.logs import diagnose
+from runners.diagnosis import diagnose
 from runners.payloads import finetune as payload_mod
 from runners.spec import JobSpec
 from tests.helpers.tiny_model import build_tiny_model, finetune_args, make_dataset

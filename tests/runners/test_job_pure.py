@@ -12,7 +12,9 @@ from runners.errors import Conflict, InvalidInput
 from runners.jobdir import render_env
 from runners.launchers.base import Observation
 from runners.launchers.direct import parse_status_output
-from runners.logs import diagnose, make_redactor, progress_from
+from runners.diagnosis import diagnose
+from runners.logs import progress_from
+from runners.redaction import make_redactor
 from runners.reconcile import reconcile
 from runners.spec import JobSpec, format_slurm_time, parse_time_limit
 from runners.states import TERMINAL, JobState, can_transition, transition

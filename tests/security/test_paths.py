@@ -18,7 +18,7 @@ import pytest
 from mcp import Client
 
 from runners.config import Config, HostConfig
-from runners.engine import check_uploads
+from runners.jobdir import check_uploads
 from runners.errors import InvalidInput
 from server.app import build_server
 from server.state import AppState

@@ -61,7 +61,7 @@ async def test_local_job_logs_redact_secrets_inherited_from_the_server_env(tmp_p
 
 
 def test_memory_error_is_diagnosed_as_host_memory():
-    from runners.logs import diagnose
+    from runners.diagnosis import diagnose
 
     tail = 'Traceback (most recent call last):\n  File "<string>", line 1, in <module>\nMemoryError\n'
     assert diagnose(tail, 1).kind == "host_oom"
