@@ -19,11 +19,14 @@ a pure function of validated values, quoted with :func:`shlex.quote`.
 from __future__ import annotations
 
 import json
+import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from runners.config import HostConfig
+from runners.errors import InvalidInput
 from runners.spec import JobSpec
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "RUN_SH",
     "TIMED_OUT_MARK",
     "PreparedJob",
+    "check_uploads",
     "job_dir_for",
     "job_env",
     "render_body",
@@ -57,6 +61,18 @@ OUTPUTS = "outputs"
 CANCEL_MARK = "cancel_requested"
 TIMED_OUT_MARK = "timed_out"
 READY_MARK = "ready"
+
+_UPLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_RESERVED_FILES = {"job.json", "run.sh", "env", "output.log", "exit_code", "pid", "metrics.jsonl", "outputs"}
+
+
+def check_uploads(uploads: Mapping[str, bytes]) -> None:
+    """Uploaded files land flat in the job directory: plain names only, never a job file or a path."""
+    for name in uploads:
+        if not _UPLOAD_NAME.match(name) or name in _RESERVED_FILES or name.endswith(".py"):
+            raise InvalidInput(
+                f"{name!r} cannot be uploaded into a job directory.", "Use a plain file name such as dataset.jsonl."
+            )
 
 
 def job_dir_for(workdir: str, job_id: str) -> str:

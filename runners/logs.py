@@ -1,9 +1,10 @@
-"""Reading a job's files by offset: logs, metrics, and the error excerpt of a failure.
+"""Reading a job's files by offset: its log and its metrics, and the progress they show.
 
 Everything here costs O(bytes returned), whatever the file size: a tail seeks from
 the end, a follower continues from ``next_offset``, metrics read only the last
-few KiB of metrics.jsonl. Returned text is redacted (secret values of the host,
-and token shapes such as ``hf_...``) before it leaves the engine.
+few KiB of metrics.jsonl. Returned text passes through the caller's redactor
+(``runners/redaction.py``) before it leaves the engine; why a failed job failed is
+read from its log by ``runners/diagnosis.py``.
 """
 
 from __future__ import annotations
@@ -18,19 +19,9 @@ from pydantic import BaseModel, Field
 from runners.errors import InvalidInput
 from runners.transports.base import Transport
 
-__all__ = [
-    "ErrorExcerpt",
-    "LogChunk",
-    "diagnose",
-    "disk_full_excerpt",
-    "make_redactor",
-    "progress_from",
-    "read_last_metrics",
-    "read_log",
-]
+__all__ = ["LogChunk", "progress_from", "read_last_metrics", "read_log"]
 
 MAX_LINE_SCAN = 1 << 20  # how far back a tail looks for line breaks at most
-_TOKEN_SHAPES = [("hf_", re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")), ("sk-", re.compile(r"\bsk-[A-Za-z0-9_-]{20,}\b"))]
 
 
 class LogChunk(BaseModel):
@@ -42,34 +33,6 @@ class LogChunk(BaseModel):
     size: int = Field(description="Size of the log in bytes when it was read.")
     eof: bool = Field(description="True when next_offset reached the end of the log (for now, if still running).")
     truncated: bool = Field(description="True when more text was there than returned (max_bytes, tail_lines).")
-
-
-class ErrorExcerpt(BaseModel):
-    """Why a job failed, as far as its log tells, and what to do next."""
-
-    kind: str = Field(
-        description="cuda_oom, host_oom, nccl, missing_module, disk_full, python_exception, "
-        "rank_failure (a distributed rank), exit_code."
-    )
-    line: str | None = Field(None, description="The log line that shows it.")
-    hint: str = Field(description="What to do next.")
-    tail: str = Field(description="The last lines of the log (redacted).")
-
-
-def make_redactor(secrets: Mapping[str, str]) -> Callable[[str], str]:
-    """A function that replaces each secret value with ``[REDACTED:NAME]`` (and token shapes)."""
-    pairs = sorted(((v, k) for k, v in secrets.items() if v and len(v) >= 4), key=lambda p: -len(p[0]))
-
-    def redact(text: str) -> str:
-        for value, name in pairs:
-            if value in text:
-                text = text.replace(value, f"[REDACTED:{name}]")
-        for prefix, rx in _TOKEN_SHAPES:
-            if prefix in text:  # a substring test is far cheaper than the regex on 64 KiB
-                text = rx.sub("[REDACTED]", text)
-        return text
-
-    return redact
 
 
 def _filter(text: str, grep: re.Pattern[str] | None) -> str:
@@ -175,152 +138,3 @@ def progress_from(metrics: Mapping[str, Any] | None, elapsed_s: float | None) ->
     elif isinstance(metrics.get("percent"), int | float):
         pct = float(metrics["percent"])
     return (round(pct, 2) if pct is not None else None, round(float(eta), 1) if isinstance(eta, int | float) else None)
-
-
-_RULES: list[tuple[str, re.Pattern[str], str]] = [
-    (
-        "cuda_oom",
-        re.compile(r"CUDA out of memory|OutOfMemoryError|CUDA error: out of memory|CUBLAS_STATUS_ALLOC_FAILED"),
-        "The GPU ran out of memory: lower the batch size or sequence length, use QLoRA (4-bit), enable "
-        "gradient checkpointing, or use more/larger GPUs; estimate_memory tells what fits.",
-    ),
-    (
-        "nccl",
-        re.compile(
-            r"NCCL error|ncclSystemError|ncclInternalError|ncclUnhandledCudaError|ncclRemoteError|"
-            r"ProcessGroupNCCL.*(?:[Tt]imeout|[Ee]rror)|NCCL WARN"
-        ),
-        "Multi-GPU communication failed: check that every GPU is visible (CUDA_VISIBLE_DEVICES) and healthy, "
-        "rerun with NCCL_DEBUG=INFO; on PCIe-only machines try NCCL_P2P_DISABLE=1.",
-    ),
-    (
-        "missing_module",
-        re.compile(r"(?:ModuleNotFoundError|ImportError): No module named '?([\w.]+)'?"),
-        "A Python package is missing on the host: install it into the host's interpreter, or set the host's "
-        "`python` to an environment that has it.",
-    ),
-    (
-        "disk_full",
-        re.compile(r"No space left on device|\[Errno 28\]|Disk quota exceeded|\[Errno 122\]"),
-        "The host's disk or quota is full: free space in the workdir and the HF cache, or point HF_HOME and "
-        "the workdir at a larger disk.",
-    ),
-    (
-        "host_oom",
-        re.compile(r"(?:^|\s)Killed(?:\s|$)|Out of memory: Killed process|oom-kill|^MemoryError\b"),
-        "The process was killed with SIGKILL, most likely by the host's OOM killer (CPU RAM ran out): "
-        "lower dataloader workers or batch size, load in lower precision, or use a host with more memory.",
-    ),
-]
-_EXC = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Fault)|[a-z_.]*\.[A-Z]\w+)(?::\s?(.*))?$")
-
-
-# torchrun's console prefix for a rank's lines (``--tee``): "[default0]:" (agent role + local rank).
-_RANK_PREFIX = re.compile(r"^\[(?:default|rank)\d+\]:")
-_ROOT_CAUSE = "Root Cause (first observed failure):"
-
-
-def _torchrun_root_cause(lines: list[str]) -> tuple[str, str, str | None] | None:
-    """(rank, where, message) from torchrun's failure summary, or None when the log has none.
-
-    Why this block: when one rank fails torchrun stops the others (they show up as
-    SIGTERM "failures") and names the first failure as the root cause, with that rank's
-    own error file (its exception, written through torch's error handler). That is the
-    error to report, not the last line of the log, which is another rank's shutdown.
-    """
-    idx = max((i for i, line in enumerate(lines) if _ROOT_CAUSE in line), default=None)
-    if idx is None:
-        return None
-    rank, local, host, exit_line, tb = "?", "?", "", None, []
-    in_tb = False
-    for line in lines[idx + 1 :]:
-        if line.startswith("====="):
-            break
-        m = re.match(r"\s*rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)", line)
-        if m:
-            rank, local = m.group(1), m.group(2)
-            continue
-        m = re.match(r"\s*host\s*:\s*(\S+)", line)
-        if m:
-            host = f" on {m.group(1)}"
-            continue
-        m = re.match(r"\s*exitcode\s*:\s*(.+?)\s*$", line)
-        if m:
-            exit_line = f"exit code {m.group(1)}"
-            continue
-        m = re.match(r"\s*traceback\s*:\s*(.*)$", line)
-        if m:
-            in_tb = True
-            tb.append(m.group(1))
-            continue
-        if in_tb:
-            tb.append(line.strip())
-    msg = None
-    for t in reversed([t for t in tb if t]):
-        if _EXC.match(t) or t.startswith("Signal "):
-            msg = t
-            break
-    if msg is None or msg.startswith("To enable traceback"):
-        msg = exit_line
-    return rank, f"local rank {local}{host}", msg
-
-
-def disk_full_excerpt(free_kib: int, tail: str) -> ErrorExcerpt:
-    """The job's own filesystem is full: the log (on that disk) could not record why it failed."""
-    hint = next(h for k, _rx, h in _RULES if k == "disk_full")
-    return ErrorExcerpt(
-        kind="disk_full", line=f"{free_kib} KiB free on the job directory's filesystem", hint=hint, tail=tail
-    )
-
-
-def diagnose(log_tail: str, exit_code: int | None, tail_lines: int = 15) -> ErrorExcerpt:
-    """Name the most likely cause of a failure from the end of its log (a pure function).
-
-    A distributed job's log ends with torchrun's summary; its root cause (the first rank
-    that failed) wins over everything else, classified by the same rules.
-    """
-    lines = [_RANK_PREFIX.sub("", line) for line in log_tail.splitlines()]
-    tail = "\n".join(lines[-tail_lines:])
-    root = _torchrun_root_cause(lines)
-    if root is not None:
-        rank, where, msg = root
-        line = f"rank {rank} ({where}) failed first: {msg or 'no message'}"[:500]
-        for kind, rx, hint in _RULES:
-            if msg and rx.search(msg):
-                return ErrorExcerpt(kind=kind, line=line, hint=f"On rank {rank}: {hint}", tail=tail)
-        return ErrorExcerpt(
-            kind="rank_failure",
-            line=line,
-            tail=tail,
-            hint=f"Rank {rank} failed and torchrun stopped the other ranks. Its full output is in the job "
-            f"directory under torchrun/ (per rank); get_job_logs with grep='rank {rank}|Error' shows the "
-            "lines around it.",
-        )
-    for kind, rx, hint in _RULES:
-        for line in reversed(lines):
-            m = rx.search(line)
-            if m:
-                if kind == "missing_module" and m.group(1):
-                    hint = (
-                        f"The Python module {m.group(1)!r} is missing on the host: install it into the "
-                        "host's interpreter, or set the host's `python` to an environment that has it."
-                    )
-                return ErrorExcerpt(kind=kind, line=line.strip()[:500], hint=hint, tail=tail)
-    if exit_code == 137:
-        return ErrorExcerpt(kind="host_oom", line=None, hint=_RULES[-1][2], tail=tail)
-    for line in reversed(lines):
-        if _EXC.match(line.strip()) and not line.startswith(" "):
-            return ErrorExcerpt(
-                kind="python_exception",
-                line=line.strip()[:500],
-                hint="The job raised this exception; the traceback above it in the log shows where "
-                "(get_job_logs with grep='Traceback|Error').",
-                tail=tail,
-            )
-    what = f"exit code {exit_code}" if exit_code is not None else "no exit code"
-    return ErrorExcerpt(
-        kind="exit_code",
-        line=None,
-        hint=f"The job ended with {what}; read the last lines of its log for the cause.",
-        tail=tail,
-    )

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from runners.diagnosis import diagnose
 from runners.distributed import (
     HEAD,
     NODE_RANK,
@@ -29,7 +30,6 @@ from runners.distributed import (
     slurm_launch_argv,
     torchrun_argv,
 )
-from runners.diagnosis import diagnose
 from runners.payloads import finetune as payload_mod
 from runners.spec import JobSpec
 from tests.helpers.tiny_model import build_tiny_model, finetune_args, make_dataset

@@ -8,14 +8,14 @@ import subprocess
 import pytest
 from pydantic import ValidationError
 
+from runners.diagnosis import diagnose
 from runners.errors import Conflict, InvalidInput
 from runners.jobdir import render_env
 from runners.launchers.base import Observation
 from runners.launchers.direct import parse_status_output
-from runners.diagnosis import diagnose
 from runners.logs import progress_from
-from runners.redaction import make_redactor
 from runners.reconcile import reconcile
+from runners.redaction import make_redactor
 from runners.spec import JobSpec, format_slurm_time, parse_time_limit
 from runners.states import TERMINAL, JobState, can_transition, transition
 from runners.store import JobRecord

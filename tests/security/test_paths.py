@@ -18,8 +18,8 @@ import pytest
 from mcp import Client
 
 from runners.config import Config, HostConfig
-from runners.jobdir import check_uploads
 from runners.errors import InvalidInput
+from runners.jobdir import check_uploads
 from server.app import build_server
 from server.state import AppState
 
