@@ -15,18 +15,11 @@ from tools.context import ToolContext
 from tools.serve.bench import BenchmarkInput, BenchmarkOutput, benchmark_server
 from tools.serve.client import QueryInput, QueryOutput, query_model
 from tools.serve.flags import FlagCache
-from tools.serve.start import (
-    StartServerInput,
-    StartServerOutput,
-    StopServerInput,
-    StopServerOutput,
-    start_vllm_server,
-    stop_vllm_server,
-)
+from tools.serve.schema import StartServerInput, StartServerOutput
+from tools.serve.start import start_vllm_server
+from tools.serve.stop import StopServerInput, StopServerOutput, stop_vllm_server
 
 __all__ = ["register"]
-
-
 
 
 def register(app: MCPServer, ctx: ToolContext) -> None:

@@ -9,7 +9,7 @@ from runners.errors import CommandFailed, NotFound
 from runners.transports.base import CommandResult
 from tools.finetune import FinetuneInput
 from tools.models import resolve_model
-from tools.serve.start import StartServerInput
+from tools.serve.schema import StartServerInput
 
 
 def test_a_model_name_too_long_for_a_path_is_not_found_not_a_crash(monkeypatch):

@@ -37,6 +37,7 @@ from runners.errors import InvalidInput
 
 __all__ = [
     "MANAGED_FLAGS",
+    "MULTINODE_TASK_FLAGS",
     "FlagCache",
     "FlagInfo",
     "KnownFlags",
@@ -45,6 +46,7 @@ __all__ = [
     "VllmServeArgs",
     "build_extra_argv",
     "build_extra_argv_unchecked",
+    "check_multinode_flags",
     "flag_name",
     "parse_help",
     "to_argv",
@@ -215,6 +217,21 @@ def to_argv(args: VllmServeArgs, known: KnownFlags | None = None) -> list[str]:
                     f"Use one of: {', '.join(info.choices)}.",
                 )
     return out
+
+
+# The flags each vLLM process of a server spanning nodes needs (the serve payload adds the per-node ones).
+MULTINODE_TASK_FLAGS = ("nnodes", "node-rank", "master-addr", "master-port", "headless")
+
+
+def check_multinode_flags(known: KnownFlags, host: str) -> None:
+    """Refuse a server spanning nodes on a vLLM without its multiprocessing backend's flags."""
+    lacking = [f for f in MULTINODE_TASK_FLAGS if known.get(f) is None]
+    if lacking:
+        raise InvalidInput(
+            f"vLLM {known.version} on {host} has no --{', --'.join(lacking)}: it can't span "
+            "nodes with its multiprocessing backend.",
+            "Upgrade vLLM on the host (0.26 is tested), or serve on one node (nodes=1).",
+        )
 
 
 # --------------------------------------------------------------------- the host's flags

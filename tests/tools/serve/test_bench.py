@@ -41,7 +41,9 @@ from tools.serve.bench import (
 )
 from tools.serve.flags import FlagCache
 from tools.serve.runtime import ServeRuntime
-from tools.serve.start import StartServerInput, StopServerInput, start_vllm_server, stop_vllm_server
+from tools.serve.schema import StartServerInput
+from tools.serve.start import start_vllm_server
+from tools.serve.stop import StopServerInput, stop_vllm_server
 
 pytestmark = pytest.mark.anyio
 STANDIN = Path(__file__).resolve().parents[2] / "standin_vllm_server.py"

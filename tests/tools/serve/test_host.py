@@ -24,7 +24,8 @@ from tests.standin_vllm_server import install_standin
 from tools.serve.flags import FlagCache
 from tools.serve.host import HELP_FILE, detect_vllm
 from tools.serve.runtime import ServeRuntime
-from tools.serve.start import StartServerInput, start_vllm_server
+from tools.serve.schema import StartServerInput
+from tools.serve.start import start_vllm_server
 
 pytestmark = pytest.mark.anyio
 MODEL = "Qwen/Qwen2.5-0.5B"

@@ -17,7 +17,8 @@ from runners.accelerators import TIERS
 from runners.errors import DoesNotFit, InvalidInput
 from tools.memory import MemoryInput, resolve_settings, vllm_server_budget
 from tools.models import resolve_model
-from tools.serve.start import StartServerInput, plan_server
+from tools.serve.plan import plan_server
+from tools.serve.schema import StartServerInput
 
 HOPPER_HOST = frozenset({"fp8"})  # vLLM without bitsandbytes in the host's interpreter
 FULL_HOST = frozenset({"fp8", "bitsandbytes"})

@@ -14,7 +14,8 @@ from runners.accelerators import TIERS
 from runners.errors import InvalidInput
 from tools.models import resolve_model
 from tools.serve.flags import VllmServeArgs, parse_help, to_argv
-from tools.serve.start import StartServerInput, plan_server
+from tools.serve.plan import plan_server
+from tools.serve.schema import StartServerInput
 
 HELP = Path(__file__).parents[2] / "data" / "vllm" / "serve-help-all-0.26.0.txt"
 MODEL = "meta-llama/Llama-3.1-70B"
@@ -57,10 +58,11 @@ def test_flags_exist_in_the_recorded_vllm():
 def _split(
     plan_gpus: tuple[int, int], agents: int, per_node: int | None = 8, tasks_per_node: int = 1, auto_pp: bool = False
 ):
-    from tools.serve.start import ServePlan, _split_over_nodes
+    from tools.serve.plan import split_over_nodes
+    from tools.serve.schema import ServePlan
 
     plan = ServePlan(tensor_parallel_size=plan_gpus[0], pipeline_parallel_size=plan_gpus[1])
-    return plan, _split_over_nodes(plan, agents, tasks_per_node, per_node, auto_pp)
+    return plan, split_over_nodes(plan, agents, tasks_per_node, per_node, auto_pp)
 
 
 def test_a_server_over_nodes_splits_tp_x_pp_evenly_and_says_how():
@@ -78,7 +80,7 @@ def test_a_server_over_nodes_splits_tp_x_pp_evenly_and_says_how():
 
 
 def test_multinode_flags_exist_in_the_recorded_vllm():
-    from tools.serve.start import MULTINODE_TASK_FLAGS
+    from tools.serve.flags import MULTINODE_TASK_FLAGS
 
     known = parse_help(HELP.read_text(encoding="utf-8"), "0.26.0", str(HELP))
     argv = to_argv(

@@ -30,7 +30,9 @@ from tools.serve.client import ChatMessage, QueryInput, query_model
 from tools.serve.flags import FlagCache
 from tools.serve.host import parse_gpu_lines
 from tools.serve.runtime import ServeRuntime
-from tools.serve.start import LoraAdapterRef, StartServerInput, StopServerInput, start_vllm_server, stop_vllm_server
+from tools.serve.schema import LoraAdapterRef, StartServerInput
+from tools.serve.start import start_vllm_server
+from tools.serve.stop import StopServerInput, stop_vllm_server
 
 pytestmark = pytest.mark.anyio
 MODEL = "Qwen/Qwen2.5-0.5B"  # catalog entry: 14 heads, 2 KV heads

@@ -20,7 +20,8 @@ from server.surface_jobs import get_engine
 from server.surface_serve import get_runtime
 from tests.standin_vllm_server import install_standin
 from tools.serve.flags import FlagCache
-from tools.serve.start import StartServerInput, start_vllm_server
+from tools.serve.schema import StartServerInput
+from tools.serve.start import start_vllm_server
 
 pytestmark = pytest.mark.anyio
 MODEL = "Qwen/Qwen2.5-0.5B"
