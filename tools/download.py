@@ -7,8 +7,9 @@ transport (``JobSpec.launcher = "direct"``): compute nodes are usually offline, 
 their host env often says ``HF_HUB_OFFLINE=1``, which this one job overrides.
 
 Why the cache listing runs on the host: only the host knows what its cache holds.
-``list_cached_models`` runs a constant Python snippet (huggingface_hub's
-``scan_cache_dir``) with the host's interpreter and HF variables, in one round trip.
+``list_cached_models`` runs the host probe runners/payloads/probes/hf_cache.py
+(huggingface_hub's ``scan_cache_dir``) with the host's interpreter and HF variables, in one
+round trip.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from pydantic import BaseModel, Field, field_validator
 from runners.config import HostConfig
 from runners.engine import SubmitResult
 from runners.errors import CommandFailed
+from runners.probes import probe_argv
 from runners.spec import JobSpec, Resources
 from runners.transports.base import Transport
 
 __all__ = [
     "HF_ENV_VARS",
-    "SCAN_SCRIPT",
     "CachedModel",
     "CachedRevision",
     "DownloadInput",
@@ -46,30 +47,7 @@ _PATTERN = re.compile(r"^[^\x00-\x1f]{1,200}$")
 # What decides where the cache is and how the Hub is reached; passed to the cache scan.
 HF_ENV_VARS = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME", "HF_ENDPOINT")
 SCAN_TIMEOUT_S = 60.0
-NO_HUB_EXIT = 3
-
-# Constant: no value from input reaches it. Prints one JSON object.
-SCAN_SCRIPT = r"""
-import json, sys
-try:
-    from huggingface_hub import constants, scan_cache_dir
-except ImportError as exc:
-    print(json.dumps({"error": f"huggingface_hub is not installed: {exc}"})); sys.exit(3)
-try:
-    info = scan_cache_dir()
-except Exception as exc:
-    if type(exc).__name__ == "CacheNotFound":
-        print(json.dumps({"cache_dir": str(constants.HF_HUB_CACHE), "repos": [], "warnings": []})); sys.exit(0)
-    raise
-repos = []
-for r in sorted(info.repos, key=lambda r: (r.repo_type, r.repo_id)):
-    revs = [{"commit": v.commit_hash, "refs": sorted(v.refs), "size_bytes": v.size_on_disk, "files": v.nb_files,
-             "snapshot_path": str(v.snapshot_path)} for v in sorted(r.revisions, key=lambda v: v.commit_hash)]
-    repos.append({"repo_id": r.repo_id, "repo_type": r.repo_type, "size_bytes": r.size_on_disk,
-                  "files": r.nb_files, "last_modified": r.last_modified, "revisions": revs})
-print(json.dumps({"cache_dir": str(constants.HF_HUB_CACHE), "repos": repos,
-                  "warnings": [str(w) for w in info.warnings][:20]}))
-"""
+NO_HUB_EXIT = 3  # the hf_cache.py probe: huggingface_hub is not installed
 
 
 class DownloadInput(BaseModel):
@@ -215,7 +193,7 @@ async def list_cached_models(transport: Transport, host: HostConfig) -> ListCach
             if v.startswith("~"):
                 v = await transport.expand_path(v)
             env_args.append(f"{k}={v}")
-    argv = ["env", *env_args, host.interpreter, "-c", SCAN_SCRIPT]
+    argv = ["env", *env_args, *probe_argv("hf_cache.py", python=host.interpreter)]
     res = await transport.run(argv, timeout=SCAN_TIMEOUT_S)
     if res.rc == NO_HUB_EXIT:
         raise CommandFailed(

@@ -15,6 +15,9 @@ for a local host, an SSH host and a SLURM login node.
 * :func:`check_port` and :func:`check_gpu_release` ask the host whether a port is free and
   whether a stopped server's GPU memory came back.
 
+Each question is a host probe (runners/payloads/probes/: ``vllm_install.py``,
+``free_port.py``, ``gpu_release.sh``), run through the transport by runners/probes.py.
+
 The endpoint of a running server (tunnels, API keys) is tools/serve/runtime.py.
 """
 
@@ -28,6 +31,7 @@ from pydantic import BaseModel, Field
 from runners.config import HostConfig
 from runners.engine import JobEngine
 from runners.errors import CommandFailed, Conflict, HostError, InvalidInput, NotFound
+from runners.probes import probe_argv
 from tools.serve.flags import FlagCache, KnownFlags, parse_help
 
 __all__ = [
@@ -40,55 +44,6 @@ __all__ = [
     "host_command",
     "parse_gpu_lines",
 ]
-
-_PROBE = r"""
-import importlib, json, os, shutil, sys
-out = {"python": sys.executable, "version": None, "program": None, "error": None}
-try:
-    from importlib.metadata import version
-    out["version"] = version("vllm")
-except Exception:
-    try:  # on the host, in its interpreter (this string is never run by the controller)
-        out["version"] = importlib.import_module("vllm").__version__
-    except Exception as e:
-        out["error"] = f"{type(e).__name__}: {e}"
-try:  # vLLM's in-flight bitsandbytes quantization needs the package in this interpreter
-    from importlib.metadata import version
-    out["bitsandbytes"] = version("bitsandbytes")
-except Exception:
-    out["bitsandbytes"] = None
-p = os.path.join(os.path.dirname(sys.executable), "vllm")
-out["program"] = p if os.path.exists(p) else shutil.which("vllm")
-print(json.dumps(out))
-"""
-
-# argv: bind port ("auto" prints a free port; a number prints free|busy)
-_PORT = r"""
-import socket, sys
-bind, port = sys.argv[1], sys.argv[2]
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-try:
-    s.bind((bind, 0 if port == "auto" else int(port)))
-    print(s.getsockname()[1] if port == "auto" else "free")
-except OSError:
-    print("busy")
-finally:
-    s.close()
-"""
-
-# $1 job id. Lines: "JOB pid MiB" for GPU processes of that job (found by LLM_OPS_JOB_ID in
-# their environment, which every child inherits), "GPU index used total", or NO_SMI.
-_GPU_SCRIPT = r"""
-command -v nvidia-smi >/dev/null 2>&1 || { echo NO_SMI; exit 0; }
-nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2>/dev/null |
-while IFS=', ' read -r pid mem; do
-  [ -r "/proc/$pid/environ" ] || continue
-  if tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "LLM_OPS_JOB_ID=$1"; then echo "JOB $pid $mem"; fi
-done
-nvidia-smi --query-gpu=index,memory.used,memory.total --format=csv,noheader,nounits 2>/dev/null |
-while IFS=', ' read -r i used total; do echo "GPU $i $used $total"; done
-"""
 
 
 def host_command(host: HostConfig, argv: list[str], kind: str = "serve") -> list[str]:
@@ -123,7 +78,7 @@ class VllmInstall(BaseModel):
 async def detect_vllm(engine: JobEngine, host: HostConfig, cache: FlagCache) -> VllmInstall:
     """The host's vLLM version, program and bitsandbytes, and its flags when known (see the module docstring)."""
     t = engine.transport(host.name)
-    res = await t.run(host_command(host, [host.interpreter, "-c", _PROBE]), timeout=60)
+    res = await t.run(host_command(host, probe_argv("vllm_install.py", python=host.interpreter)), timeout=60)
     try:
         doc = json.loads(res.out.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -177,7 +132,8 @@ async def _flags_from_jobs(engine: JobEngine, host: HostConfig, version: str) ->
 async def check_port(engine: JobEngine, host: HostConfig, bind: str, port: int | None) -> int:
     """A free port on the host (``port=None``), or ``port`` itself after checking nobody listens there."""
     t = engine.transport(host.name)
-    res = await t.run([host.interpreter, "-c", _PORT, bind, "auto" if port is None else str(port)], timeout=60)
+    argv = probe_argv("free_port.py", bind, "auto" if port is None else str(port), python=host.interpreter)
+    res = await t.run(argv, timeout=60)
     res.check(f"Checking port {port or 'auto'} on {host.name}")
     out = res.out.strip()
     if port is None:
@@ -203,7 +159,7 @@ class GpuRelease(BaseModel):
 
 
 def parse_gpu_lines(text: str) -> GpuRelease:
-    """Parse _GPU_SCRIPT's output (a pure function)."""
+    """Parse the gpu_release.sh probe's output (a pure function)."""
     if "NO_SMI" in text:
         return GpuRelease(checked=False, note="nvidia-smi is not on this host: GPU memory not checked.")
     pids: list[int] = []
@@ -228,7 +184,7 @@ async def check_gpu_release(engine: JobEngine, host: HostConfig, job_id: str, wa
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            res = await t.run(["bash", "-c", _GPU_SCRIPT, "llm-ops-gpu", job_id], timeout=60)
+            res = await t.run(probe_argv("gpu_release.sh", job_id), timeout=60)
         except HostError as e:
             return GpuRelease(checked=False, note=f"GPU check failed: {e.message}")
         rel = parse_gpu_lines(res.out)
