@@ -20,6 +20,8 @@ OUT/workflow_gpu.jsonl and the jobs' logs to OUT/logs/:
   quantize        fp8 of the merged model (llm-compressor), served, queried, stopped
   ready-time      start_vllm_server vs bare `vllm serve` with the job's own argv, alternating
                   (tool, bare, tool, bare, ...); the first run only warms the caches
+  bench-agreement benchmark_server vs `vllm bench serve` on one server of the base model:
+                  --rounds rounds of both, the order flipping each round; the ratio of medians
 
 The host config (written to WORK/config.toml) gives each kind of job its own env through
 ``kind_env``, because the machine keeps three package trees apart: vLLM (/tmp/vsite, with
@@ -51,6 +53,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -81,6 +84,7 @@ class Sizes:
     ft_seq: int
     max_num_seqs: int
     bench: dict[str, int]
+    agreement_prompts: int
     calib_samples: int
     ready_timeout_s: float
 
@@ -93,6 +97,7 @@ GPU = Sizes(
     ft_seq=512,
     max_num_seqs=32,
     bench={"num_prompts": 200, "input_len": 512, "output_len": 128, "concurrency": 32},
+    agreement_prompts=800,  # ~20 s a run at ~5,000 output tokens/s on the H200
     calib_samples=64,
     ready_timeout_s=300.0,
 )
@@ -104,6 +109,7 @@ STANDIN = Sizes(
     ft_seq=64,
     max_num_seqs=4,
     bench={"num_prompts": 16, "input_len": 32, "output_len": 16, "concurrency": 4},
+    agreement_prompts=16,
     calib_samples=16,
     ready_timeout_s=60.0,
 )
@@ -554,39 +560,131 @@ async def part_finetune_serve(ctx: Ctx) -> None:
             await stop(ctx, c, part, "stop (adapter server)", srv["job_id"], srv["job_dir"], baseline)
 
 
-async def benchmarks(ctx: Ctx, c: Any, part: str, srv: dict[str, Any]) -> None:
-    """benchmark_server, then `vllm bench serve` on the same server, lengths and concurrency; their ratio."""
-    b = ctx.sizes.bench
-    ours = await call(c, "benchmark_server", {"server_job_id": srv["job_id"], **b})
-    ctx.row(part, "benchmark_server", ours.get("failed", 1) == 0, **b,
-            output_tokens_per_s=ours.get("output_tokens_per_s"), requests_per_s=ours.get("requests_per_s"),
-            mean_input_tokens=ours.get("mean_input_tokens"), total_output_tokens=ours.get("total_output_tokens"),
-            ttft_ms=ours.get("ttft_ms"), tpot_ms=ours.get("tpot_ms"), itl_ms=ours.get("itl_ms"),
-            length_mismatches=ours.get("length_mismatches"), duration_s=ours.get("duration_s"),
-            errors=ours.get("errors"))  # fmt: skip
-    from bench.vllm_bench_serve import format_table, run_vllm_bench_serve, side_by_side
-    from runners.jobdir import parse_env
+def _bench_fields(r: dict[str, Any]) -> dict[str, Any]:
+    keys = ("output_tokens_per_s", "requests_per_s", "mean_input_tokens", "total_output_tokens", "ttft_ms",
+            "tpot_ms", "itl_ms", "duration_s", "length_mismatches", "errors", "wall_s", "error")  # fmt: skip
+    return {k: r.get(k) for k in keys if k in r}
 
-    key = parse_env((Path(srv["job_dir"]) / "env").read_text()).get("VLLM_API_KEY")
+
+async def ours_once(c: Any, srv: dict[str, Any], b: dict[str, int]) -> dict[str, Any]:
+    """benchmark_server through MCP."""
+    return await call(c, "benchmark_server", {"server_job_id": srv["job_id"], **b})
+
+
+async def theirs_once(
+    ctx: Ctx, srv: dict[str, Any], b: dict[str, int], tag: str, seed: int = 0
+) -> dict[str, Any] | None:
+    """`vllm bench serve` on the same server (None with the stand-in, which has no such command)."""
+    from bench.vllm_bench_serve import run_vllm_bench_serve
+
+    key = parse_env_key(srv)
     kwargs = dict(base_url=srv["endpoint"], model=srv["served"][0], tokenizer=str(ctx.model), api_key=key,
-                  env=serve_env(ctx), result_dir=ctx.out / "vllm-bench", **b)  # fmt: skip
+                  env=serve_env(ctx), result_dir=ctx.out / "vllm-bench" / tag, seed=seed, **b)  # fmt: skip
     if ctx.args.standin:  # the stand-in has no `vllm bench serve`; check the call binds, run nothing
         import inspect
 
         inspect.signature(run_vllm_bench_serve).bind(**kwargs)
+        return None
+    return await asyncio.to_thread(run_vllm_bench_serve, **kwargs)
+
+
+async def benchmarks(ctx: Ctx, c: Any, part: str, srv: dict[str, Any]) -> None:
+    """benchmark_server, then `vllm bench serve` on the same server, lengths and concurrency; their ratio."""
+    from bench.vllm_bench_serve import format_table, side_by_side
+
+    b = ctx.sizes.bench
+    ours = await ours_once(c, srv, b)
+    ctx.row(part, "benchmark_server", ours.get("failed", 1) == 0, **b, **_bench_fields(ours))
+    theirs = await theirs_once(ctx, srv, b, "finetune-serve")
+    if theirs is None:
         ctx.row(part, "vllm bench serve", True, skipped="the stand-in has no `vllm bench serve` (call checked)")
         return
-    theirs = await asyncio.to_thread(run_vllm_bench_serve, **kwargs)
     pairs = side_by_side(ours, theirs)
     print(format_table(pairs), flush=True)
     ratio = next((r["ratio"] for r in pairs if r["metric"] == "output_tokens_per_s"), None)
-    ctx.row(part, "vllm bench serve", bool(theirs.get("ok")), **b,
-            output_tokens_per_s=theirs.get("output_tokens_per_s"), requests_per_s=theirs.get("requests_per_s"),
-            mean_input_tokens=theirs.get("mean_input_tokens"), ttft_ms=theirs.get("ttft_ms"),
-            tpot_ms=theirs.get("tpot_ms"), itl_ms=theirs.get("itl_ms"), wall_s=theirs.get("wall_s"),
-            error=theirs.get("error"), output_tail=None if theirs.get("ok") else theirs.get("output_tail"),
+    ctx.row(part, "vllm bench serve", bool(theirs.get("ok")), **b, **_bench_fields(theirs),
+            output_tail=None if theirs.get("ok") else theirs.get("output_tail"),
             ours_over_vllm_output_tok_s=ratio, side_by_side=pairs,
             within_5_percent=None if ratio is None else abs(ratio - 1) <= 0.05)  # fmt: skip
+
+
+# ------------------------------------------------------------------ benchmark agreement
+async def agreement_run(
+    ctx: Ctx, c: Any, srv: dict[str, Any], b: dict[str, int], who: str, seed: int
+) -> tuple[dict[str, Any], bool]:
+    """One run of one variant, with the server's own /metrics view around it (GPU only)."""
+    from bench.bench_agreement import MetricsSampler, vllm_func_once
+
+    sampler = MetricsSampler(srv["endpoint"]) if not ctx.args.standin else contextlib.nullcontext()
+    async with sampler as ms:
+        if who == "ours":
+            r = _bench_fields(await ours_once(c, srv, {**b, "seed": seed}))
+            ok = not r.get("errors") and r.get("length_mismatches") == 0
+        elif who == "theirs":
+            r = _bench_fields(await theirs_once(ctx, srv, b, f"seed-{seed}", seed=seed) or {})
+            ok = r.get("error") is None or ctx.args.standin
+        else:
+            key = parse_env_key(srv)
+            r = await vllm_func_once(srv["endpoint"], key, srv["served"][0], b, who.endswith("text"), seed)
+            ok = r["completed"] == b["num_prompts"]
+    if ms is not None:
+        r.update(ms.summary())
+    return r, ok
+
+
+def parse_env_key(srv: dict[str, Any]) -> str | None:
+    from runners.jobdir import parse_env
+
+    return parse_env((Path(srv["job_dir"]) / "env").read_text()).get("VLLM_API_KEY")
+
+
+async def part_bench_agreement(ctx: Ctx) -> None:
+    """benchmark_server vs `vllm bench serve` on one server, alternated in both orders, several rounds.
+
+    Why a part of its own: one pair of 5-second runs (the finetune-serve part's) cannot tell a
+    5 % difference from run-to-run noise or from which of the two ran first on a fresh server.
+    Here each round runs both on the same server with the same workload, the order flips every
+    round, and the verdict is the ratio of the medians (the per-round ratios are kept too).
+    """
+    part, s = "bench-agreement", ctx.sizes
+    if not (ctx.model / "config.json").exists():
+        raise StepFailed(f"no model in {ctx.model}: run --part setup first (in the call just before)")
+    b = {**s.bench, "num_prompts": s.agreement_prompts}
+    async with session(ctx) as c:
+        baseline = gpu_used_mib()
+        srv = await start_ready(ctx, c, part, "serve ready", {"model": str(ctx.model), "max_num_seqs": s.max_num_seqs})
+        try:
+            warm = await ours_once(c, srv, {**b, "num_prompts": 2 * b["concurrency"]})  # first kernels, graphs
+            ctx.row(part, "warm-up (not counted)", warm.get("failed", 1) == 0, **_bench_fields(warm))
+            ours_v: list[float] = []
+            theirs_v: list[float] = []
+            variants = ["ours", "theirs"] + ([] if ctx.args.standin else ["vllm-func ids", "vllm-func text"])
+            for i in range(ctx.args.rounds):
+                if ctx.left() < 120:
+                    ctx.row(part, f"round {i}", True, skipped=f"{ctx.left():.0f} s left")
+                    break
+                order = variants[i % len(variants) :] + variants[: i % len(variants)]
+                if i % 2 and len(variants) > 2:  # rotated and reversed: each variant before and after each other
+                    order.reverse()
+                got: dict[str, float | None] = {}
+                for who in order:
+                    r, ok = await agreement_run(ctx, c, srv, b, who, seed=1000 + i)
+                    got[who] = r.get("output_tokens_per_s")
+                    ctx.row(part, f"round {i} {who}", ok, round=i, order=order, **b, **r)
+                if got.get("ours") and got.get("theirs"):
+                    ours_v.append(float(got["ours"]))
+                    theirs_v.append(float(got["theirs"]))
+            if ours_v:
+                med_o, med_t = statistics.median(ours_v), statistics.median(theirs_v)
+                ratio = round(med_o / med_t, 3)
+                ctx.row(part, "agreement", abs(ratio - 1) <= 0.05, rounds=len(ours_v), **b,
+                        ours_output_tok_s=ours_v, vllm_output_tok_s=theirs_v,
+                        per_round_ratio=[round(o / t, 3) for o, t in zip(ours_v, theirs_v, strict=True)],
+                        ours_over_vllm_output_tok_s=ratio, within_5_percent=abs(ratio - 1) <= 0.05)  # fmt: skip
+            elif ctx.args.standin:
+                ctx.row(part, "agreement", True, skipped="the stand-in has no `vllm bench serve`")
+        finally:
+            await stop(ctx, c, part, "stop", srv["job_id"], srv["job_dir"], baseline)
 
 
 # ------------------------------------------------------------------------------ quantize
@@ -734,7 +832,8 @@ def first_leaf(e: BaseException) -> BaseException:
     return e
 
 
-PARTS = {"finetune-serve": part_finetune_serve, "quantize": part_quantize, "ready-time": part_ready_time}
+PARTS = {"finetune-serve": part_finetune_serve, "quantize": part_quantize, "ready-time": part_ready_time,
+         "bench-agreement": part_bench_agreement}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -750,6 +849,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ft-site", default="/tmp/site", help="the fine-tune tree (.gpu/site.tgz)")
     ap.add_argument("--llmc-site", default="/tmp/llmc", help="llm-compressor's tree (bench/gpu_llmc_bundle.sh)")
     ap.add_argument("--ready-runs", type=int, default=5, help="alternating tool/bare starts (the first warms up)")
+    ap.add_argument("--rounds", type=int, default=4, help="bench-agreement: rounds (the order flips each round)")
     ap.add_argument("--reuse", action="store_true", help="setup: keep an existing model")
     ap.add_argument("--table", metavar="JSONL", help="print the table of recorded rows and exit")
     args = ap.parse_args(argv)

@@ -71,3 +71,20 @@ def test_standin_ready_time_writes_tool_and_bare_rows(tmp_path: Path):
         and over["bare_runs"]
         and over["overhead_s"] == pytest.approx(over["tool_to_ready_s"] - over["bare_to_ready_s"], abs=0.02)
     )
+
+
+def test_standin_bench_agreement_alternates_and_stops(tmp_path: Path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    base = [sys.executable, str(ROOT / "bench" / "workflow_gpu.py"), "--standin", "--work", str(tmp_path / "w"),
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    subprocess.run([*base, "--part", "setup"], env=env, check=True, timeout=600, capture_output=True)
+    r = subprocess.run([*base, "--part", "bench-agreement", "--rounds", "2"], env=env, timeout=600,
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "out" / "workflow_gpu.jsonl").read_text().splitlines()]
+    steps = {x["step"]: x for x in rows if x["part"] == "bench-agreement"}
+    assert steps["round 0 ours"]["order"] == ["ours", "theirs"]
+    assert steps["round 1 ours"]["order"] == ["theirs", "ours"]
+    assert steps["round 0 ours"]["ok"] and steps["round 0 ours"]["output_tokens_per_s"] > 0
+    assert steps["round 0 ours"]["length_mismatches"] == 0
+    assert "skipped" in steps["agreement"] and steps["stop"]["ok"]
