@@ -42,10 +42,6 @@ ALLOWED_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset(
         # issue 19 ("The house"): tools/memory.py imports tools/plan.py inside a function while
         # plan.py imports memory.py at the top; the estimator/planner split is the next step.
         ("tools.memory", "tools.plan"),
-        # issue 19, serving: tools/serve_bench.py takes server_connection from tools/serve_client.py inside
-        # benchmark_server while serve_client.py re-exports serve_bench at the top; the tools/serve/ package
-        # (client, bench, host probe, flags) of the next step gives server_connection its own module.
-        ("tools.serve_bench", "tools.serve_client"),
     }
 )
 
@@ -340,4 +336,58 @@ def test_walker_flags_upward_and_heavy_imports(tmp_path: Path) -> None:
     assert sorted(heavy_violations(files, edges, external)) == [
         "runners.payloads.shared (line 1) imports datasets",
         "tools.gpus (line 2) imports torch",
+    ]
+
+
+# -- sizes --------------------------------------------------------------------------------
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 80
+LONG_REASON = "Long because"  # a docstring line that starts so gives the one-line reason
+
+
+def size_violations(root: Path, packages: Iterable[str], exclude: Iterable[str] = ()) -> list[str]:
+    """Controller modules over MAX_MODULE_LINES; functions over MAX_FUNCTION_LINES without a reason.
+
+    A function's length is its span from ``def`` to its last line (decorators, docstring and
+    comments included: they are what a reader scrolls through). The reason is a docstring
+    line starting with ``Long because``.
+    """
+    out: list[str] = []
+    skip = tuple(exclude)
+    for mod, path in module_files(root, packages).items():
+        if mod.startswith(skip):
+            continue
+        text = path.read_text()
+        n = len(text.splitlines())
+        if n > MAX_MODULE_LINES:
+            out.append(f"{path.relative_to(root)}: {n} lines (> {MAX_MODULE_LINES})")
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            span = (node.end_lineno or node.lineno) - node.lineno + 1
+            doc = ast.get_docstring(node) or ""
+            if span > MAX_FUNCTION_LINES and not any(ln.strip().startswith(LONG_REASON) for ln in doc.splitlines()):
+                out.append(f"{path.relative_to(root)}:{node.lineno} {node.name}: {span} lines (> {MAX_FUNCTION_LINES})")
+    return sorted(out)
+
+
+def test_controller_modules_and_functions_are_small() -> None:
+    found = size_violations(ROOT, CONTROLLER, exclude=NOT_CONTROLLER)
+    assert not found, "split these (or give a function a docstring line 'Long because ...'):\n" + "\n".join(found)
+
+
+def test_size_rule_can_fail(tmp_path: Path) -> None:
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    _write(
+        tmp_path,
+        {
+            "tools/__init__.py": "",
+            "tools/big.py": "def long_one():\n" + body,
+            "tools/ok.py": 'def long_ok():\n    """Why.\n\n    Long because: a table.\n    """\n' + body,
+            "tools/huge.py": "x = 1\n" * (MAX_MODULE_LINES + 1),
+        },
+    )
+    assert size_violations(tmp_path, ["tools"]) == [
+        f"tools/big.py:1 long_one: {MAX_FUNCTION_LINES + 1} lines (> {MAX_FUNCTION_LINES})",
+        f"tools/huge.py: {MAX_MODULE_LINES + 1} lines (> {MAX_MODULE_LINES})",
     ]
