@@ -19,9 +19,8 @@ from runners.config import Config, HostConfig
 from runners.engine import JobEngine
 from runners.spec import JobSpec
 from server.app import build_server
-from server.state import AppState
-from server.surface_jobs import get_engine
 from tests.standin_vllm_server import install_standin
+from tools.context import ToolContext
 
 pytestmark = pytest.mark.anyio
 MODES = ["auto", "legacy"]
@@ -34,10 +33,10 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def serve_state(tmp_path: Path) -> AsyncIterator[AppState]:
+async def serve_state(tmp_path: Path) -> AsyncIterator[ToolContext]:
     env = {**install_standin(tmp_path / "vllm"), "STANDIN_VLLM_TOKEN_DELAY_S": "0.001"}
     host = HostConfig(name="gpubox", workdir=str(tmp_path / "work"), gpus="H100:1", env=env)
-    state = AppState(config=Config(hosts={"gpubox": host}, default_host="gpubox"), state_dir=tmp_path / "state")
+    state = ToolContext(config=Config(hosts={"gpubox": host}, default_host="gpubox"), state_dir=tmp_path / "state")
     yield state
     # A failed assertion must not leave a server running: stop whatever is still active.
     engine = JobEngine(state.config, state.state_dir)
@@ -65,7 +64,7 @@ async def _error(c: Client, name: str, args: dict[str, Any]) -> str:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_tools_are_listed_with_annotations(mode: str, serve_state: AppState) -> None:
+async def test_tools_are_listed_with_annotations(mode: str, serve_state: ToolContext) -> None:
     async with Client(build_server(state=serve_state), mode=mode) as c:
         tools = {t.name: t for t in (await c.list_tools()).tools}
         for name in ("start_vllm_server", "query_model", "benchmark_server", "stop_vllm_server"):
@@ -79,7 +78,7 @@ async def test_tools_are_listed_with_annotations(mode: str, serve_state: AppStat
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_agent_flow_start_wait_query_benchmark_stop(mode: str, serve_state: AppState) -> None:
+async def test_agent_flow_start_wait_query_benchmark_stop(mode: str, serve_state: ToolContext) -> None:
     async with Client(build_server(state=serve_state), mode=mode) as c:
         dry = await _call(c, "start_vllm_server", {"model": MODEL, "dry_run": True, "max_num_seqs": 4})
         assert dry["dry_run"] and dry["command_line"].startswith(f"vllm serve {MODEL}")
@@ -114,7 +113,7 @@ async def test_agent_flow_start_wait_query_benchmark_stop(mode: str, serve_state
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_bad_input_is_a_tool_error_that_says_what_to_do(mode: str, serve_state: AppState) -> None:
+async def test_bad_input_is_a_tool_error_that_says_what_to_do(mode: str, serve_state: ToolContext) -> None:
     async with Client(build_server(state=serve_state), mode=mode) as c:
         # a host seen for the first time: the call returns at once and the job checks the flags there
         first = await _call(c, "start_vllm_server", {"model": MODEL, "extra_args": {"max_num_batch_tokens": 1}})
@@ -130,7 +129,7 @@ async def test_bad_input_is_a_tool_error_that_says_what_to_do(mode: str, serve_s
         assert "needs a SLURM host" in text and "nodes=1" in text
         text = await _error(c, "start_vllm_server", {"model": MODEL, "api_key": "sk-abc"})
         assert "api_key" in text and "sk-abc" not in text.split("api_key")[0]
-        engine = await get_engine(serve_state)
+        engine = await serve_state.engine()
         failed = await engine.submit(JobSpec(kind="finetune", argv=["false"]), "gpubox")
         await engine.wait(failed.job_id, until="finished", timeout_s=30)
         text = await _error(

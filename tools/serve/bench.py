@@ -68,13 +68,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
-from runners.engine import JobEngine
 from runners.errors import Conflict, HostError, InvalidInput, OpsError
 from tools.serve.connection import JOB_ID_PATTERN, served_model, server_connection
-from tools.serve.runtime import ServeRuntime
 
 if TYPE_CHECKING:
     import aiohttp
+
+    from tools.context import ToolContext
 
 __all__ = [
     "BenchmarkInput",
@@ -470,9 +470,9 @@ async def _one(http: aiohttp.ClientSession, model: str, prompt: list[int], outpu
     return res
 
 
-async def benchmark_server(engine: JobEngine, runtime: ServeRuntime, p: BenchmarkInput) -> BenchmarkOutput:
+async def benchmark_server(ctx: ToolContext, p: BenchmarkInput) -> BenchmarkOutput:
     """Streaming load test with token-exact lengths: throughput, requests/s, TTFT, TPOT and ITL."""
-    url, key, names = await server_connection(engine, runtime, p.server_job_id)
+    url, key, names = await server_connection(await ctx.engine(), await ctx.serve_runtime(), p.server_job_id)
     return await measure(url, key, served_model(names, p.model, p.server_job_id), p)
 
 

@@ -10,14 +10,15 @@ vLLM's ``bench serve``) is tools/serve/bench.py.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from runners.engine import JobEngine
 from runners.errors import Conflict, HostError, InvalidInput, OpsError
 from tools.serve.connection import JOB_ID_PATTERN, served_model, server_connection
-from tools.serve.runtime import ServeRuntime
+
+if TYPE_CHECKING:
+    from tools.context import ToolContext
 
 __all__ = ["ChatMessage", "QueryInput", "QueryOutput", "query_model"]
 
@@ -91,11 +92,11 @@ def _translate(e: Exception, url: str) -> OpsError:
     return HostError(f"Request failed: {type(e).__name__}: {e}", "Read the server's log with get_job_logs.")
 
 
-async def query_model(engine: JobEngine, runtime: ServeRuntime, p: QueryInput) -> QueryOutput:
+async def query_model(ctx: ToolContext, p: QueryInput) -> QueryOutput:
     """One completion (chat or plain) from a ready server job."""
     import openai
 
-    url, key, names = await server_connection(engine, runtime, p.server_job_id)
+    url, key, names = await server_connection(await ctx.engine(), await ctx.serve_runtime(), p.server_job_id)
     model = served_model(names, p.model, p.server_job_id)
     client = _client(url, key, p.timeout_s)
     t0 = time.perf_counter()

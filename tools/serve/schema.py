@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from runners.states import JobState
 from tools.serve.flags import ExtraValue
+from tools.submit import TimedSubmitOptions
 
 __all__ = ["LoraAdapterRef", "ServePlan", "StartServerInput", "StartServerOutput"]
 
@@ -42,11 +43,10 @@ class LoraAdapterRef(BaseModel):
         return self
 
 
-class StartServerInput(BaseModel):
-    """Arguments of start_vllm_server."""
+class StartServerInput(TimedSubmitOptions):
+    """Arguments of start_vllm_server (host, time_limit, idempotency_key and dry_run: tools/submit.py)."""
 
     model: str = Field(description="Hub id, catalog name, or a model directory on the host.")
-    host: str | None = Field(None, description="Host from list_hosts; default host when omitted.")
     gpus: int | list[int] | None = Field(
         None, description="How many GPUs may be used, or which device indices; default: all of the host's."
     )
@@ -97,11 +97,6 @@ class StartServerInput(BaseModel):
     extra_args: dict[str, ExtraValue] = Field(
         {}, description="More vLLM flags, checked against the host's vLLM version."
     )
-    time_limit: str | None = Field(None, description="Stop the server after HH:MM:SS (default: no limit).")
-    idempotency_key: str | None = Field(
-        None, min_length=1, max_length=200, description="Same key returns the same server instead of a second one."
-    )
-    dry_run: bool = Field(False, description="Plan and build the command without starting anything.")
 
     @field_validator("model")
     @classmethod

@@ -13,8 +13,9 @@ The steps, each in its own module, every one before the submit free of side effe
    KV cache and the concurrency at full length, each with its reason;
 4. build the command (tools/serve/command.py): the typed flags of tools/serve/flags.py by
    reflection plus validated ``extra_args``, checked against the host's flags;
-5. submit a ``serve`` job running the serve payload (runners/payloads/serve.py), which
-   starts vLLM, decides readiness on the host and writes ``ready``; answer with the endpoint.
+5. submit a ``serve`` job running the serve payload (runners/payloads/serve.py) through the
+   one submit path of every workload (tools/submit.py); the payload starts vLLM, decides
+   readiness on the host and writes ``ready``; answer with the endpoint.
 
 Several nodes (``nodes`` > 1, SLURM only): the job runs the payload once per node under
 ``srun`` (runners/distributed.py ``srun_argv``); the payload of SLURM task 0 runs the API
@@ -33,13 +34,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from runners.config import HostConfig
 from runners.distributed import srun_argv
 from runners.engine import JobEngine, SubmitResult
 from runners.errors import InvalidInput, NotFound
-from runners.spec import JobSpec, Resources, parse_time_limit
+from runners.spec import JobSpec, Resources
 from tools.serve.command import ServeCommand, serve_command
 from tools.serve.flags import FlagCache
 from tools.serve.host import VllmInstall, detect_vllm
@@ -47,19 +48,22 @@ from tools.serve.plan import plan_for_request
 from tools.serve.resolve import ServeRequest, resolve_request
 from tools.serve.runtime import ServeRuntime
 from tools.serve.schema import ServePlan, StartServerInput, StartServerOutput
+from tools.submit import submit
+
+if TYPE_CHECKING:
+    from tools.context import ToolContext
 
 __all__ = ["start_vllm_server"]
 
 
-async def start_vllm_server(
-    engine: JobEngine, runtime: ServeRuntime, cache: FlagCache, p: StartServerInput, *, tasks_per_node: int = 1
-) -> StartServerOutput:
+async def start_vllm_server(ctx: ToolContext, p: StartServerInput, *, tasks_per_node: int = 1) -> StartServerOutput:
     """Plan, check against the host's vLLM, and submit a ``serve`` job (see the module docstring).
 
     ``tasks_per_node`` > 1 runs several vLLM processes on each SLURM node, each counted as a
     vLLM "node": only the single-node test cluster uses it, to run the multi-node wiring for real.
     """
-    host = engine.config.host(p.host)
+    host = ctx.host(p.host)
+    engine, runtime = await ctx.engine(), await ctx.serve_runtime()
     agents = p.nodes * tasks_per_node  # vLLM processes: vLLM's --nnodes
     if agents > 1 and host.launcher != "slurm":
         raise InvalidInput(
@@ -72,11 +76,11 @@ async def start_vllm_server(
         if again is not None:
             return again
     req = await resolve_request(engine, host, p)
-    install = await _installed_vllm(engine, host, cache, p.dry_run)
+    install = await _installed_vllm(engine, host, FlagCache(ctx.state_dir), p.dry_run)
     plan, per_task = plan_for_request(req, p, install, agents, tasks_per_node)
     cmd = await serve_command(engine, host, p, req, plan, install, agents)
     spec = _serve_spec(host, p, req, plan, install, cmd, digest, per_task * tasks_per_node, tasks_per_node)
-    res = await engine.submit(spec, host.name, idempotency_key=p.idempotency_key, dry_run=p.dry_run)
+    res = await submit(ctx, host, spec, p)
     return await _answer(runtime, host, p, req, plan, install, cmd, res)
 
 
@@ -141,7 +145,7 @@ def _serve_spec(
             gpus=gpus_per_node,
             nodes=p.nodes,
             tasks_per_node=tasks_per_node if agents > 1 else 1,
-            time_limit_s=parse_time_limit(p.time_limit),
+            time_limit_s=p.time_limit_s,
         ),
         endpoint_port=cmd.port,
     )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, Field
 
-from runners.engine import JobEngine
 from runners.errors import InvalidInput
 from runners.views import JobView
 from tools.serve.connection import JOB_ID_PATTERN
 from tools.serve.host import GpuRelease, check_gpu_release
-from tools.serve.runtime import ServeRuntime
+
+if TYPE_CHECKING:
+    from tools.context import ToolContext
 
 __all__ = ["StopServerInput", "StopServerOutput", "stop_vllm_server"]
 
@@ -25,13 +28,14 @@ class StopServerOutput(BaseModel):
     summary: str
 
 
-async def stop_vllm_server(engine: JobEngine, runtime: ServeRuntime, p: StopServerInput) -> StopServerOutput:
+async def stop_vllm_server(ctx: ToolContext, p: StopServerInput) -> StopServerOutput:
     """Graceful stop (SIGTERM to the job's process group, SIGKILL after ``grace_s``), then a GPU check."""
+    engine = await ctx.engine()
     view = await engine.status(p.job_id, with_details=False)
     if view.kind != "serve":
         raise InvalidInput(f"Job {p.job_id} is a {view.kind} job, not a server.", "Use cancel_job for other jobs.")
     view = await engine.cancel(p.job_id, grace_s=p.grace_s)
-    host = engine.config.host(view.host)
+    host = ctx.host(view.host)
     gpu = await check_gpu_release(engine, host, p.job_id)
     gpu_txt = (
         ("GPU memory released" if gpu.released else (gpu.note or "GPU memory still held"))

@@ -26,10 +26,10 @@ import pytest
 from pydantic import ValidationError
 
 from runners.config import Config, HostConfig
-from runners.engine import JobEngine
 from runners.errors import HostError, InvalidInput
 from runners.states import JobState
 from tests.standin_vllm_server import install_standin
+from tools.context import ToolContext
 from tools.serve.bench import (
     BenchmarkInput,
     Prompts,
@@ -39,8 +39,6 @@ from tools.serve.bench import (
     open_session,
     percentile,
 )
-from tools.serve.flags import FlagCache
-from tools.serve.runtime import ServeRuntime
 from tools.serve.schema import StartServerInput
 from tools.serve.start import start_vllm_server
 from tools.serve.stop import StopServerInput, stop_vllm_server
@@ -358,7 +356,7 @@ def test_percentiles_interpolate_like_numpy() -> None:
 
 # -- the tool itself, through the job engine and the serve runtime -------------------------------------
 @pytest.fixture
-async def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[JobEngine, ServeRuntime, str]]:
+async def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[ToolContext, str]]:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # model facts come from the catalog, never the network
     env = {
         **install_standin(tmp_path / "vllm"),
@@ -368,25 +366,21 @@ async def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
         "STANDIN_VLLM_TOKENS_PER_CHUNK": "2",
     }
     host = HostConfig(name="gpubox", workdir=str(tmp_path / "work"), gpus="H100:1", env=env)
-    engine = JobEngine(Config(hosts={host.name: host}, default_host=host.name), tmp_path / "state", cancel_grace_s=5.0)
-    runtime = ServeRuntime(engine)
-    out = await start_vllm_server(
-        engine, runtime, FlagCache(tmp_path / "state"), StartServerInput(model=MODEL, host=host.name, max_num_seqs=8)
-    )
-    view, _ = await engine.wait(out.job_id, until="ready", timeout_s=60)
+    ctx = ToolContext(config=Config(hosts={host.name: host}, default_host=host.name), state_dir=tmp_path / "state")
+    out = await start_vllm_server(ctx, StartServerInput(model=MODEL, host=host.name, max_num_seqs=8))
+    view, _ = await (await ctx.engine()).wait(out.job_id, until="ready", timeout_s=60)
     assert view.state is JobState.READY, view.summary
     try:
-        yield engine, runtime, out.job_id
+        yield ctx, out.job_id
     finally:
-        await stop_vllm_server(engine, runtime, StopServerInput(job_id=out.job_id, grace_s=5))
-        await runtime.aclose()
-        await engine.aclose()
+        await stop_vllm_server(ctx, StopServerInput(job_id=out.job_id, grace_s=5))
+        await ctx.aclose()
 
 
-async def test_benchmark_server_reports_token_exact_lengths(served: tuple[JobEngine, ServeRuntime, str]) -> None:
-    engine, runtime, job_id = served
+async def test_benchmark_server_reports_token_exact_lengths(served: tuple[ToolContext, str]) -> None:
+    ctx, job_id = served
     p = BenchmarkInput(server_job_id=job_id, num_prompts=10, input_len=200, output_len=21, concurrency=4)
-    b = await benchmark_server(engine, runtime, p)
+    b = await benchmark_server(ctx, p)
     assert b.completed == 10 and b.failed == 0 and not b.errors, b.summary
     assert b.mean_input_tokens == 200 and b.total_input_tokens == 2000  # as the server counted them
     assert b.total_output_tokens == 210 and b.length_mismatches == 0  # EOS after 3 tokens was ignored
@@ -399,17 +393,16 @@ async def test_benchmark_server_reports_token_exact_lengths(served: tuple[JobEng
     assert "200 prompt tokens → 21 output tokens" in b.summary and "per token" in b.summary
 
     with pytest.raises(InvalidInput, match="max_model_len"):
-        await benchmark_server(engine, runtime, BenchmarkInput(server_job_id=job_id, input_len=32_000, output_len=2000))
+        await benchmark_server(ctx, BenchmarkInput(server_job_id=job_id, input_len=32_000, output_len=2000))
     with pytest.raises(InvalidInput, match="is not served"):
-        await benchmark_server(engine, runtime, BenchmarkInput(server_job_id=job_id, model="other", input_len=8))
+        await benchmark_server(ctx, BenchmarkInput(server_job_id=job_id, model="other", input_len=8))
 
 
-async def test_time_budget_bounds_the_call(served: tuple[JobEngine, ServeRuntime, str]) -> None:
-    engine, runtime, job_id = served
+async def test_time_budget_bounds_the_call(served: tuple[ToolContext, str]) -> None:
+    ctx, job_id = served
     t0 = time.perf_counter()
     b = await benchmark_server(
-        engine,
-        runtime,
+        ctx,
         BenchmarkInput(
             server_job_id=job_id, num_prompts=200, input_len=16, output_len=100, concurrency=2, time_budget_s=0.5
         ),

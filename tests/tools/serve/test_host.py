@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 
 from runners.config import Config, HostConfig
-from runners.engine import JobEngine
 from runners.errors import DoesNotFit
 from tests.standin_vllm_server import install_standin
+from tools.context import ToolContext
 from tools.serve.flags import FlagCache
 from tools.serve.host import HELP_FILE, detect_vllm
-from tools.serve.runtime import ServeRuntime
 from tools.serve.schema import StartServerInput
 from tools.serve.start import start_vllm_server
 
@@ -42,8 +41,8 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def _engine(tmp_path: Path, host: HostConfig) -> JobEngine:
-    return JobEngine(Config(hosts={host.name: host}, default_host=host.name), tmp_path / "state", cancel_grace_s=5.0)
+def _context(tmp_path: Path, host: HostConfig) -> ToolContext:
+    return ToolContext(config=Config(hosts={host.name: host}, default_host=host.name), state_dir=tmp_path / "state")
 
 
 async def test_first_start_returns_at_once_and_its_job_checks_the_flags(tmp_path: Path) -> None:
@@ -53,13 +52,11 @@ async def test_first_start_returns_at_once_and_its_job_checks_the_flags(tmp_path
         prog.read_text().replace("exec ", f'case " $* " in *" --help=all "*) sleep {SLOW_HELP_S};; esac\nexec ', 1)
     )
     host = HostConfig(name="gpubox", workdir=str(tmp_path / "work"), gpus="H100:1", env=env)
-    engine = _engine(tmp_path, host)
-    runtime, cache = ServeRuntime(engine), FlagCache(tmp_path / "state")
+    ctx = _context(tmp_path, host)
+    engine, cache = await ctx.engine(), FlagCache(tmp_path / "state")
     try:
         t0 = time.monotonic()
-        first = await start_vllm_server(
-            engine, runtime, cache, StartServerInput(model=MODEL, extra_args={"enforce_eager": True})
-        )
+        first = await start_vllm_server(ctx, StartServerInput(model=MODEL, extra_args={"enforce_eager": True}))
         took = time.monotonic() - t0
         assert took < SLOW_HELP_S / 2, f"the first start waited {took:.1f} s"
         assert "checks them with `vllm serve --help=all` on the host" in " ".join(first.plan.reasons)
@@ -73,7 +70,7 @@ async def test_first_start_returns_at_once_and_its_job_checks_the_flags(tmp_path
         assert (Path(first.job_dir) / HELP_FILE).exists()
         # the next start knows the flags (read from the first job's help, then cached): no check in the job
         t0 = time.monotonic()
-        second = await start_vllm_server(engine, runtime, cache, StartServerInput(model=MODEL, max_num_seqs=8))
+        second = await start_vllm_server(ctx, StartServerInput(model=MODEL, max_num_seqs=8))
         assert time.monotonic() - t0 < SLOW_HELP_S / 2
         spec = json.loads(engine.catalog.get(second.job_id).spec_json)  # type: ignore[union-attr]
         assert spec["payload_config"]["check_flags"] is False
@@ -84,8 +81,7 @@ async def test_first_start_returns_at_once_and_its_job_checks_the_flags(tmp_path
         for v in await engine.list_jobs():
             if not v.terminal:
                 await engine.cancel(v.job_id, grace_s=2)
-        await runtime.aclose()
-        await engine.aclose()
+        await ctx.aclose()
 
 
 def _bare_venv(path: Path) -> str:
@@ -101,8 +97,8 @@ async def test_bitsandbytes_is_probed_and_a_plan_never_names_what_the_host_lacks
         name="a100bare", workdir=str(tmp_path / "w2"), gpus="A100-80GB:1", env=env, python=_bare_venv(tmp_path / "v")
     )
     for host in (with_bnb, bare):
-        engine = _engine(tmp_path / host.name, host)
-        runtime, cache = ServeRuntime(engine), FlagCache(tmp_path / host.name / "state")
+        ctx = _context(tmp_path / host.name, host)
+        engine, cache = await ctx.engine(), FlagCache(tmp_path / host.name / "state")
         try:
             install = await detect_vllm(engine, host, cache)
             assert install.version == "0.26.0" and not install.flags_cached and install.flags is None
@@ -111,12 +107,11 @@ async def test_bitsandbytes_is_probed_and_a_plan_never_names_what_the_host_lacks
             if host is bare:
                 assert install.bitsandbytes is None and install.quantization_methods() == {"fp8"}
                 with pytest.raises(DoesNotFit, match="does not fit 1x A100-80GB"):
-                    await start_vllm_server(engine, runtime, cache, p)
+                    await start_vllm_server(ctx, p)
             else:
                 assert install.bitsandbytes and "bitsandbytes" in install.quantization_methods()
-                out = await start_vllm_server(engine, runtime, cache, p)
+                out = await start_vllm_server(ctx, p)
                 assert out.plan.quantization == "bitsandbytes" and "--quantization" in out.command
                 assert "bitsandbytes runs on this host" in " ".join(out.plan.reasons)
         finally:
-            await runtime.aclose()
-            await engine.aclose()
+            await ctx.aclose()

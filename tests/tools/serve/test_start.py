@@ -25,9 +25,9 @@ from runners.errors import Conflict, DoesNotFit, InvalidInput, NotFound
 from runners.spec import JobSpec
 from runners.states import JobState
 from tests.standin_vllm_server import install_standin
+from tools.context import ToolContext
 from tools.serve.bench import BenchmarkInput, benchmark_server
 from tools.serve.client import ChatMessage, QueryInput, query_model
-from tools.serve.flags import FlagCache
 from tools.serve.host import parse_gpu_lines
 from tools.serve.runtime import ServeRuntime
 from tools.serve.schema import LoraAdapterRef, StartServerInput
@@ -49,15 +49,15 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class Serving:
-    """An engine, the serve runtime and a flag cache for one host."""
+    """The tools' context, its engine and serve runtime for one host."""
 
-    def __init__(self, engine: JobEngine, runtime: ServeRuntime, cache: FlagCache, host: HostConfig) -> None:
-        self.engine, self.runtime, self.cache, self.host = engine, runtime, cache, host
+    def __init__(self, ctx: ToolContext, engine: JobEngine, runtime: ServeRuntime, host: HostConfig) -> None:
+        self.ctx, self.engine, self.runtime, self.host = ctx, engine, runtime, host
 
     async def start(self, **kw: Any) -> Any:
         kw.setdefault("model", MODEL)
         kw.setdefault("host", self.host.name)
-        return await start_vllm_server(self.engine, self.runtime, self.cache, StartServerInput(**kw))
+        return await start_vllm_server(self.ctx, StartServerInput(**kw))
 
     async def wait(self, job_id: str, until: str = "ready", timeout: float = 60.0) -> Any:
         view, _ = await self.engine.wait(job_id, until=until, timeout_s=timeout)  # type: ignore[arg-type]
@@ -76,14 +76,10 @@ async def _serving(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path, switches: dict[str, str] | None = None
 ) -> tuple[Serving, JobEngine, ServeRuntime]:
     host = _host(kind, request, tmp_path, switches or {})
-    engine = JobEngine(
-        Config(hosts={host.name: host}, default_host=host.name),
-        tmp_path / "state",
-        environ={"MY_VLLM_KEY": "k3y-from-the-environment"},
-        cancel_grace_s=5.0,
-    )
-    runtime = ServeRuntime(engine)
-    return Serving(engine, runtime, FlagCache(tmp_path / "state"), host), engine, runtime
+    request.getfixturevalue("monkeypatch").setenv("MY_VLLM_KEY", "k3y-from-the-environment")
+    ctx = ToolContext(config=Config(hosts={host.name: host}, default_host=host.name), state_dir=tmp_path / "state")
+    engine, runtime = await ctx.engine(), await ctx.serve_runtime()
+    return Serving(ctx, engine, runtime, host), engine, runtime
 
 
 @pytest.fixture(params=["local", "ssh"])
@@ -99,8 +95,7 @@ async def _cleanup(s: Serving) -> None:
     for v in await s.engine.list_jobs():
         if not v.terminal:
             await s.engine.cancel(v.job_id, grace_s=2)
-    await s.runtime.aclose()
-    await s.engine.aclose()
+    await s.ctx.aclose()
 
 
 async def test_lifecycle_start_ready_query_benchmark_stop(srv: Serving) -> None:
@@ -118,28 +113,26 @@ async def test_lifecycle_start_ready_query_benchmark_stop(srv: Serving) -> None:
     assert metrics.get("event") == "ready" and metrics["time_to_ready_s"] >= 0
 
     q = await query_model(
-        srv.engine,
-        srv.runtime,
+        srv.ctx,
         QueryInput(server_job_id=out.job_id, messages=[ChatMessage(content="Say hi")], max_tokens=5),
     )
     assert q.completion_tokens == 5 and q.text.strip().startswith("tok0") and q.model == "qwen-small"
-    q = await query_model(srv.engine, srv.runtime, QueryInput(server_job_id=out.job_id, prompt="a b c", max_tokens=3))
+    q = await query_model(srv.ctx, QueryInput(server_job_id=out.job_id, prompt="a b c", max_tokens=3))
     assert q.prompt_tokens == 3 and q.finish_reason == "length"
 
     b = await benchmark_server(
-        srv.engine,
-        srv.runtime,
+        srv.ctx,
         BenchmarkInput(server_job_id=out.job_id, num_prompts=12, input_len=32, output_len=16, concurrency=4),
     )
     assert b.completed == 12 and b.failed == 0 and b.total_output_tokens == 12 * 16
     assert b.output_tokens_per_s > 0 and b.requests_per_s > 0 and b.mean_input_tokens == 32
     assert b.ttft_ms.p50 is not None and b.itl_ms.p99 is not None and b.itl_ms.p50 <= b.itl_ms.p99
 
-    stopped = await stop_vllm_server(srv.engine, srv.runtime, StopServerInput(job_id=out.job_id, grace_s=5))
+    stopped = await stop_vllm_server(srv.ctx, StopServerInput(job_id=out.job_id, grace_s=5))
     assert stopped.job.state is JobState.CANCELLED
     assert stopped.gpu.checked is False or stopped.gpu.released is True
     with pytest.raises(Conflict, match="cancelled"):
-        await query_model(srv.engine, srv.runtime, QueryInput(server_job_id=out.job_id, prompt="x"))
+        await query_model(srv.ctx, QueryInput(server_job_id=out.job_id, prompt="x"))
 
 
 async def test_api_key_lives_only_in_the_env_file(srv: Serving) -> None:
@@ -172,13 +165,13 @@ async def test_api_key_lives_only_in_the_env_file(srv: Serving) -> None:
 async def test_api_key_from_a_named_secret_and_none(srv: Serving) -> None:
     out = await srv.start(api_key="env:MY_VLLM_KEY")
     assert (await srv.wait(out.job_id)).state is JobState.READY
-    q = await query_model(srv.engine, srv.runtime, QueryInput(server_job_id=out.job_id, prompt="hi", max_tokens=1))
+    q = await query_model(srv.ctx, QueryInput(server_job_id=out.job_id, prompt="hi", max_tokens=1))
     assert q.completion_tokens == 1
     job_json = (await srv.engine.transport(srv.host.name).read_range(f"{out.job_dir}/job.json", 0, 1 << 20)).decode()
     assert "k3y-from-the-environment" not in job_json
     out2 = await srv.start(api_key="none", served_model_name="open")
     assert (await srv.wait(out2.job_id)).state is JobState.READY
-    q = await query_model(srv.engine, srv.runtime, QueryInput(server_job_id=out2.job_id, prompt="hi", max_tokens=2))
+    q = await query_model(srv.ctx, QueryInput(server_job_id=out2.job_id, prompt="hi", max_tokens=2))
     assert q.completion_tokens == 2
 
 
@@ -204,11 +197,11 @@ async def test_lora_adapter_from_a_finetune_job(srv: Serving, sub: str) -> None:
     assert out.command[out.command.index("--max-lora-rank") + 1] == "32"
     assert (await srv.wait(out.job_id)).state is JobState.READY
     q = await query_model(
-        srv.engine, srv.runtime, QueryInput(server_job_id=out.job_id, model="my-adapter", prompt="hello", max_tokens=2)
+        srv.ctx, QueryInput(server_job_id=out.job_id, model="my-adapter", prompt="hello", max_tokens=2)
     )
     assert q.model == "my-adapter" and q.completion_tokens == 2
     with pytest.raises(InvalidInput, match="not served"):
-        await query_model(srv.engine, srv.runtime, QueryInput(server_job_id=out.job_id, model="other", prompt="x"))
+        await query_model(srv.ctx, QueryInput(server_job_id=out.job_id, model="other", prompt="x"))
 
 
 async def test_adapter_from_a_failed_job_is_refused(srv: Serving) -> None:
@@ -263,14 +256,12 @@ async def test_bad_input_starts_nothing(kind: str, request: pytest.FixtureReques
 
 async def test_missing_vllm_is_a_clear_error(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     host = HostConfig(name="novllm", workdir=str(tmp_path / "work"), gpus="H100:1")
-    engine = JobEngine(Config(hosts={"novllm": host}), tmp_path / "state")
+    ctx = ToolContext(config=Config(hosts={"novllm": host}), state_dir=tmp_path / "state")
     try:
         with pytest.raises(NotFound, match="vLLM is not installed"):
-            await start_vllm_server(
-                engine, ServeRuntime(engine), FlagCache(tmp_path / "state"), StartServerInput(model=MODEL)
-            )
+            await start_vllm_server(ctx, StartServerInput(model=MODEL))
     finally:
-        await engine.aclose()
+        await ctx.aclose()
 
 
 @pytest.mark.parametrize("kind", ["local", "ssh"])
@@ -287,7 +278,7 @@ async def test_start_up_oom_fails_fast_with_a_hint(kind: str, request: pytest.Fi
         assert "tensor_parallel_size" in m["hint"] and "CUDA out of memory" in m["message"]
         assert view.error is not None and view.error.kind == "cuda_oom"
         with pytest.raises(Conflict, match="CUDA out of memory"):
-            await query_model(s.engine, s.runtime, QueryInput(server_job_id=out.job_id, prompt="x"))
+            await query_model(s.ctx, QueryInput(server_job_id=out.job_id, prompt="x"))
     finally:
         await _cleanup(s)
 
@@ -309,7 +300,7 @@ async def test_readiness_waits_for_models_and_a_completion(request: pytest.Fixtu
                 await asyncio.sleep(0.1)
         assert (await s.engine.status(out.job_id)).state is JobState.RUNNING
         with pytest.raises(Conflict, match="not ready yet"):
-            await query_model(s.engine, s.runtime, QueryInput(server_job_id=out.job_id, prompt="x"))
+            await query_model(s.ctx, QueryInput(server_job_id=out.job_id, prompt="x"))
         view = await s.wait(out.job_id, timeout=30)
         assert view.state is JobState.READY
         assert (view.metrics or {})["time_to_ready_s"] >= 2.5

@@ -15,11 +15,8 @@ from mcp import Client
 
 from runners.config import Config, HostConfig, SlurmConfig
 from server.app import build_server
-from server.state import AppState
-from server.surface_jobs import get_engine
-from server.surface_serve import get_runtime
 from tests.standin_vllm_server import install_standin
-from tools.serve.flags import FlagCache
+from tools.context import ToolContext
 from tools.serve.schema import StartServerInput
 from tools.serve.start import start_vllm_server
 
@@ -28,7 +25,7 @@ MODEL = "Qwen/Qwen2.5-0.5B"
 
 
 @pytest.fixture
-def state(slurm_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AppState:
+def state(slurm_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ToolContext:
     """One SLURM host (2 GPUs per node, the test cluster's default partition) whose `vllm` is the stand-in."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     env = {**install_standin(tmp_path / "vllm"), "STANDIN_VLLM_TOKEN_DELAY_S": "0.001"}
@@ -40,10 +37,10 @@ def state(slurm_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> App
         env=env,
         slurm=SlurmConfig(partition=slurm_cluster.partitions[0], time_limit="00:10:00"),
     )
-    return AppState(config=Config(hosts={"cluster": host}), state_dir=tmp_path / "state")
+    return ToolContext(config=Config(hosts={"cluster": host}), state_dir=tmp_path / "state")
 
 
-async def test_serve_job_on_slurm_reaches_ready_and_answers(state: AppState) -> None:
+async def test_serve_job_on_slurm_reaches_ready_and_answers(state: ToolContext) -> None:
     async with Client(build_server(state=state), mode="auto") as c:
         r = await c.call_tool("start_vllm_server", {"model": MODEL, "max_num_seqs": 2})
         assert not r.is_error, r.content[0].text
@@ -59,15 +56,13 @@ async def test_serve_job_on_slurm_reaches_ready_and_answers(state: AppState) -> 
             assert not r.is_error, r.content[0].text
 
 
-async def test_server_over_two_slurm_tasks_head_serves_headless_joins(state: AppState) -> None:
+async def test_server_over_two_slurm_tasks_head_serves_headless_joins(state: ToolContext) -> None:
     """The multi-node wiring for real: srun starts the payload twice (2 tasks on the one test node stand
     for 2 nodes); task 0's vLLM gets --node-rank 0 and serves the API only after task 1's headless vLLM
     reached --master-addr/--master-port with --node-rank 1; stopping the job ends both."""
     async with Client(build_server(state=state), mode="auto") as c:
         out = await start_vllm_server(
-            await get_engine(state),
-            await get_runtime(state),
-            FlagCache(state.state_dir),
+            state,
             StartServerInput(model=MODEL, max_num_seqs=2),
             tasks_per_node=2,
         )
