@@ -303,7 +303,9 @@ def worker(engine_name: str, cfg_path: Path, out_path: Path) -> None:
 # ------------------------------------------------------------------------------------ parent
 def estimate(model_dir: Path, zero: int, dtype: str, mp: str | None, seq: int, batch: int) -> dict[str, Any]:
     """estimate_memory's breakdown (rounded, public) plus the unrounded static parts from the same core."""
-    from tools.memory import MemoryInput, breakdown_bytes, estimate_memory, resolve_settings
+    from tools.memory import estimate_memory
+    from tools.memory_core import breakdown_bytes
+    from tools.memory_settings import MemoryInput, resolve_settings
     from tools.models import resolve_model
 
     inp = MemoryInput(model=str(model_dir), task="full", backend="hf", seq_len=seq, batch_size=batch,

@@ -148,7 +148,8 @@ def estimate(
     name = {"llama-3.2-1b": "meta-llama/Llama-3.2-1B", "llama-3.2-3b": "meta-llama/Llama-3.2-3B"}.get(shape)
     if name is None:
         return None
-    from tools.memory import MemoryInput, estimate_memory
+    from tools.memory import estimate_memory
+    from tools.memory_settings import MemoryInput
 
     r = estimate_memory(MemoryInput(model=name, task=method, backend=backend, seq_len=seq, batch_size=batch,
                                     gradient_checkpointing=True, num_gpus=world, zero_stage=zero or None,

@@ -272,7 +272,8 @@ def measure(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ estimate
 def estimate(row: dict[str, Any]) -> dict[str, float]:
     """Our serving estimate (tools/memory.py) for a measured row: same model, GPU, context and LoRA."""
-    from tools.memory import MemoryInput, estimate_memory
+    from tools.memory import estimate_memory
+    from tools.memory_settings import MemoryInput
 
     mi = MemoryInput(
         model=row["model"],

@@ -1,6 +1,6 @@
 """Fit a workload to a GPU tier: TP size, quantization, context, micro-batch, checkpointing.
 
-Pure functions over :mod:`tools.memory`'s core. Preference order keeps quality and
+Pure functions over the estimator's core (tools/memory_core.py). Preference order keeps quality and
 speed first and changes only what must change. Serving follows vLLM's own rule (one
 sequence of ``max_model_len`` must fit the KV cache; ``max_num_seqs`` is only a cap):
 the requested settings as they are; then more GPUs (the smallest tensor-parallel size
@@ -21,7 +21,9 @@ from pydantic import BaseModel, Field
 
 from runners.accelerators import TIERS, GpuTier
 from runners.errors import InvalidInput
-from tools.memory import GIB, HF_STACK, Settings, TierFit, breakdown_bytes, fits_on, tp_is_valid, vllm_server_budget
+from tools.memory_core import TierFit, breakdown_bytes, fits_on
+from tools.memory_serving import vllm_server_budget
+from tools.memory_settings import GIB, HF_STACK, Settings, tp_is_valid
 from tools.models import ModelArch
 from tools.serve.vllm_memory import BLOCK_SIZE
 
@@ -192,7 +194,10 @@ def plan_training(
             for ckpt in [False, True] if not v.gradient_checkpointing else [True]:
                 mb = v.batch_size
                 while mb >= 1:
-                    cand = replace(v, gradient_checkpointing=ckpt, batch_size=mb, num_gpus=n, zero_stage=zero)
+                    ga = math.ceil(target / (mb * n)) > 1  # accumulation keeps a full fine-tune's gradients
+                    cand = replace(
+                        v, gradient_checkpointing=ckpt, batch_size=mb, num_gpus=n, zero_stage=zero, grad_accumulation=ga
+                    )
                     tot = breakdown_bytes(arch, cand, num_gpus=n, zero_stage=zero).total()
                     if tot <= limit:
                         notes = [why] if why else []

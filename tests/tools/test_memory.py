@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from runners.errors import InvalidInput, NotFound
-from tools.memory import MemoryInput, estimate_memory
+from tools.memory import estimate_memory
+from tools.memory_settings import MemoryInput
 from tools.models import catalog
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 
 from runners.errors import InvalidInput
-from tools.memory import MemoryInput, estimate_memory
+from tools.memory import estimate_memory
+from tools.memory_settings import MemoryInput
 
 M = "meta-llama/Llama-3.2-3B"
 
@@ -58,7 +59,8 @@ def test_offload_refusals(kw: dict, match: str):
 def test_zero_step_fp32_gradient_copy_sets_the_peak_only_when_activations_are_smaller():
     """DeepSpeed ZeRO-2/3 cast the gradient partition to fp32 in the optimizer step (+4 B/param/N),
     measured on 2 CPU ranks (bench/data/fsdp_shards_cpu.jsonl): with tiny activations it shows."""
-    from tools.memory import MemoryInput, estimate_memory
+    from tools.memory import estimate_memory
+    from tools.memory_settings import MemoryInput
 
     def grads(seq: int, zero: int, offload: bool = False) -> float:
         r = estimate_memory(

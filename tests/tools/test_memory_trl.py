@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.memory import MemoryInput, estimate_memory
+from tools.memory import estimate_memory
+from tools.memory_settings import MemoryInput
 
 ROWS = [
     json.loads(x)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from runners.accelerators import TIERS
-from tools.memory import MemoryInput, resolve_settings, tp_is_valid
+from tools.memory_settings import MemoryInput, resolve_settings, tp_is_valid
 from tools.models import catalog_lookup
 from tools.plan import plan_inference, plan_training
 

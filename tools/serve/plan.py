@@ -130,7 +130,7 @@ def plan_server(
     holds is a stage's share of a TP group. One host only here: vLLM 0.26 can also span
     nodes (``--nnodes/--node-rank/--headless``), which start_vllm_server does not launch yet.
     """
-    from tools.memory import MemoryInput, resolve_settings
+    from tools.memory_settings import MemoryInput, resolve_settings
     from tools.plan import plan_inference
 
     if p.pipeline_parallel_size > 1:
@@ -390,14 +390,14 @@ def _context(
 
 
 def _valid_tps(arch: ModelArch, limit: int) -> list[int]:
-    from tools.memory import tp_is_valid
+    from tools.memory_settings import tp_is_valid
 
     return [t for t in range(1, limit + 1) if tp_is_valid(arch, t)]
 
 
 def _would_fit(arch: ModelArch, settings: Any) -> str:
     """'2x H100, 1x H200 ...': what the same workload fits on (for DoesNotFit)."""
-    from tools.memory import _min_gpus
+    from tools.memory_core import min_gpus as _min_gpus
 
     out = []
     for tid, tier in TIERS.items():

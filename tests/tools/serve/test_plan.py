@@ -15,7 +15,8 @@ import pytest
 
 from runners.accelerators import TIERS
 from runners.errors import DoesNotFit, InvalidInput
-from tools.memory import MemoryInput, resolve_settings, vllm_server_budget
+from tools.memory_serving import vllm_server_budget
+from tools.memory_settings import MemoryInput, resolve_settings
 from tools.models import resolve_model
 from tools.serve.plan import plan_server
 from tools.serve.schema import StartServerInput

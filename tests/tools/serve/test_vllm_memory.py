@@ -7,7 +7,9 @@ import math
 import pytest
 
 from runners.accelerators import TIERS
-from tools.memory import GIB, MemoryInput, estimate_memory, resolve_settings, vllm_server_budget
+from tools.memory import estimate_memory
+from tools.memory_serving import vllm_server_budget
+from tools.memory_settings import GIB, MemoryInput, resolve_settings
 from tools.models import catalog_lookup
 from tools.serve.vllm_memory import BLOCK_SIZE, VllmBudget, batch_defaults, cuda_total_gib, cudagraph_capture_sizes
 
