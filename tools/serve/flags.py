@@ -38,6 +38,7 @@ from runners.errors import InvalidInput
 __all__ = [
     "MANAGED_FLAGS",
     "MULTINODE_TASK_FLAGS",
+    "SERVED_NAME_RE",
     "FlagCache",
     "FlagInfo",
     "KnownFlags",
@@ -54,7 +55,7 @@ __all__ = [
 
 MaxLoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
 MAX_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,199}$")
+SERVED_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,199}$")  # a name clients pass as `model`
 _FLAG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*(?:\.[a-z0-9_-]+)*$")
 _CTRL_RE = re.compile(r"[\x00-\x1f\x7f]")
 # Flags that are ours to set (typed parameters) or must never appear on a command line.
@@ -78,7 +79,7 @@ class LoraModule(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
+        if not SERVED_NAME_RE.match(v):
             raise ValueError(f"{v!r} is not a valid served name (letters, digits, _.:/@+-, not starting with '-')")
         return v
 
@@ -143,7 +144,7 @@ class VllmServeArgs(BaseModel):
             if not v:
                 raise ValueError("served_model_name needs at least one name")
             for n in v:
-                if not _NAME_RE.match(n):
+                if not SERVED_NAME_RE.match(n):
                     raise ValueError(f"{n!r} is not a valid served name")
         return v
 

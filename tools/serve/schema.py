@@ -12,12 +12,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runners.states import JobState
-from tools.serve.flags import ExtraValue
+from tools.serve.flags import SERVED_NAME_RE, ExtraValue
 from tools.submit import TimedSubmitOptions
 
 __all__ = ["LoraAdapterRef", "ServePlan", "StartServerInput", "StartServerOutput"]
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,199}$")
 
 
 class LoraAdapterRef(BaseModel):
@@ -32,7 +30,7 @@ class LoraAdapterRef(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
+        if not SERVED_NAME_RE.match(v):
             raise ValueError(f"{v!r} is not a valid served name (letters, digits, _.:/@+-)")
         return v
 
@@ -108,7 +106,7 @@ class StartServerInput(TimedSubmitOptions):
     @field_validator("served_model_name")
     @classmethod
     def _served(cls, v: str | None) -> str | None:
-        if v is not None and not _NAME_RE.match(v):
+        if v is not None and not SERVED_NAME_RE.match(v):
             raise ValueError(f"{v!r} is not a valid served name")
         return v
 
