@@ -815,7 +815,8 @@ async def part_ready_time(ctx: Ctx) -> None:
 def table(rows: list[dict[str, Any]]) -> str:
     """A compact markdown table of the rows: one line per step, the figures that matter for it."""
     keys = ("to_ready_s", "overhead_s", "tool_to_ready_s", "bare_to_ready_s", "output_tokens_per_s",
-            "ours_over_vllm_output_tok_s", "requests_per_s", "train_s", "final_loss", "backend", "quantization",
+            "ours_over_vllm_output_tok_s", "server_gen_tokens_per_s", "server_mean_running", "tokens_per_chunk",
+            "requests_per_s", "train_s", "final_loss", "backend", "quantization",
             "memory_back", "smi_used_after_mib", "perplexity_before", "perplexity_after", "size_after_bytes",
             "adapter_differs", "skipped", "error")  # fmt: skip
     lines = ["| part | step | ok | figures |", "|---|---|---|---|"]
