@@ -37,13 +37,7 @@ HEAVY = frozenset({"torch", "transformers", "vllm", "unsloth", "trl", "peft", "b
 
 # Known edges that other, open work still holds; each is removed here when its file is fixed.
 # Every entry must exist (test_allow_list_is_not_stale), so the list can only shrink.
-ALLOWED_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset(
-    {
-        # issue 19 ("The house"): tools/memory.py imports tools/plan.py inside a function while
-        # plan.py imports memory.py at the top; the estimator/planner split is the next step.
-        ("tools.memory", "tools.plan"),
-    }
-)
+ALLOWED_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset()  # none left (issue 19)
 
 
 @dataclass(frozen=True)
