@@ -3,7 +3,7 @@
 It starts ``llm-ops-mcp serve`` on the embedded default (one ``local`` host, no
 config, no GPU needed) with a private state dir and workdir, and walks the real
 workflow an agent would: look at hosts and GPU tiers, estimate memory, run and
-follow a job, fine-tune a tiny model on the CPU, serve it, quantize it. Every
+follow a job, fine-tune a tiny model on the CPU, serve it, evaluate base vs adapter, quantize it. Every
 step prints what it called and what came back. Usage: ``make demo``.
 """
 
@@ -138,6 +138,28 @@ async def step_quantize(c: Client, finetune_job: str) -> None:
     await call(c, "list_cached_models", {})
 
 
+async def step_evaluate(c: Client, work: Path, finetune_job: str) -> None:
+    banner("evaluate_model: base vs adapter (loss on the fine-tune's rows, a local lm-eval task), compare_runs")
+    from tests.helpers.tiny_eval import TASK_NAME, write_colour_task
+
+    files = [str(p) for p in write_colour_task(work / "eval-task")]
+    print(f"  local lm-eval task {TASK_NAME}: " + ", ".join(Path(f).name for f in files))
+    common = {"finetune_job_id": finetune_job, "tasks": [TASK_NAME], "task_files": files, "apply_chat_template": True}
+    jobs = [
+        (await call(c, "evaluate_model", {**common, "use_adapter": False, "output_name": "eval-base"}))["job_id"],
+        (await call(c, "evaluate_model", {**common, "output_name": "eval-adapter"}))["job_id"],
+    ]  # both run at once, like any two jobs
+    for job in jobs:
+        st = await call(c, "wait_for_job", {"job_id": job, "timeout_s": 30}, show=False)
+        while not st["job"]["terminal"]:
+            st = await call(c, "wait_for_job", {"job_id": job, "timeout_s": 30}, show=False)
+        if st["job"]["state"] != "succeeded":
+            raise SystemExit(f"demo: evaluation {job} ended {st['job']['state']}: {st['job']['summary']}")
+        print(f"  {job}: {st['job']['metrics'].get('summary')}")
+    out = await call(c, "compare_runs", {"job_ids": [finetune_job, *jobs]})
+    print("\n".join("  " + line for line in out["table"].splitlines()))
+
+
 def standin_env(work: Path) -> dict[str, str]:
     """Without vLLM on this machine, serve through the test stand-in, and say so plainly."""
     if shutil.which("vllm") or importlib.util.find_spec("vllm") is not None:
@@ -202,6 +224,7 @@ async def main() -> None:
             await step_estimate(c)
             ft = await step_finetune(c, Path(td))
             await step_serve(c, str(Path(td) / "tiny-llama"), ft)
+            await step_evaluate(c, Path(td), ft)
             await step_quantize(c, ft)
         banner(f"demo finished in {time.monotonic() - t0:.1f} s")
 
