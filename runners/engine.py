@@ -59,6 +59,7 @@ from runners.jobdir import (
 )
 from runners.launchers.base import JobRef, Launcher, Observation
 from runners.logs import LogChunk, progress_from, read_last_metrics, read_log
+from runners.payloads import shipped_files
 from runners.reconcile import START_GRACE_S, reconcile
 from runners.redaction import JobSecrets
 from runners.spec import JOB_ID_RE, JobSpec
@@ -97,8 +98,6 @@ def _spec_hash(host: str, spec: JobSpec, uploads: Mapping[str, bytes] | None = N
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
-# Payload modules a payload imports from its own directory (they are copied beside it).
-PAYLOAD_SIBLINGS: dict[str, tuple[str, ...]] = {"finetune": ("dataset_formats",)}
 def new_job_id(kind: str, now: float) -> str:
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d-%H%M%S")
     return f"{kind}-{stamp}-{uuid.uuid4().hex[:6]}"
@@ -299,7 +298,7 @@ class JobEngine:
             await t.write_file(job.path(ENV_FILE), render_env({**job.env, **secrets}).encode(), 0o600)
             await t.write_file(job.path(JOB_JSON), render_job_json(job).encode(), 0o644)
             if job.spec.payload:
-                for mod in (job.spec.payload, *PAYLOAD_SIBLINGS.get(job.spec.payload, ())):
+                for mod in shipped_files(job.spec.payload):  # the payload and what it imports beside it
                     await t.write_file(job.path(f"{mod}.py"), self._payload_source(mod), 0o644)
             for name, data in (uploads or {}).items():
                 await t.write_file(job.path(name), data, 0o644)

@@ -19,6 +19,7 @@ import pytest
 
 from runners.distributed import torchrun_argv
 from runners.payloads import finetune as payload_mod
+from runners.payloads import shipped_files
 from tests.helpers.tiny_model import build_tiny_model, make_dataset
 
 
@@ -31,8 +32,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _run(tiny: dict[str, Path], job: Path, strategy: str, **extra: object) -> list[dict]:
     job.mkdir()
     src = Path(payload_mod.__file__).parent
-    for name in ("finetune.py", "dataset_formats.py"):
-        (job / name).write_bytes((src / name).read_bytes())
+    for name in shipped_files("finetune"):
+        (job / f"{name}.py").write_bytes((src / f"{name}.py").read_bytes())
     cfg = {
         "model": str(tiny["model"]),
         "dataset": str(tiny["alpaca"]),

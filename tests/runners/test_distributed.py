@@ -31,6 +31,7 @@ from runners.distributed import (
     torchrun_argv,
 )
 from runners.payloads import finetune as payload_mod
+from runners.payloads import shipped_files
 from runners.spec import JobSpec
 from tests.helpers.tiny_model import build_tiny_model, finetune_args, make_dataset
 
@@ -146,8 +147,8 @@ def test_two_node_rendezvous_on_localhost(tiny, tmp_path: Path):
     job = tmp_path / "job"
     job.mkdir()
     src = Path(payload_mod.__file__).parent
-    for name in ("finetune.py", "dataset_formats.py"):
-        (job / name).write_bytes((src / name).read_bytes())
+    for name in shipped_files("finetune"):
+        (job / f"{name}.py").write_bytes((src / f"{name}.py").read_bytes())
     cfg = finetune_args(tiny["model"], tiny["alpaca"], max_steps=6, save_steps=0, per_device_batch_size=2,
                         gradient_accumulation_steps=1, strategy="ddp")  # fmt: skip
     (job / "job.json").write_text(json.dumps({"payload_config": cfg}))
