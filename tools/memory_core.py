@@ -26,15 +26,15 @@ __all__ = [
 ]
 
 SERVING_CONTEXT_GIB = 0.55  # vLLM's start-up log: torch + CUDA context beside its budget (tools/serve/vllm_memory.py)
-# torch + CUDA 13 kernels loaded lazily (CUDA_MODULE_LOADING=LAZY) + cuBLAS handles, read after a
-# training step (device used - allocator reserved): 0.75 GiB for transformers + PEFT on an H200
-# (bench/data/memory_gpu.jsonl, rows of 7ed3cb3's script; the older rows read it before any kernel ran: 0.60).
-# Most rows (and every TRL row) read it before the first kernel: 0.60; that reading is used until they
-# are re-measured the new way (the difference, 0.15 GiB, is inside the band's width on every new row).
+# torch + CUDA kernels (loaded lazily) + cuBLAS handles: device used - allocator reserved. Read before
+# the first kernel, as every transformers and TRL row in bench/data was: 0.60 GiB on an H200; read after
+# a training step (the rows of 7ed3cb3's script): 0.75. The first reading is used, so that the estimate
+# and those rows mean the same thing; the 0.15 GiB lies inside the band of every transformers row read
+# the new way (their reserved - allocated gaps are 1-8 GiB).
 CUDA_CONTEXT_GIB = 0.60
-# Unsloth's Triton kernels add to it: 0.82 GiB measured the same way. (The 1.31 GiB of the older rows
-# counted the measuring script's own parent process, which had opened a context by importing unsloth.)
-UNSLOTH_EXTRA_CONTEXT_GIB = 0.22  # 0.82 in all, as read after the step (every Unsloth row now)
+# Unsloth's Triton kernels: 0.82 GiB in all, read after the step. (The 1.31 GiB of the older rows counted
+# the measuring script's own parent process, which had opened a CUDA context by importing unsloth.)
+UNSLOTH_EXTRA_CONTEXT_GIB = 0.22
 
 
 def context_bytes(s: Settings) -> float:

@@ -123,21 +123,25 @@ def _hf_saved_per_layer(arch: ModelArch, s: Settings) -> float:
     return saved + eager_attention_bytes(arch, s)
 
 
-def _hf_activations(arch: ModelArch, s: Settings, tokens: int, rb: int) -> float:
-    """Saved activations + one layer's backward transient (the eager probabilities' gradients too)."""
+def _hf_activations(arch: ModelArch, s: Settings, tokens: int, rb: int) -> tuple[float, float]:
+    """(kept through the backward, one layer's backward peak) for transformers + PEFT.
+
+    Kept: the checkpoints (one hidden state per layer, torch.utils.checkpoint without reentrancy)
+    or, without checkpointing, every layer's saved tensors. A layer's backward peak: its
+    recomputed tensors (checkpointing only: without it nothing is recomputed) and its gradient
+    transients. Counted on top of the loss head's logits, as measured (bench/data/memory_*.jsonl).
+    """
     h, inter = arch.hidden_size, mlp_act_width(arch)
     scale = (4 if (s.dtype == "float32" and s.mixed_precision == "none") else 2) / 2
     saved = _hf_saved_per_layer(arch, s)
-    transient = (8 * h + 4 * inter) * scale + (
-        arch.num_heads * s.seq_len * 6.0 if s.attn_implementation == "eager" else 0
-    )
-    keep = arch.num_layers * rb * h if s.gradient_checkpointing else arch.num_layers * saved
-    return tokens * (keep + saved + transient)
+    transient = (8 * h + 4 * inter) * scale
+    if s.gradient_checkpointing:
+        return tokens * arch.num_layers * rb * h, tokens * (saved + transient)
+    return tokens * arch.num_layers * saved, tokens * transient
 
 
-def _hf_logits(arch: ModelArch, s: Settings, tokens: int, rb: int, n: int, zero: int) -> float:
-    if s.backend == "trl":
-        return _trl_fused_head_bytes(arch, s, tokens, rb, n, zero)
+def _hf_logits(arch: ModelArch, s: Settings, tokens: int) -> float:
+    """transformers' loss (ForCausalLMLoss): the upcast logits, log-softmax and their gradients."""
     # fp32 log-softmax kept for backward + its input and output gradients (12 B per logit); QLoRA's
     # k-bit preparation leaves lm_head and the residual stream in fp32, so the logits themselves are
     # fp32 too (+2 B, measured: Llama-3.2-3B and 3.1-8B QLoRA on an H200, bench/data/memory_gpu.jsonl).
@@ -149,9 +153,15 @@ def _hf_logits(arch: ModelArch, s: Settings, tokens: int, rb: int, n: int, zero:
     return tokens * arch.vocab_size * per_logit
 
 
-def unsloth_ce_chunks(tokens: int, vocab: int) -> int:
-    """Unsloth's get_chunk_size (unsloth_zoo/fused_losses/cross_entropy_loss.py) on a large GPU."""
-    exact = tokens * vocab * UNSLOTH_CE_BYTES_PER_LOGIT / GIB / UNSLOTH_CE_TARGET_GIB
+def unsloth_ce_chunks(tokens: int, vocab: int, fixed: float = 0.0) -> int:
+    """Unsloth's get_chunk_size on a large GPU (unsloth_zoo/fused_losses/cross_entropy_loss.py).
+
+    ``fixed``: bytes no chunk count shrinks (the hidden-state gradient), taken off the target first.
+    """
+    target = UNSLOTH_CE_TARGET_GIB
+    if 0.0 < fixed / GIB < target:
+        target -= fixed / GIB
+    exact = tokens * vocab * UNSLOTH_CE_BYTES_PER_LOGIT / GIB / target
     if exact <= 1.0:
         return 1
     return min(tokens, math.ceil(exact / 4 - 1e-9) * 4)
@@ -164,7 +174,9 @@ def _unsloth(arch: ModelArch, s: Settings, tokens: int) -> tuple[float, float]:
     UnslothCheckpointFunction): every layer input goes to pinned CPU RAM; the GPU keeps two
     staging buffers of one hidden state (double buffering after the first pass) and one
     layer's recompute + backward (fast_lora.py's fused LoRA MLP/QKV keep their inputs and the
-    SwiGLU gate/up). The loss is unsloth_fused_ce_loss: one chunk of bf16 logits at a time.
+    SwiGLU gate/up), and the final RMSNorm keeps its input. The loss is unsloth_fused_ce_loss
+    (cross_entropy_loss.py): the hidden-state gradient for every token (``empty_like(hidden_states)``,
+    written during the forward, saved for backward) and one chunk of bf16 logits at a time.
     """
     h, q, kvd, inter, L = arch.hidden_size, arch.q_dim, arch.kv_dim, mlp_act_width(arch), arch.num_layers
     scale = (4 if (s.dtype == "float32" and s.mixed_precision == "none") else 2) / 2
@@ -173,8 +185,10 @@ def _unsloth(arch: ModelArch, s: Settings, tokens: int) -> tuple[float, float]:
     keep = 4 * h if s.gradient_checkpointing else L * saved  # offloaded checkpoints: staging only
     if s.task == "full":
         layer += 4 * h + 2 * inter
-    chunk = math.ceil(tokens / unsloth_ce_chunks(tokens, arch.vocab_size))
-    return tokens * (keep + layer), chunk * arch.vocab_size * UNSLOTH_CE_LIVE_BYTES * scale
+    grad_in = tokens * h * 2.0 * scale
+    chunk = math.ceil(tokens / unsloth_ce_chunks(tokens, arch.vocab_size, grad_in))
+    act = tokens * (keep + layer + 2 * h * scale)  # + the final norm's input
+    return act, grad_in + chunk * arch.vocab_size * UNSLOTH_CE_LIVE_BYTES * scale
 
 
 def _optimizer_step(arch: ModelArch, s: Settings, trainable: int, n: int, zero: int, act: float) -> float:
@@ -219,7 +233,12 @@ def training_parts(arch: ModelArch, s: Settings, weights: float, n: int, zero: i
     if s.backend == "unsloth":
         act, logit = _unsloth(arch, s, tokens)
     else:
-        act, logit = _hf_activations(arch, s, tokens, rb), _hf_logits(arch, s, tokens, rb, n, zero)
+        keep, layer = _hf_activations(arch, s, tokens, rb)
+        if s.backend == "trl":
+            logit = sum(_trl_fused_head_bytes(arch, s, tokens, rb, n, zero))
+        else:
+            logit = _hf_logits(arch, s, tokens)
+        act = keep + layer  # added up as measured, though the loss head's backward runs before the layers'
     if arch.is_moe:
         act += tokens * arch.num_layers * arch.num_experts * 4 * 2  # router logits (fp32) and their softmax
     grads += _optimizer_step(arch, s, trainable, n, zero, act + logit)
@@ -235,7 +254,7 @@ def training_parts(arch: ModelArch, s: Settings, weights: float, n: int, zero: i
     out.allocator_overhead = 0.06 * dynamic + 0.02 * (w + adapter) + 0.1 * GIB
 
 
-def _trl_fused_head_bytes(arch: ModelArch, s: Settings, tokens: int, rb: int, n: int, zero: int) -> float:
+def _trl_fused_head_bytes(arch: ModelArch, s: Settings, tokens: int, rb: int, n: int, zero: int) -> tuple[float, float]:
     """What TRL's fused LM head holds instead of the logits (TRL 1.15-1.16, read from its code).
 
     ``add_fused_lm_head`` + ``trl/kernels/chunked_logprob.py``: the projection runs in one
@@ -244,14 +263,18 @@ def _trl_fused_head_bytes(arch: ModelArch, s: Settings, tokens: int, rb: int, n:
     fine-tunes) gets an fp32 gradient accumulator plus its cast. Under sharding the head is
     gathered whole (``full_tensor`` of fp32 shards after accelerate's upcast). Measured against
     TRL payload runs on H100/H200 (bench/data/memory_trl.jsonl).
+
+    Returns (transient, kept): the tile, the weight chunk and the fp32 accumulator are freed when
+    the chunked log-prob backward returns; the hidden states and the head's gradients stay.
     """
     h, V = arch.hidden_size, arch.vocab_size
     vchunk = min(V, 32768)
-    out = min(tokens, 4096) * vchunk * 2.0  # the tile (bf16/fp16 compute)
-    out += vchunk * h * 2.0  # the weight chunk cast to the compute dtype
-    out += tokens * h * (rb + 4.0 + 2.0)  # saved hidden states, their fp32 gradient and its cast
+    transient = min(tokens, 4096) * vchunk * 2.0  # the tile (bf16/fp16 compute)
+    transient += vchunk * h * 2.0  # the weight chunk cast to the compute dtype
+    transient += tokens * h * 4.0  # the hidden states' fp32 gradient accumulator
+    kept = tokens * h * (rb + 2.0)  # saved hidden states, and their gradient cast back
     if s.task == "full":
-        out += V * h * (4.0 + dtype_bytes(s.dtype))
+        kept += V * h * (4.0 + dtype_bytes(s.dtype))
         if n > 1 and zero >= 3:
-            out += V * h * 4.0
-    return out
+            kept += V * h * 4.0
+    return transient, kept
