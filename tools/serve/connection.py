@@ -14,12 +14,13 @@ import json
 
 from runners.engine import JobEngine
 from runners.errors import Conflict, HostError, InvalidInput
+from runners.spec import JOB_ID_RE
 from runners.states import JobState
 from tools.serve.runtime import ServeRuntime
 
 __all__ = ["JOB_ID_PATTERN", "served_model", "server_connection"]
 
-JOB_ID_PATTERN = r"^[a-z][a-z0-9-]{2,79}$"
+JOB_ID_PATTERN = JOB_ID_RE.pattern  # the engine's own job-id rule, as a field pattern
 
 
 async def server_connection(engine: JobEngine, runtime: ServeRuntime, job_id: str) -> tuple[str, str | None, list[str]]:
