@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, field_validator
 from runners.config import HostConfig
 from runners.engine import SubmitResult
 from runners.errors import CommandFailed
+from runners.payloads.job_io import EXIT_MISSING_DEPENDENCY
 from runners.probes import probe_argv
 from runners.spec import JobSpec, Resources
 from runners.transports.base import Transport
@@ -47,7 +48,7 @@ _PATTERN = re.compile(r"^[^\x00-\x1f]{1,200}$")
 # What decides where the cache is and how the Hub is reached; passed to the cache scan.
 HF_ENV_VARS = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME", "HF_ENDPOINT")
 SCAN_TIMEOUT_S = 60.0
-NO_HUB_EXIT = 3  # the hf_cache.py probe: huggingface_hub is not installed
+NO_HUB_EXIT = EXIT_MISSING_DEPENDENCY  # the hf_cache.py probe: huggingface_hub is not installed
 
 
 class DownloadInput(BaseModel):

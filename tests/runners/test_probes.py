@@ -18,6 +18,7 @@ import pytest
 
 from runners.config import HostConfig
 from runners.errors import InvalidInput, NotFound
+from runners.payloads.job_io import EXIT_MISSING_DEPENDENCY
 from runners.probes import PROBES_PACKAGE, probe_argv, probe_source
 from runners.transports.local import LocalTransport
 
@@ -72,3 +73,14 @@ async def test_probes_answer_through_the_transport(tmp_path: Path) -> None:
     assert '"python": ' in res.out and res.rc == 0
     res = await t.run(probe_argv("gpu_release.sh", "no-such-job"), timeout=60)
     assert res.rc == 0 and "JOB " not in res.out
+
+
+@pytest.mark.anyio
+async def test_a_missing_host_library_is_the_missing_dependency_exit(tmp_path: Path) -> None:
+    """hf_cache.py in an interpreter without huggingface_hub: job_io's EXIT_MISSING_DEPENDENCY and a JSON error,
+    which tools/download.py turns into "install huggingface_hub there"."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True, timeout=120)
+    t = LocalTransport(HostConfig(name="here", workdir=str(tmp_path)))
+    res = await t.run(probe_argv("hf_cache.py", python=str(tmp_path / "bare" / "bin" / "python")), timeout=60)
+    assert res.rc == EXIT_MISSING_DEPENDENCY, (res.rc, res.out, res.err)
+    assert "huggingface_hub is not installed" in res.out

@@ -1,8 +1,8 @@
 """Host probe: the Hugging Face hub cache as huggingface_hub's ``scan_cache_dir`` sees it.
 
 Runs with the host's HF variables (its caller passes them through ``env``). Prints one JSON
-object: cache_dir, repos (each with its revisions), warnings; exits 3 when huggingface_hub is
-not installed. Read by tools/download.py ``list_cached_models``.
+object: cache_dir, repos (each with its revisions), warnings; exits 4 (runners/payloads/job_io.py
+EXIT_MISSING_DEPENDENCY) when huggingface_hub is not installed. Read by tools/download.py ``list_cached_models``.
 """
 
 import json
@@ -12,7 +12,7 @@ try:
     from huggingface_hub import constants, scan_cache_dir
 except ImportError as exc:
     print(json.dumps({"error": f"huggingface_hub is not installed: {exc}"}))
-    sys.exit(3)
+    sys.exit(4)  # job_io.EXIT_MISSING_DEPENDENCY (a probe runs as python -c: it cannot import it)
 try:
     info = scan_cache_dir()
 except Exception as exc:
