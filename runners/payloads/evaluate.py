@@ -444,6 +444,9 @@ def evaluate(cfg: dict[str, Any], job_dir: Path, metrics: jio.Metrics, state: di
         "adapter": cfg["adapter"],
     }
     tokenizer = None
+    spec = str(cfg["dataset"] or "")
+    if spec.startswith(("/", "~", "./", "../")) and not Path(spec).expanduser().exists():  # before any loading
+        raise jio.BadInput(f"dataset {spec} does not exist on this host")
     if cfg["dataset"]:
         state["phase"] = "loss"
         model, tokenizer = load_weights(cfg)

@@ -27,7 +27,8 @@ ENV = {"CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE":
 FINETUNE = {"max_steps": 40, "learning_rate": 5e-3, "lora_r": 8, "max_seq_length": 64, "per_device_batch_size": 8,
             "gradient_accumulation_steps": 1, "save_steps": 0, "eval_fraction": 0.125, "eval_steps": 20}  # fmt: skip
 
-pytestmark = pytest.mark.slow
+# Real training and lm-eval in fresh processes: minutes on a shared 2-core box, past the suite's 300 s default.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def run(payload: str, job_dir: Path, **config: Any) -> subprocess.CompletedProcess[str]:
@@ -62,37 +63,40 @@ def evaluate(world: dict[str, Path], name: str, **config: Any) -> tuple[subproce
     return run("evaluate", job, **config), job
 
 
-def test_loss_is_the_finetunes_own_and_lower_after_training(world: dict[str, Path]) -> None:
-    common = {"dataset": str(world["data"]), "eval_fraction": 0.125, "max_seq_length": 64}
-    tuned, tuned_dir = evaluate(world, "loss-tuned", model=str(world["model"]), adapter=str(world["adapter"]), **common)
-    base, base_dir = evaluate(world, "loss-base", model=str(world["model"]), **common)
+@pytest.fixture(scope="module")
+def evaluated(world: dict[str, Path]) -> dict[str, Path]:
+    """The base and the adapter, each evaluated once on both: the held-out loss and the local task."""
+    both = {"dataset": str(world["data"]), "eval_fraction": 0.125, "max_seq_length": 64, "tasks": [TASK_NAME],
+            "apply_chat_template": True}  # fmt: skip
+    tuned, tuned_dir = evaluate(world, "tuned", model=str(world["model"]), adapter=str(world["adapter"]), **both)
+    base, base_dir = evaluate(world, "base", model=str(world["model"]), **both)
     ok(tuned)
     ok(base)
-    t, b = json.loads((tuned_dir / "outputs" / "manifest.json").read_text()), rows(base_dir)[-1]
-    # The fine-tune's final eval loss on its held-out split is this job's loss of its output: one number.
+    return {"tuned": tuned_dir, "base": base_dir}
+
+
+def test_loss_is_the_finetunes_own_and_lower_after_training(world: dict[str, Path], evaluated: dict[str, Path]) -> None:
+    t = json.loads((evaluated["tuned"] / "outputs" / "manifest.json").read_text())
+    b = rows(evaluated["base"])[-1]
+    # The fine-tune's final eval loss on its held-out split is this job's loss of its adapter: one number.
     ft_end = rows(world["ft"])[-1]
     assert t["loss"]["eval_loss"] == pytest.approx(ft_end["final_eval_loss"], rel=1e-5)
     assert t["loss"]["rows"] == 8 and "held-out" in t["loss"]["rows_used"]
     assert t["loss"]["perplexity"] < b["perplexity"] / 2, (t["loss"], b)
-    progress = [r for r in rows(tuned_dir) if r["event"] == "progress"]
+    progress = [r for r in rows(evaluated["tuned"]) if r["event"] == "progress" and r["phase"] == "loss"]
     assert progress and progress[-1]["done"] == progress[-1]["total"] == progress[-1]["total_steps"]
     assert b["event"] == "end" and "perplexity" in b["summary"]
 
 
-def test_lm_eval_local_task_scores_higher_after_finetuning(world: dict[str, Path]) -> None:
-    task = {"tasks": [TASK_NAME], "apply_chat_template": True, "max_seq_length": 64}
-    tuned, tuned_dir = evaluate(world, "task-tuned", model=str(world["model"]), adapter=str(world["adapter"]), **task)
-    base, base_dir = evaluate(world, "task-base", model=str(world["model"]), **task)
-    ok(tuned)
-    ok(base)
-    after = rows(tuned_dir)[-1]["scores"][TASK_NAME]["acc,none"]
-    before = rows(base_dir)[-1]["scores"][TASK_NAME]["acc,none"]
+def test_lm_eval_local_task_scores_higher_after_finetuning(evaluated: dict[str, Path]) -> None:
+    after = rows(evaluated["tuned"])[-1]["scores"][TASK_NAME]["acc,none"]
+    before = rows(evaluated["base"])[-1]["scores"][TASK_NAME]["acc,none"]
     assert after >= 0.9 and after >= before + 0.3, (before, after)
-    results = json.loads((tuned_dir / "outputs" / "results.json").read_text())
+    results = json.loads((evaluated["tuned"] / "outputs" / "results.json").read_text())
     assert results["n-samples"][TASK_NAME]["effective"] == 12
-    progress = [r for r in rows(tuned_dir) if r["event"] == "progress" and r["phase"] == "tasks"]
+    progress = [r for r in rows(evaluated["tuned"]) if r["event"] == "progress" and r["phase"] == "tasks"]
     assert progress[-1]["done"] == progress[-1]["total"] == 12 * 4  # 12 questions x 4 choices
-    assert f"{TASK_NAME} acc" in rows(tuned_dir)[-1]["summary"]
+    assert f"{TASK_NAME} acc" in rows(evaluated["tuned"])[-1]["summary"]
 
 
 @pytest.mark.parametrize(

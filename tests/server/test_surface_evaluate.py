@@ -22,7 +22,8 @@ from tests.helpers.tiny_eval import TASK_NAME, write_colour_task
 from tests.helpers.tiny_model import build_tiny_model, finetune_args, make_dataset
 from tools.context import ToolContext
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+# Real training and two lm-eval jobs: minutes on a shared 2-core box, past the suite's 300 s default.
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
