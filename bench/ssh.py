@@ -29,8 +29,8 @@ from runners.spec import JobSpec
 from runners.transports.ssh import SSHTransport
 from runners.transports.ssh_pool import close_all, connection_count
 from server.app import build_server
-from server.state import AppState
 from tests.fixtures.sshd import running_sshd
+from tools.context import ToolContext
 
 STATUS_TARGET_MS = 150.0
 
@@ -110,7 +110,7 @@ async def bench(host: HostConfig, state: Path, submits: int, jobs: int, calls: i
         await close_all()
 
     # Connection reuse through the real MCP server: N tool calls, one SSH connection.
-    app = build_server(state=AppState(config=cfg, state_dir=state / "server"))
+    app = build_server(state=ToolContext(config=cfg, state_dir=state / "server"))
     async with Client(app) as c:
         r = await c.call_tool("submit_command", {"argv": ["sleep", "1"], "host": host.name})
         job_id = r.structured_content["job_id"]  # type: ignore[index]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mcp.server.mcpserver import MCPServer
 
-from server.state import AppState
+from tools.context import ToolContext
 
 __all__ = ["register"]
 
@@ -27,13 +27,20 @@ def finetune_serve_evaluate(model: str, dataset: str, host: str = "", method: st
    curve; get_job_logs(job_id, offset=...) to read new log lines. Stop if the loss diverges (cancel_job).
 4. When it succeeded: start_vllm_server(model={model!r}, lora_adapters=[{{"name": "ft", "job_id": <job_id>}}])
    and wait_for_job(server_job_id, until="ready").
-5. Evaluate: query_model(server_job_id, model="ft", messages=[...]) on held-out examples of {dataset!r},
-   compare with the base model (model={model!r}) on the same prompts; benchmark_server for throughput.
+5. Try it: query_model(server_job_id, model="ft", messages=[...]) on held-out examples of {dataset!r},
+   beside the base model (model={model!r}) on the same prompts; benchmark_server for throughput.
 6. stop_vllm_server(server_job_id) when done, so the GPU is free again.
+7. Evaluate: evaluate_model(finetune_job_id=<job_id>, tasks=[...]) and the same call with use_adapter=false
+   (the base on the same rows): the loss / perplexity on the fine-tune's held-out split, scored as the
+   fine-tune scored it, plus lm-eval tasks (a benchmark such as "hellaswag", or your own: task_files=[a task
+   YAML and its jsonl], apply_chat_template=true for a chat-tuned model); wait_for_job on both.
+8. compare_runs(job_ids=[<job_id>, <base eval>, <adapter eval>]): the table (losses, perplexity, task scores,
+   tokens/s, memory, time) and a PNG of the loss curves. The adapter is better when its perplexity is lower
+   and its task scores higher than the base's.
 """
 
 
-def register(app: MCPServer, state: AppState) -> None:
+def register(app: MCPServer, ctx: ToolContext) -> None:
     app.prompt(
         name="finetune_serve_evaluate",
         description="Fine-tune a model, serve the adapter with vLLM, and evaluate it against the base.",

@@ -18,16 +18,21 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, field_validator
 
 from runners.config import HostConfig
-from runners.engine import SubmitResult
 from runners.errors import CommandFailed
 from runners.payloads.job_io import EXIT_MISSING_DEPENDENCY
 from runners.probes import probe_argv
 from runners.spec import JobSpec, Resources
 from runners.transports.base import Transport
+from tools.model_ref import check_ref
+from tools.submit import SubmitOptions, SubmitOutput, next_action, submit
+
+if TYPE_CHECKING:
+    from tools.context import ToolContext
 
 __all__ = [
     "HF_ENV_VARS",
@@ -38,11 +43,11 @@ __all__ = [
     "ListCachedInput",
     "ListCachedOutput",
     "build_download_spec",
+    "download_model",
     "list_cached_models",
     "parse_scan",
 ]
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 _PATTERN = re.compile(r"^[^\x00-\x1f]{1,200}$")
 # What decides where the cache is and how the Hub is reached; passed to the cache scan.
@@ -51,26 +56,19 @@ SCAN_TIMEOUT_S = 60.0
 NO_HUB_EXIT = EXIT_MISSING_DEPENDENCY  # the hf_cache.py probe: huggingface_hub is not installed
 
 
-class DownloadInput(BaseModel):
+class DownloadInput(SubmitOptions):
     """Arguments of download_model."""
 
     model: str = Field(description="Hub repository id, e.g. 'meta-llama/Llama-3.1-8B-Instruct'.")
-    host: str | None = Field(None, description="Host from list_hosts; the default host when omitted.")
     revision: str | None = Field(None, description="Branch, tag or commit; default main.")
     allow_patterns: list[str] | None = Field(
         None, max_length=64, description="Only files matching these globs, e.g. ['*.safetensors', '*.json']."
     )
-    idempotency_key: str | None = Field(
-        None, min_length=1, max_length=200, description="Same key returns the same job instead of a second one."
-    )
-    dry_run: bool = Field(False, description="Show the job's run.sh and job.json without starting anything.")
 
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        if not _REPO_ID.match(v) or ".." in v:
-            raise ValueError(f"{v!r} is not a Hub repository id (org/name)")
-        return v
+        return check_ref(v, "model", paths="none")
 
     @field_validator("revision")
     @classmethod
@@ -88,10 +86,9 @@ class DownloadInput(BaseModel):
         return v
 
 
-class DownloadOutput(SubmitResult):
+class DownloadOutput(SubmitOutput):
     model: str = Field(description="The repository being fetched.")
     on_login_node: bool = Field(description="True on SLURM hosts: the download runs on the login node.")
-    next_action: str | None = None
 
 
 class ListCachedInput(BaseModel):
@@ -139,6 +136,18 @@ def build_download_spec(p: DownloadInput, host: HostConfig, environ: Mapping[str
         secrets=secrets,
         resources=Resources(gpus=0),
         launcher="direct" if host.launcher == "slurm" else None,
+    )
+
+
+async def download_model(ctx: ToolContext, p: DownloadInput, environ: Mapping[str, str]) -> DownloadOutput:
+    """The tool: the download job on the host (its login node on SLURM); ``environ`` holds HF_TOKEN if any."""
+    host = ctx.host(p.host)
+    res = await submit(ctx, host, build_download_spec(p, host, environ), p)
+    return DownloadOutput(
+        **res.model_dump(),
+        model=p.model,
+        on_login_node=host.launcher == "slurm",
+        next_action=next_action(res, f"wait_for_job(job_id='{res.job_id}'), then list_cached_models."),
     )
 
 

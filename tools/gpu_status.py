@@ -4,8 +4,10 @@ Why the CSV queries rather than ``nvidia-smi -q -x``: ``--query-gpu`` /
 ``--query-compute-apps`` with ``--format=csv,noheader,nounits`` is the documented
 machine interface, stable across driver versions, and small enough to parse with a
 pure function (tested on captured outputs in ``tests/data/nvidia-smi``). Both
-queries go to the host in ONE command (one SSH round trip), through the host's
-transport, so local and SSH hosts share every line of this file.
+queries go to the host in ONE command (one SSH round trip: the host probe
+``runners/payloads/probes/gpu_status.sh``), through the host's transport, so local
+and SSH hosts share every line of this file; it is the one nvidia-smi path of the
+controller (list_hosts' check, get_gpu_status and the planners' GPU detection).
 
 ``uuid`` is queried next to the fields an agent reads because the compute-apps
 query names GPUs only by uuid: it is what ties a process to its GPU index.
@@ -16,18 +18,26 @@ the answer is an empty list with a note saying why. A host we cannot reach is.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, Field
 
-from runners.config import Config, HostConfig
+from runners.config import HostConfig
 from runners.errors import CommandFailed, HostError, OpsError
-from runners.factories import make_transport
 from runners.launchers.slurm.gpus import SlurmGpuStatus, query_slurm_gpus
+from runners.probes import probe_argv
 from runners.transports.base import Transport
 
+if TYPE_CHECKING:
+    from tools.context import ToolContext
+
 __all__ = [
+    "APPS_MARK",
     "APPS_QUERY",
+    "FORMAT",
     "GPU_QUERY",
-    "GPU_STATUS_SCRIPT",
+    "NO_NVIDIA_SMI",
+    "PROBE",
     "GpuInfo",
     "GpuProcess",
     "GpuStatusInput",
@@ -52,16 +62,12 @@ GPU_FIELDS = (
 GPU_QUERY = "--query-gpu=" + ",".join(GPU_FIELDS)
 APPS_QUERY = "--query-compute-apps=gpu_uuid,pid,process_name,used_memory"
 FORMAT = "--format=csv,noheader,nounits"
-_APPS_MARK = "--- llm-ops compute-apps ---"
+APPS_MARK = "--- llm-ops compute-apps ---"
 NO_NVIDIA_SMI = 127
 
-# A constant script (no value from input reaches it): both queries, one round trip.
-GPU_STATUS_SCRIPT = f"""
-command -v nvidia-smi >/dev/null 2>&1 || {{ echo "nvidia-smi not found on PATH" >&2; exit {NO_NVIDIA_SMI}; }}
-nvidia-smi {GPU_QUERY} {FORMAT} || exit $?
-echo '{_APPS_MARK}'
-nvidia-smi {APPS_QUERY} {FORMAT} || echo "compute-apps query failed" >&2
-"""
+# Both queries run on the host in one round trip: the probe runners/payloads/probes/gpu_status.sh
+# (it spells these three out; tests/tools/test_gpu_status.py holds it to them).
+PROBE = "gpu_status.sh"
 
 
 class GpuStatusInput(BaseModel):
@@ -153,7 +159,7 @@ def parse_apps_csv(text: str) -> list[tuple[str, GpuProcess]]:
 
 def parse_gpu_status(stdout: str) -> list[GpuInfo]:
     """The whole script's output: GPUs, then the processes attached to each by uuid."""
-    gpu_part, _, apps_part = stdout.partition(_APPS_MARK)
+    gpu_part, _, apps_part = stdout.partition(APPS_MARK)
     gpus = parse_gpu_csv(gpu_part)
     by_uuid = {g.uuid: g for g in gpus if g.uuid}
     for uuid, proc in parse_apps_csv(apps_part):
@@ -165,7 +171,7 @@ def parse_gpu_status(stdout: str) -> list[GpuInfo]:
 
 async def query_gpu_status(transport: Transport, timeout_s: float = 20.0) -> tuple[list[GpuInfo], str | None]:
     """(GPUs, note) for the transport's host. Unreachable hosts raise; a GPU-less host is ([], why)."""
-    res = await transport.run(["bash", "-c", GPU_STATUS_SCRIPT, "llm-ops-gpu-status"], timeout=timeout_s)
+    res = await transport.run(probe_argv(PROBE), timeout=timeout_s)
     if res.rc == NO_NVIDIA_SMI:
         return [], "nvidia-smi not found: no NVIDIA GPU (or driver) on this host; CPU jobs still run."
     if res.rc != 0:
@@ -193,10 +199,10 @@ def _summary(host: HostConfig, gpus: list[GpuInfo], note: str | None) -> str:
     return f"{host.name}: {len(gpus)} GPU(s): " + "; ".join(parts) + "."
 
 
-async def get_gpu_status(cfg: Config, params: GpuStatusInput, transport: Transport | None = None) -> GpuStatusOutput:
-    """Live GPU state of one host. ``transport`` is injectable (the server passes its pooled one)."""
-    host = cfg.host(params.host)
-    t = transport or make_transport(host)
+async def get_gpu_status(ctx: ToolContext, params: GpuStatusInput) -> GpuStatusOutput:
+    """Live GPU state of one host, through the context's transport for it (pooled over SSH)."""
+    host = ctx.host(params.host)
+    t = ctx.transport(host)
     gpus, note = await query_gpu_status(t)
     if host.launcher == "slurm":  # the login node has no GPUs worth reporting: the partition's are what counts
         part = await query_slurm_gpus(t, host.slurm_settings.partition)
@@ -208,10 +214,13 @@ async def get_gpu_status(cfg: Config, params: GpuStatusInput, transport: Transpo
     return GpuStatusOutput(host=host.name, gpus=gpus, note=note, summary=_summary(host, gpus, note))
 
 
-async def probe_host(host: HostConfig) -> tuple[bool | None, list[tuple[str, float]], str | None]:
-    """``list_hosts(check=true)``'s prober: (reachable, [(name, GiB)], note). Never raises for a host problem."""
+async def probe_host(transport: Transport, host: HostConfig) -> tuple[bool | None, list[tuple[str, float]], str | None]:
+    """``list_hosts(check=true)``'s probe of any host, local or remote: (reachable, [(name, GiB)], note).
+
+    Never raises for a host problem: an unreachable host is ``reachable=False`` with the transport's reason.
+    """
     try:
-        gpus, note = await query_gpu_status(make_transport(host), timeout_s=max(5.0, host.connect_timeout_s))
+        gpus, note = await query_gpu_status(transport, timeout_s=max(5.0, host.connect_timeout_s))
     except CommandFailed as e:
         return True, [], str(e)
     except (HostError, OpsError) as e:  # unreachable, refused key, a config that cannot connect

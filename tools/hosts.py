@@ -12,7 +12,6 @@ nvidia-smi found (:func:`detect_gpus`), with the config's ``gpu_memory_gib`` ove
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pydantic import BaseModel, Field
 from runners.accelerators import GpuTier, get_tier
 from runners.config import Config, HostConfig
 from runners.errors import OpsError
-from tools.gpu_status import GpuInfo, query_gpu_status
+from tools.gpu_status import GpuInfo, probe_host, query_gpu_status
 
 if TYPE_CHECKING:
     from tools.context import ToolContext
@@ -36,7 +35,6 @@ __all__ = [
     "detect_gpus",
     "host_gpus",
     "list_hosts",
-    "probe_local_gpus",
 ]
 
 
@@ -119,33 +117,6 @@ class ListHostsOutput(BaseModel):
     summary: str
 
 
-async def probe_local_gpus(timeout_s: float = 10.0) -> tuple[list[tuple[str, float]], str | None]:
-    """(name, memory GiB) per local GPU from nvidia-smi; an empty list with a note when there is none."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return [], "nvidia-smi not found: no NVIDIA GPU on this host (CPU jobs still run)."
-    proc = await asyncio.create_subprocess_exec(
-        exe,
-        "--query-gpu=name,memory.total",
-        "--format=csv,noheader,nounits",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
-    except TimeoutError:
-        proc.kill()
-        return [], f"nvidia-smi did not answer within {timeout_s:.0f} s."
-    if proc.returncode != 0:
-        return [], f"nvidia-smi failed: {err.decode(errors='replace').strip()[:200]}"
-    gpus = []
-    for line in out.decode().splitlines():
-        if "," in line:
-            name, mem = line.rsplit(",", 1)
-            gpus.append((name.strip(), round(float(mem) / 1024, 2)))
-    return gpus, None
-
-
 def _info(cfg: Config, h: HostConfig) -> HostInfo:
     acc = h.accelerator
     return HostInfo(
@@ -162,24 +133,15 @@ def _info(cfg: Config, h: HostConfig) -> HostInfo:
     )
 
 
-async def list_hosts(cfg: Config, params: ListHostsInput, prober: object | None = None) -> ListHostsOutput:
-    """Describe every configured host; with ``check`` also probe them.
-
-    ``prober`` is an async callable ``(HostConfig) -> (reachable, gpus, note)`` supplied
-    by the runner layer for remote hosts; local hosts are probed directly.
-    """
+async def list_hosts(ctx: ToolContext, params: ListHostsInput) -> ListHostsOutput:
+    """Describe every configured host; with ``check`` also probe each through its transport (local ones too)."""
+    cfg = ctx.config
     infos = [_info(cfg, h) for h in cfg.hosts.values()]
     if params.check:
 
         async def check(info: HostInfo, h: HostConfig) -> None:
             t0 = time.perf_counter()
-            if h.transport == "local" and h.launcher == "direct":
-                gpus, note = await probe_local_gpus()
-                reachable = True
-            elif prober is not None:
-                reachable, gpus, note = await prober(h)  # type: ignore[operator]
-            else:
-                reachable, gpus, note = None, [], "no prober for this kind of host"
+            reachable, gpus, note = await probe_host(ctx.transport(h), h)
             info.reachable = reachable
             info.detected_gpus = [g[0] for g in gpus]
             info.check_note = note

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, PrivateAttr
 
 from runners.errors import InvalidInput, NotFound
+from tools.model_ref import is_hub_id
 
 __all__ = [
     "ModelArch",
@@ -359,9 +360,6 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
 def _from_cache(repo_id: str) -> ModelArch | None:
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -414,7 +412,7 @@ def resolve_model(model: str) -> ModelArch:
         if not (p / "config.json").is_file():
             raise InvalidInput(f"{p} has no config.json.", "Point `model` at the checkpoint directory itself.")
         return _from_dir(p, str(p), f"local directory {p}")
-    is_repo = bool(_REPO_RE.match(model))
+    is_repo = "/" in model and is_hub_id(model)  # org/name: worth a cache or Hub lookup (tools/model_ref.py)
     if is_repo:
         hit = _from_cache(model)
         if hit is not None:

@@ -20,15 +20,19 @@ torch 2.13 CPU; docs/workflow.md):
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
 from runners.config import HostConfig
-from runners.engine import SubmitResult
 from runners.errors import InvalidInput
 from runners.spec import JobSpec, Resources
+from tools.hosts import detect_gpus, host_gpus
+from tools.model_ref import check_ref
+from tools.submit import SubmitOutput, TimedSubmitOptions, next_action, submit
+
+if TYPE_CHECKING:
+    from tools.context import ToolContext
 
 __all__ = [
     "CALIBRATED_METHODS",
@@ -38,58 +42,38 @@ __all__ = [
     "QuantizeOutput",
     "build_quantize_spec",
     "check_quantize",
-    "validate_model_ref",
+    "quantize_model",
 ]
 
 QuantizeMethod = Literal["bnb-nf4", "bnb-int8", "awq", "gptq", "fp8", "fp8-dynamic"]
 CALIBRATED_METHODS = frozenset({"awq", "gptq", "fp8"})
 GPU_METHODS = frozenset({"awq"})
 SLOW_ON_CPU = frozenset({"gptq", "fp8"})
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_CTRL = re.compile(r"[\x00-\x1f]")
 
 
-def validate_model_ref(v: str, what: str = "model") -> str:
-    """A Hub id (``org/name``) or an absolute / home-relative path on the host; nothing that looks like a flag."""
-    v = v.strip()
-    if not v or v.startswith("-") or _CTRL.search(v):
-        raise ValueError(f"{what} {v!r} is not a Hub id or a path")
-    if ".." in Path(v).parts and not v.startswith(("/", "~")):
-        raise ValueError(f"{what} {v!r}: use an absolute path")
-    if not (_HUB_ID.match(v) or v.startswith(("/", "~"))):
-        raise ValueError(f"{what} {v!r} is neither a Hub id (org/name) nor an absolute path on the host")
-    return v
-
-
-class QuantizeInput(BaseModel):
+class QuantizeInput(TimedSubmitOptions):
     """Arguments of quantize_model."""
 
     model: str = Field(description="Hub id (fetched into the host's HF cache first: download_model) or a host path.")
     method: QuantizeMethod = Field(
         description="bnb-nf4 | bnb-int8 (bitsandbytes), awq | gptq | fp8 | fp8-dynamic (llm-compressor, for vLLM)."
     )
-    host: str | None = Field(None, description="Host from list_hosts; the default host when omitted.")
     calibration_dataset: str | None = Field(
         None, description="Needed by awq, gptq and fp8: a JSONL/JSON/TXT path on the host or a Hub dataset id."
     )
     num_calibration_samples: int = Field(256, ge=1, le=65_536, description="Calibration rows used.")
     output_name: str = Field("quantized", description="Directory name under the job's outputs/.")
-    time_limit: str | None = Field(None, description="Stop the job after this long (HH:MM:SS); SLURM --time.")
-    idempotency_key: str | None = Field(
-        None, min_length=1, max_length=200, description="Same key returns the same job instead of a second one."
-    )
-    dry_run: bool = Field(False, description="Show the job's run.sh and job.json without starting anything.")
 
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        return validate_model_ref(v)
+        return check_ref(v, "model")
 
     @field_validator("calibration_dataset")
     @classmethod
     def _calib(cls, v: str | None) -> str | None:
-        return None if v is None else validate_model_ref(v, "calibration_dataset")
+        return None if v is None else check_ref(v, "calibration_dataset")
 
     @field_validator("output_name")
     @classmethod
@@ -99,7 +83,7 @@ class QuantizeInput(BaseModel):
         return v
 
 
-class QuantizeOutput(SubmitResult):
+class QuantizeOutput(SubmitOutput):
     """The engine's submit result, plus where the checkpoint and its manifest will be."""
 
     method: str = Field(description="The quantization method.")
@@ -107,7 +91,6 @@ class QuantizeOutput(SubmitResult):
     manifest_path: str = Field(description="outputs/manifest.json: sizes, reload check, perplexity before/after.")
     gpus: int = Field(description="GPUs the job asks for.")
     notes: list[str] = Field(default_factory=list, description="Warnings that did not stop the submit.")
-    next_action: str | None = None
 
 
 def check_quantize(p: QuantizeInput, host: HostConfig, detected_gpus: int | None) -> tuple[int, list[str]]:
@@ -165,4 +148,20 @@ def build_quantize_spec(p: QuantizeInput, gpus: int, time_limit_s: int | None) -
         payload="quantize",
         payload_config={k: v for k, v in config.items() if v is not None},
         resources=Resources(gpus=gpus, time_limit_s=time_limit_s),
+    )
+
+
+async def quantize_model(ctx: ToolContext, p: QuantizeInput) -> QuantizeOutput:
+    """The tool: check against the host's GPUs (nvidia-smi when its config names none), then submit."""
+    host = ctx.host(p.host)
+    gpus, notes = check_quantize(p, host, host_gpus(host, await detect_gpus(ctx, host)).count)
+    res = await submit(ctx, host, build_quantize_spec(p, gpus, p.time_limit_s), p)
+    return QuantizeOutput(
+        **res.model_dump(),
+        method=p.method,
+        output_dir=f"{res.job_dir}/outputs/{p.output_name}",
+        manifest_path=f"{res.job_dir}/outputs/manifest.json",
+        gpus=gpus,
+        notes=notes,
+        next_action=next_action(res, f"wait_for_job(job_id='{res.job_id}'); the manifest has perplexity before/after."),
     )

@@ -16,19 +16,24 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
 from runners.config import HostConfig
-from runners.engine import SubmitResult
 from runners.errors import InvalidInput
-from runners.spec import ENV_NAME_RE, JobSpec, Resources, parse_time_limit, validate_argv
+from runners.spec import ENV_NAME_RE, JobSpec, Resources, validate_argv
+from tools.submit import SubmitOutput, TimedSubmitOptions, next_action, submit
+
+if TYPE_CHECKING:
+    from tools.context import ToolContext
 
 __all__ = [
     "CLONE_AND_RUN",
     "SubmitScriptInput",
     "SubmitScriptOutput",
     "build_script_spec",
+    "submit_script",
     "validate_ref",
     "validate_repo",
     "validate_script_path",
@@ -107,22 +112,16 @@ def validate_script_path(v: str) -> str:
     return v
 
 
-class SubmitScriptInput(BaseModel):
+class SubmitScriptInput(TimedSubmitOptions):
     """Arguments of submit_script."""
 
     repo: str = Field(description="Git URL (https://, ssh://, git@host:path, file://) or an absolute path on the host.")
     script: str = Field(description="Path of the Python script inside the repository, e.g. 'train.py'.")
-    host: str | None = Field(None, description="Host from list_hosts; the default host when omitted.")
     ref: str | None = Field(None, description="Branch, tag or commit; the default branch when omitted.")
     args: list[str] = Field(default=[], description="The script's arguments, as a list (never a shell string).")
     gpus: int = Field(0, ge=0, le=64, description="GPUs per node (SLURM --gpus; informational on direct hosts).")
-    time_limit: str | None = Field(None, description="Stop the job after this long: HH:MM:SS or D-HH:MM:SS.")
     env: dict[str, str] = Field({}, description="Extra environment variables (not secrets).")
     name: str | None = Field(None, max_length=120, description="A short label for list_jobs.")
-    idempotency_key: str | None = Field(
-        None, min_length=1, max_length=200, description="Same key returns the same job instead of a second one."
-    )
-    dry_run: bool = Field(False, description="Show the job's run.sh and job.json without starting anything.")
 
     @field_validator("repo")
     @classmethod
@@ -154,11 +153,10 @@ class SubmitScriptInput(BaseModel):
         return v
 
 
-class SubmitScriptOutput(SubmitResult):
+class SubmitScriptOutput(SubmitOutput):
     repo: str
     ref: str | None
     script: str
-    next_action: str | None = None
 
 
 def build_script_spec(p: SubmitScriptInput, host: HostConfig) -> JobSpec:
@@ -181,5 +179,18 @@ def build_script_spec(p: SubmitScriptInput, host: HostConfig) -> JobSpec:
         name=p.name or f"{p.script} @ {p.repo.rsplit('/', 1)[-1]}"[:120],
         argv=argv,
         env=env,
-        resources=Resources(gpus=p.gpus, time_limit_s=parse_time_limit(p.time_limit)),
+        resources=Resources(gpus=p.gpus, time_limit_s=p.time_limit_s),
+    )
+
+
+async def submit_script(ctx: ToolContext, p: SubmitScriptInput) -> SubmitScriptOutput:
+    """The tool: build the clone-and-run job (refused on hosts without allow_scripts) and submit it."""
+    host = ctx.host(p.host)
+    res = await submit(ctx, host, build_script_spec(p, host), p)
+    return SubmitScriptOutput(
+        **res.model_dump(),
+        repo=p.repo,
+        ref=p.ref,
+        script=p.script,
+        next_action=next_action(res, f"Follow it with get_job_logs(job_id='{res.job_id}') or wait_for_job."),
     )

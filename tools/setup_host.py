@@ -19,14 +19,19 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from runners.engine import SubmitResult
 from runners.errors import InvalidInput
+from runners.host_overrides import record_python
 from runners.spec import JobSpec, Resources
 from runners.transports.base import Transport
+from tools.submit import SubmitOptions, next_action, submit
+
+if TYPE_CHECKING:
+    from tools.context import ToolContext
 
 __all__ = [
     "MARKER",
@@ -38,6 +43,7 @@ __all__ = [
     "env_dir_for",
     "env_is_ready",
     "requirements_for",
+    "setup_host",
 ]
 
 Component = Literal["vllm", "unsloth", "llmcompressor"]
@@ -72,10 +78,9 @@ _PY = re.compile(r"^3\.\d{1,2}(\.\d{1,2})?$")
 _ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
-class SetupHostInput(BaseModel):
+class SetupHostInput(SubmitOptions):
     """Arguments of setup_host."""
 
-    host: str | None = Field(None, description="Host from list_hosts; the default host when omitted.")
     components: list[Component] = Field(
         default=["vllm", "unsloth"],
         description="Stacks to install: vllm, unsloth (one env), or llmcompressor (its own env).",
@@ -92,10 +97,6 @@ class SetupHostInput(BaseModel):
     record_as_host_python: bool = Field(
         True, description="Once ready, payloads on this host run with this environment's python."
     )
-    idempotency_key: str | None = Field(
-        None, min_length=1, max_length=200, description="Same key returns the same job instead of a second one."
-    )
-    dry_run: bool = Field(False, description="Show the job's run.sh and job.json without starting anything.")
 
     @field_validator("python")
     @classmethod
@@ -192,4 +193,39 @@ def build_setup_spec(p: SetupHostInput, env_dir: str, slurm: bool) -> JobSpec:
         env={"HF_HUB_OFFLINE": "0", "UV_NO_PROGRESS": "1"},
         resources=Resources(gpus=0),
         launcher="direct" if slurm else None,
+    )
+
+
+async def setup_host(ctx: ToolContext, p: SetupHostInput) -> SetupHostOutput:
+    """The tool: an environment that already satisfies the request is recorded as the host's python
+    (the server's overrides, never the user's config); otherwise the setup job is submitted."""
+    host = ctx.host(p.host)
+    env_dir = env_dir_for(await (await ctx.engine()).workdir(host.name), p.name)
+    python = f"{env_dir}/bin/python"
+    reqs = requirements_for(p)
+    base = {"host": host.name, "env_dir": env_dir, "python": python, "requirements": reqs}
+    if not p.dry_run and await env_is_ready(ctx.transport(host), env_dir, reqs, p.python):
+        if p.record_as_host_python and host.python != python:
+            record_python(ctx.state_dir, host.name, python)
+            ctx.apply_host_overrides()
+        what = "recorded as" if p.record_as_host_python else "not recorded as"
+        return SetupHostOutput(
+            **base,
+            status="ready",
+            recorded_as_host_python=p.record_as_host_python,
+            summary=f"{env_dir} on {host.name} already satisfies the request; {what} the host's python.",
+        )
+    res = await submit(ctx, host, build_setup_spec(p, env_dir, host.launcher == "slurm"), p)
+    return SetupHostOutput(
+        **base,
+        status="dry_run" if p.dry_run else "submitted",
+        recorded_as_host_python=False,
+        job_id=res.job_id,
+        submit=res,
+        summary=res.summary,
+        next_action=next_action(
+            res,
+            f"wait_for_job(job_id='{res.job_id}'); when it succeeded, call setup_host again with the same "
+            "arguments to record the environment as the host's python.",
+        ),
     )

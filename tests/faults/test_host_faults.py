@@ -30,8 +30,8 @@ from mcp import Client
 from runners.config import Config, HostConfig, SlurmConfig
 from runners.engine import JobEngine
 from server.app import build_server
-from server.state import AppState
 from tests.helpers.ci import unavailable
+from tools.context import ToolContext
 
 pytestmark = pytest.mark.anyio
 
@@ -50,7 +50,7 @@ async def serving(c: Client) -> None:
 
 @contextlib.asynccontextmanager
 async def mcp(host: HostConfig, tmp_path: Path):
-    state = AppState(config=Config(hosts={host.name: host}, default_host=host.name), state_dir=tmp_path / "state")
+    state = ToolContext(config=Config(hosts={host.name: host}, default_host=host.name), state_dir=tmp_path / "state")
     try:
         async with Client(build_server(state=state), mode="auto") as c:
             yield c

@@ -19,7 +19,9 @@ from runners.engine import JobEngine
 from runners.states import JobState
 from tests.helpers.ci import unavailable
 from tests.helpers.tiny_model import build_tiny_model, make_dataset
-from tools.finetune import FinetuneInput, build_finetune_spec, plan_finetune
+from tools.finetune.inputs import FinetuneInput
+from tools.finetune.plan import plan_finetune
+from tools.finetune.spec import build_finetune_spec
 
 pytestmark = pytest.mark.anyio
 

@@ -37,9 +37,9 @@ from mcp.client.stdio import StdioServerParameters
 
 from runners.config import Config, HostConfig, SlurmConfig
 from server.app import build_server
-from server.state import AppState
 from tests.security.mcp_thread import ClientThread
 from tests.security.schema_strategies import arguments
+from tools.context import ToolContext
 
 REPO = Path(__file__).resolve().parents[2]
 TOTAL_TARGET = 10_000
@@ -120,7 +120,7 @@ def fuzz_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClientT
     os.environ["LLM_OPS_FUZZ_SECRET"] = "fuzz-secret-value-0123456789"
     CANARY.unlink(missing_ok=True)
     cfg = fuzz_config(root)
-    app = build_server(state=AppState(config=cfg, state_dir=root / "state"))
+    app = build_server(state=ToolContext(config=cfg, state_dir=root / "state"))
     try:
         with ClientThread(lambda: Client(app, mode="auto")) as ct:
             jobs = _existing_jobs(ct)
@@ -141,7 +141,7 @@ def _tools() -> list[Any]:
         import tempfile
 
         with tempfile.TemporaryDirectory() as d:
-            app = build_server(state=AppState(config=fuzz_config(Path(d)), state_dir=Path(d) / "s"))
+            app = build_server(state=ToolContext(config=fuzz_config(Path(d)), state_dir=Path(d) / "s"))
             async with Client(app, mode="auto") as c:
                 return list((await c.list_tools()).tools)
 

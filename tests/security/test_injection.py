@@ -27,7 +27,7 @@ from mcp import Client
 from runners.config import Config, HostConfig, SlurmConfig
 from runners.engine import JobEngine
 from server.app import build_server
-from server.state import AppState
+from tools.context import ToolContext
 
 pytestmark = pytest.mark.anyio
 TALLY = {"tried": 0, "refused": 0, "accepted_and_run": 0, "triggered": 0}
@@ -88,7 +88,7 @@ async def client_for(tmp_path: Path) -> AsyncIterator[Any]:
     stack: list[Any] = []
 
     async def make(host: HostConfig) -> Client:
-        state = AppState(
+        state = ToolContext(
             config=Config(hosts={host.name: host}, default_host=host.name), state_dir=tmp_path / f"state-{len(stack)}"
         )
         c = Client(build_server(state=state), mode="auto")

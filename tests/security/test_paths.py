@@ -21,7 +21,7 @@ from runners.config import Config, HostConfig
 from runners.errors import InvalidInput
 from runners.jobdir import check_uploads
 from server.app import build_server
-from server.state import AppState
+from tools.context import ToolContext
 
 pytestmark = pytest.mark.anyio
 ESCAPES = [
@@ -42,10 +42,10 @@ ESCAPES = [
 
 
 @pytest.fixture
-def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AppState:
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ToolContext:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     host = HostConfig(name="h", workdir=str(tmp_path / "work"), allow_scripts=True, python="/bin/true", gpus="H100:1")
-    return AppState(config=Config(hosts={"h": host}, default_host="h"), state_dir=tmp_path / "state")
+    return ToolContext(config=Config(hosts={"h": host}, default_host="h"), state_dir=tmp_path / "state")
 
 
 async def _call(c: Client, tool: str, args: dict[str, Any]) -> tuple[bool, Any]:
@@ -57,7 +57,7 @@ async def _call(c: Client, tool: str, args: dict[str, Any]) -> tuple[bool, Any]:
 
 
 @pytest.mark.parametrize("value", ESCAPES)
-async def test_path_names_cannot_escape(value: str, state: AppState, tmp_path: Path) -> None:
+async def test_path_names_cannot_escape(value: str, state: ToolContext, tmp_path: Path) -> None:
     tries = [
         ("quantize_model", {"model": "Qwen/Qwen2.5-0.5B", "method": "bnb-nf4", "output_name": value}),
         ("submit_finetune", {"model": "Qwen/Qwen2.5-0.5B", "dataset": "tatsu-lab/alpaca", "output_name": value}),
@@ -72,7 +72,7 @@ async def test_path_names_cannot_escape(value: str, state: AppState, tmp_path: P
         check_uploads({value: b"x"})
 
 
-async def test_reported_directories_are_under_the_workdir(state: AppState, tmp_path: Path) -> None:
+async def test_reported_directories_are_under_the_workdir(state: ToolContext, tmp_path: Path) -> None:
     work = str((tmp_path / "work").resolve())
     async with Client(build_server(state=state), mode="auto") as c:
         ok, q = await _call(c, "quantize_model", {"model": "Qwen/Qwen2.5-0.5B", "method": "bnb-nf4", "dry_run": True})
@@ -109,7 +109,7 @@ async def test_script_symlinked_outside_the_repo_is_refused(tmp_path: Path) -> N
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "x"], check=True)
     host = HostConfig(name="h", workdir=str(tmp_path / "work"), allow_scripts=True, python=sys.executable)
-    state = AppState(config=Config(hosts={"h": host}, default_host="h"), state_dir=tmp_path / "state")
+    state = ToolContext(config=Config(hosts={"h": host}, default_host="h"), state_dir=tmp_path / "state")
     async with Client(build_server(state=state), mode="auto") as c:
         results = {}
         for script in ("ok.py", "escape.py"):

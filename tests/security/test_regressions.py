@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from runners.errors import CommandFailed, NotFound
 from runners.transports.base import CommandResult
-from tools.finetune import FinetuneInput
+from tools.finetune.inputs import FinetuneInput
 from tools.models import resolve_model
 from tools.serve.schema import StartServerInput
 
@@ -96,7 +96,7 @@ async def test_a_full_job_filesystem_is_named_when_the_log_cannot_say(tmp_path, 
 
 
 def test_submit_command_env_values_without_nul_are_checked_at_the_surface():
-    from server.surface_jobs import SubmitCommandInput
+    from tools.jobs import SubmitCommandInput
 
     with pytest.raises(ValidationError, match="NUL"):  # was only caught deep in JobSpec (a logged traceback)
         SubmitCommandInput(argv=["true"], env={"A": "x\x00y"})

@@ -17,8 +17,8 @@ from mcp import Client
 
 from runners.config import Config, HostConfig
 from server.app import build_server
-from server.state import AppState
 from tests.standin_vllm_server import install_standin
+from tools.context import ToolContext
 
 pytestmark = pytest.mark.anyio
 FAKE = {
@@ -64,7 +64,7 @@ async def test_no_secret_leaves_the_env_file(tmp_path: Path, monkeypatch: pytest
         # fine-tunes run their payload with a no-op interpreter: the job, its env and run.sh are real
         "stub": HostConfig(name="stub", workdir=str(work), python="/bin/true", gpus="H100:1", secrets=["HF_TOKEN"]),
     }
-    state = AppState(config=Config(hosts=hosts, default_host="h"), state_dir=tmp_path / "state")
+    state = ToolContext(config=Config(hosts=hosts, default_host="h"), state_dir=tmp_path / "state")
     jobs: list[str] = []
     async with Client(build_server(state=state), mode="auto") as c:
         rec = Recorder(c)

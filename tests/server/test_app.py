@@ -9,7 +9,7 @@ import pytest
 from mcp import Client
 
 from server.app import build_server
-from server.state import AppState
+from tools.context import ToolContext
 
 pytestmark = pytest.mark.anyio
 MODES = ["auto", "legacy"]
@@ -18,7 +18,7 @@ HEAVY = ["torch", "transformers", "vllm", "unsloth", "trl", "peft", "bitsandbyte
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_lists_foundation_tools(mode, local_config, tmp_path):
-    app = build_server(state=AppState(config=local_config, state_dir=tmp_path / "state"))
+    app = build_server(state=ToolContext(config=local_config, state_dir=tmp_path / "state"))
     async with Client(app, mode=mode) as c:
         names = {t.name for t in (await c.list_tools()).tools}
         assert {"list_gpu_tiers", "list_hosts"} <= names
@@ -26,7 +26,7 @@ async def test_lists_foundation_tools(mode, local_config, tmp_path):
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_list_hosts_and_check(mode, local_config, tmp_path):
-    app = build_server(state=AppState(config=local_config, state_dir=tmp_path / "state"))
+    app = build_server(state=ToolContext(config=local_config, state_dir=tmp_path / "state"))
     async with Client(app, mode=mode) as c:
         r = await c.call_tool("list_hosts", {})
         assert not r.is_error
@@ -43,7 +43,7 @@ async def test_list_hosts_and_check(mode, local_config, tmp_path):
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_gpu_tiers_filter_and_bad_input(mode, local_config, tmp_path):
-    app = build_server(state=AppState(config=local_config, state_dir=tmp_path / "state"))
+    app = build_server(state=ToolContext(config=local_config, state_dir=tmp_path / "state"))
     async with Client(app, mode=mode) as c:
         r = await c.call_tool("list_gpu_tiers", {"min_memory_gib": 100})
         ids = [t["id"] for t in r.structured_content["tiers"]]

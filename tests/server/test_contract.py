@@ -13,7 +13,7 @@ import pytest
 from mcp import Client
 
 from server.app import build_server
-from server.state import AppState
+from tools.context import ToolContext
 
 pytestmark = pytest.mark.anyio
 MAX_DESCRIPTION = 200
@@ -49,7 +49,7 @@ def _bad_arguments(schema: dict[str, Any]) -> dict[str, Any] | None:
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_every_tool_meets_the_contract(mode, local_config, tmp_path):
-    app = build_server(state=AppState(config=local_config, state_dir=tmp_path / "state"))
+    app = build_server(state=ToolContext(config=local_config, state_dir=tmp_path / "state"))
     async with Client(app, mode=mode) as c:
         tools = (await c.list_tools()).tools
         assert tools

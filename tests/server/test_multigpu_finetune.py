@@ -17,9 +17,11 @@ from mcp import Client
 from runners.config import Config, HostConfig
 from runners.errors import DoesNotFit, InvalidInput
 from server.app import build_server
-from server.state import AppState
 from tests.helpers.tiny_model import build_tiny_model, finetune_args, make_dataset
-from tools.finetune import FinetuneInput, build_finetune_spec, plan_finetune
+from tools.context import ToolContext
+from tools.finetune.inputs import FinetuneInput
+from tools.finetune.plan import plan_finetune
+from tools.finetune.spec import build_finetune_spec
 
 pytestmark = pytest.mark.anyio
 
@@ -33,7 +35,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _app(tmp_path: Path, env: dict[str, str] | None = None):
     host = HostConfig(name="local", workdir=str(tmp_path / "work"), env={"HF_HUB_OFFLINE": "1", **(env or {})})
     return build_server(
-        state=AppState(config=Config(hosts={"local": host}, default_host="local"), state_dir=tmp_path / "state")
+        state=ToolContext(config=Config(hosts={"local": host}, default_host="local"), state_dir=tmp_path / "state")
     )
 
 

@@ -13,8 +13,8 @@ from mcp import Client
 from runners.config import Config
 from server.app import build_server
 from server.registry import unknown_arguments
-from server.state import AppState
-from tools.memory import MemoryInput
+from tools.context import ToolContext
+from tools.memory_settings import MemoryInput
 
 pytestmark = pytest.mark.anyio
 MODEL = "meta-llama/Llama-3.1-8B"
@@ -28,7 +28,7 @@ def mode(request: pytest.FixtureRequest) -> str:
 async def test_unknown_argument_names_are_refused_with_the_closest_valid_ones(
     mode: str, local_config: Config, tmp_path
 ) -> None:
-    async with Client(build_server(state=AppState(config=local_config, state_dir=tmp_path / "s")), mode=mode) as c:
+    async with Client(build_server(state=ToolContext(config=local_config, state_dir=tmp_path / "s")), mode=mode) as c:
         r = await c.call_tool("estimate_memory", {"model": MODEL, "task": "lora", "seqlen": 2048})
         assert r.is_error
         text = r.content[0].text
@@ -43,7 +43,7 @@ async def test_unknown_argument_names_are_refused_with_the_closest_valid_ones(
 async def test_type_errors_are_one_line_per_field_without_pydantic_urls(
     mode: str, local_config: Config, tmp_path
 ) -> None:
-    async with Client(build_server(state=AppState(config=local_config, state_dir=tmp_path / "s")), mode=mode) as c:
+    async with Client(build_server(state=ToolContext(config=local_config, state_dir=tmp_path / "s")), mode=mode) as c:
         r = await c.call_tool("estimate_memory", {"model": MODEL, "task": "train", "seq_len": "abc"})
         assert r.is_error
         text = r.content[0].text

@@ -8,14 +8,14 @@ import pytest
 from mcp import Client
 
 from server.app import build_server
-from server.state import AppState
+from tools.context import ToolContext
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_resources_and_prompt(mode, local_config, tmp_path):
-    app = build_server(state=AppState(config=local_config, state_dir=tmp_path / "state"))
+    app = build_server(state=ToolContext(config=local_config, state_dir=tmp_path / "state"))
     async with Client(app, mode=mode) as c:
         uris = {str(r.uri) for r in (await c.list_resources()).resources}
         assert {"gpus://tiers", "hosts://"} <= uris

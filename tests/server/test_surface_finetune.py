@@ -17,8 +17,8 @@ from mcp import Client
 
 from runners.config import Config, HostConfig
 from server.app import build_server
-from server.state import AppState
 from tests.helpers.tiny_model import build_tiny_model, finetune_args, make_dataset, write_jsonl
+from tools.context import ToolContext
 
 pytestmark = pytest.mark.anyio
 
@@ -38,7 +38,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = Config(hosts={"local": HostConfig(name="local", workdir=str(tmp_path / "work"))}, default_host="local")
-    return build_server(state=AppState(config=cfg, state_dir=tmp_path / "state"))
+    return build_server(state=ToolContext(config=cfg, state_dir=tmp_path / "state"))
 
 
 def _args(tiny: dict[str, Path], **kw: object) -> dict[str, object]:
@@ -157,7 +157,7 @@ async def test_malformed_dataset_is_refused_with_the_row(app, tiny, tmp_path):
 async def test_model_too_big_for_the_gpu_is_refused(tmp_path, tiny, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     host = HostConfig(name="box", workdir=str(tmp_path / "w"), gpus="RTX4090:1")
-    app = build_server(state=AppState(config=Config(hosts={"box": host}), state_dir=tmp_path / "s"))
+    app = build_server(state=ToolContext(config=Config(hosts={"box": host}), state_dir=tmp_path / "s"))
     async with Client(app, mode="auto") as c:
         r = await c.call_tool(
             "submit_finetune", _args(tiny, model="meta-llama/Llama-3.1-70B", method="lora", max_seq_length=4096)

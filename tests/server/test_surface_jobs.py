@@ -11,14 +11,14 @@ from mcp import Client
 
 from runners.config import Config, HostConfig
 from server.app import build_server
-from server.state import AppState
+from tools.context import ToolContext
 
 pytestmark = pytest.mark.anyio
 MODES = ["auto", "legacy"]
 
 
 def app_for(config: Config, tmp_path: Path):
-    return build_server(state=AppState(config=config, state_dir=tmp_path / "state"))
+    return build_server(state=ToolContext(config=config, state_dir=tmp_path / "state"))
 
 
 async def ok(c: Client, tool: str, args: dict[str, Any], **kw) -> dict[str, Any]:

@@ -6,14 +6,14 @@ import pytest
 from mcp import Client
 
 from server.app import build_server
-from server.state import AppState
+from tools.context import ToolContext
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 def app(local_config, tmp_path):
-    return build_server(state=AppState(config=local_config, state_dir=tmp_path / "state"))
+    return build_server(state=ToolContext(config=local_config, state_dir=tmp_path / "state"))
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])

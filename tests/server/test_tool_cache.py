@@ -14,8 +14,8 @@ from mcp import Client
 
 from runners.config import Config, HostConfig
 from server.app import build_server
-from server.state import AppState
 from server.tool_cache import CACHE_FILE, listing_key, load_listing
+from tools.context import ToolContext
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ def _dump(tools) -> list[dict]:
 
 
 async def _first_start(config: Config, state_dir: Path) -> list[dict]:
-    app = build_server(state=AppState(config=config, state_dir=state_dir))
+    app = build_server(state=ToolContext(config=config, state_dir=state_dir))
     assert app.input_models, "no stored listing yet: the tools are built at start"
     async with Client(app) as c:
         listed = (await c.list_tools()).tools
@@ -39,7 +39,7 @@ async def test_second_start_lists_from_the_store_and_builds_on_first_call(local_
     first = await _first_start(local_config, state_dir)
     assert len(first) == 20
 
-    app = build_server(state=AppState(config=local_config, state_dir=state_dir))
+    app = build_server(state=ToolContext(config=local_config, state_dir=state_dir))
     assert app.input_models == {}, "with a stored listing nothing is built before tools/list"
     async with Client(app) as c:
         assert _dump((await c.list_tools()).tools) == first
@@ -56,7 +56,7 @@ async def test_second_start_lists_from_the_store_and_builds_on_first_call(local_
 async def test_resources_and_prompts_build_the_tools_first(local_config, tmp_path, first_request):
     state_dir = tmp_path / "state"
     await _first_start(local_config, state_dir)
-    app = build_server(state=AppState(config=local_config, state_dir=state_dir))
+    app = build_server(state=ToolContext(config=local_config, state_dir=state_dir))
     async with Client(app) as c:
         if first_request == "resources":
             assert "gpus://tiers" in {str(r.uri) for r in (await c.list_resources()).resources}
@@ -76,9 +76,9 @@ async def test_a_listing_of_another_config_or_a_broken_file_is_not_used(local_co
     other = Config(
         hosts={"gpu": HostConfig(name="gpu", workdir=str(tmp_path / "w2"), gpus="H100:2")}, default_host="gpu"
     )
-    assert build_server(state=AppState(config=other, state_dir=state_dir)).input_models  # built at once
+    assert build_server(state=ToolContext(config=other, state_dir=state_dir)).input_models  # built at once
     (state_dir / CACHE_FILE).write_text("{not json")
-    assert build_server(state=AppState(config=local_config, state_dir=state_dir)).input_models
+    assert build_server(state=ToolContext(config=local_config, state_dir=state_dir)).input_models
     assert load_listing(state_dir, "any") is None
 
 

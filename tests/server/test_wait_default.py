@@ -15,7 +15,7 @@ from mcp import Client
 
 from runners.config import Config, HostConfig
 from server.app import build_server
-from server.state import AppState
+from tools.context import ToolContext
 
 pytestmark = pytest.mark.anyio
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.anyio
 async def test_default_wait_is_45_s_with_progress(tmp_path: Path) -> None:
     host = HostConfig(name="local", workdir=str(tmp_path / "work"), allow_scripts=True)
     config = Config(hosts={"local": host}, default_host="local")
-    app = build_server(state=AppState(config=config, state_dir=tmp_path / "state"))
+    app = build_server(state=ToolContext(config=config, state_dir=tmp_path / "state"))
     async with Client(app) as c:
         schema = {t.name: t for t in (await c.list_tools()).tools}["wait_for_job"].input_schema
         field = schema["properties"]["timeout_s"]

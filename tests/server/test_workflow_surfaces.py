@@ -1,4 +1,5 @@
-"""The workflow tools through a real MCP client (in-memory, both protocol modes): wiring, errors, overrides."""
+"""The workflow tools of the models, hosts and jobs surfaces through a real MCP client (in-memory, both
+protocol modes): wiring, errors, the recorded host overrides."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from mcp import Client
 from runners.config import Config, HostConfig
 from runners.host_overrides import load_overrides
 from server.app import build_server
-from server.state import AppState
+from tools.context import ToolContext
 from tools.setup_host import MARKER
 
 pytestmark = pytest.mark.anyio
@@ -21,7 +22,7 @@ TOOLS = {"quantize_model", "download_model", "list_cached_models", "setup_host",
 
 def app_for(tmp_path: Path, **host: object) -> object:
     cfg = Config(hosts={"local": HostConfig(name="local", workdir=str(tmp_path / "work"), **host)})  # type: ignore[arg-type]
-    return build_server(state=AppState(config=cfg, state_dir=tmp_path / "state"))
+    return build_server(state=ToolContext(config=cfg, state_dir=tmp_path / "state"))
 
 
 @pytest.mark.parametrize("mode", MODES)

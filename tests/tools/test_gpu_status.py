@@ -17,13 +17,19 @@ import pytest
 from mcp import Client
 
 from runners.config import Config, HostConfig
+from runners.probes import probe_source
 from runners.transports.local import LocalTransport
 from runners.transports.ssh_pool import close_all, connection_count
 from server.app import build_server
-from server.state import AppState
 from tests.fixtures.sshd import SSHD
+from tools.context import ToolContext
 from tools.gpu_status import (
+    APPS_MARK,
+    APPS_QUERY,
+    FORMAT,
     GPU_QUERY,
+    NO_NVIDIA_SMI,
+    PROBE,
     GpuStatusInput,
     get_gpu_status,
     parse_apps_csv,
@@ -54,6 +60,14 @@ def test_query_names_the_documented_fields() -> None:
     assert GPU_QUERY == (
         "--query-gpu=index,uuid,name,memory.total,memory.used,memory.free,utilization.gpu,temperature.gpu"
     )
+
+
+def test_the_host_probe_runs_exactly_these_queries() -> None:
+    """The probe file spells the queries out (it is a program of its own on the host): held to the parser's."""
+    text = probe_source(PROBE)
+    assert f"nvidia-smi {GPU_QUERY} {FORMAT} || exit $?" in text
+    assert f"nvidia-smi {APPS_QUERY} {FORMAT}" in text
+    assert f"echo '{APPS_MARK}'" in text and f"exit {NO_NVIDIA_SMI};" in text
 
 
 def test_h100x8_with_processes() -> None:
@@ -140,7 +154,7 @@ async def test_driver_failure_is_a_note(tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.mark.skipif(HAS_NVIDIA_SMI, reason="this machine has nvidia-smi: the no-GPU path cannot be seen here")
 async def test_no_gpu_local_host_is_an_empty_list_with_a_note(tmp_path: Path) -> None:
     cfg = Config(hosts={"local": HostConfig(name="local", workdir=str(tmp_path))})
-    out = await get_gpu_status(cfg, GpuStatusInput())
+    out = await get_gpu_status(ToolContext(config=cfg, state_dir=tmp_path / "state"), GpuStatusInput())
     assert out.gpus == [] and out.note and "nvidia-smi not found" in out.note
     assert out.summary.startswith("local: no GPU")
 
@@ -151,7 +165,7 @@ async def test_over_ssh_and_through_the_mcp_tool(sshd: SSHD, tmp_path: Path) -> 
     down = sshd.host_config("downbox", port=1)
     cfg = Config(hosts={"gpubox": h, "downbox": down}, default_host="gpubox")
     try:
-        app = build_server(state=AppState(config=cfg, state_dir=tmp_path / "state"))
+        app = build_server(state=ToolContext(config=cfg, state_dir=tmp_path / "state"))
         async with Client(app) as c:
             for _ in range(3):
                 res = await c.call_tool("get_gpu_status", {"host": "gpubox"})
@@ -174,8 +188,9 @@ async def test_over_ssh_and_through_the_mcp_tool(sshd: SSHD, tmp_path: Path) -> 
 @pytest.mark.anyio
 async def test_prober_reports_unreachable_instead_of_raising(sshd: SSHD, tmp_path: Path) -> None:
     bad = sshd.host_config("badkey", identity_file=str(sshd.other_key))
-    reachable, gpus, note = await probe_host(bad)
+    ctx = ToolContext(config=Config(hosts={"badkey": bad}), state_dir=tmp_path / "state")
+    reachable, gpus, note = await probe_host(ctx.transport(bad), bad)
     assert reachable is False and gpus == [] and note and "refused our key" in note
-    out = await list_hosts(Config(hosts={"badkey": bad}), ListHostsInput(check=True), probe_host)
+    out = await list_hosts(ctx, ListHostsInput(check=True))
     assert out.hosts[0].reachable is False
     await close_all()
