@@ -10,9 +10,9 @@ files by repo id in the same cache, and an interrupted download resumes from its
 ``HF_TOKEN`` in the job's 0600 env file; it is never written anywhere else.
 
 Reports only through files: metrics.jsonl ("start", then "end" or "error") and
-outputs/manifest.json (repo, commit, snapshot path, files, bytes). Exit codes: 0 done,
-2 bad settings or a repository that does not exist / is gated, 5 the Hub is unreachable,
-1 anything else.
+outputs/manifest.json (repo, commit, snapshot path, files, bytes). Exit codes (job_io's
+table): 0 done, 2 bad settings or a repository that does not exist / is gated, 4
+huggingface_hub is not installed, 5 the Hub is unreachable, 1 anything else.
 """
 
 from __future__ import annotations
@@ -21,40 +21,15 @@ import json
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 5
+try:  # beside this file in the job directory; runners.payloads.job_io in the repository
+    from . import job_io as jio
+except ImportError:
+    import job_io as jio  # type: ignore[no-redef]
+
 DEFAULTS: dict[str, Any] = {"model": None, "revision": None, "allow_patterns": None, "repo_type": "model"}
-
-
-class Failure(Exception):
-    """A failure with its exit code and a one-line message for a person."""
-
-    def __init__(self, kind: str, code: int, message: str) -> None:
-        super().__init__(message)
-        self.kind, self.code = kind, code
-
-
-def write_metric(path: Path, t0: float, row: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"time": round(time.time() - t0, 4), **row}) + "\n")
-
-
-def load_settings(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise Failure("bad_input", EXIT_BAD_INPUT, f"cannot read {path}: {exc}") from exc
-    raw = doc.get("payload_config", doc)
-    unknown = sorted(set(raw) - set(DEFAULTS))
-    if unknown:
-        raise Failure("bad_input", EXIT_BAD_INPUT, f"unknown settings: {', '.join(unknown)}")
-    cfg = {**DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
-    if not cfg["model"]:
-        raise Failure("bad_input", EXIT_BAD_INPUT, "settings need 'model'")
-    return cfg
 
 
 def snapshot_size(path: Path) -> tuple[int, int]:
@@ -72,10 +47,8 @@ def download(cfg: dict[str, Any]) -> dict[str, Any]:
         import huggingface_hub as hub
         from huggingface_hub import errors as hub_errors
     except ImportError as exc:
-        raise Failure(
-            "missing_dependency",
-            EXIT_FAILED,
-            f"huggingface_hub is not installed in the host's python ({exc}); install it or run setup_host",
+        raise jio.MissingDependency(
+            f"huggingface_hub is not installed in the host's python ({exc}); install it or run setup_host"
         ) from exc
     from huggingface_hub import constants
 
@@ -89,22 +62,18 @@ def download(cfg: dict[str, Any]) -> dict[str, Any]:
             etag_timeout=15,
         )
     except hub_errors.GatedRepoError as exc:
-        raise Failure(
-            "gated",
-            EXIT_BAD_INPUT,
+        raise jio.BadInput(
             f"{cfg['model']} is gated: accept its licence on the Hub and give the server an HF_TOKEN "
             f'(secrets = ["HF_TOKEN"]) ({exc.__class__.__name__})',
+            kind="gated",
         ) from exc
     except hub_errors.RepositoryNotFoundError as exc:
-        raise Failure(
-            "not_found",
-            EXIT_BAD_INPUT,
+        raise jio.BadInput(
             f"repository {cfg['model']} does not exist on {endpoint} or is private (a token is needed)",
+            kind="not_found",
         ) from exc
     except hub_errors.RevisionNotFoundError as exc:
-        raise Failure(
-            "not_found", EXIT_BAD_INPUT, f"revision {cfg['revision']!r} of {cfg['model']} does not exist"
-        ) from exc
+        raise jio.BadInput(f"revision {cfg['revision']!r} of {cfg['model']} does not exist", kind="not_found") from exc
     except hub_errors.LocalEntryNotFoundError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         why = (
@@ -112,11 +81,11 @@ def download(cfg: dict[str, Any]) -> dict[str, Any]:
             if offline
             else f"the Hub at {endpoint} cannot be reached ({exc.__cause__ or exc})"
         )
-        raise Failure(
-            "unreachable",
-            EXIT_UNREACHABLE,
+        raise jio.Failure(
             f"HubUnreachable: {why} and {cfg['model']} is not in the cache; run the download where there is "
             "internet (on SLURM hosts it runs on the login node), or set HTTPS_PROXY / HF_ENDPOINT in the host's env",
+            kind="unreachable",
+            code=jio.EXIT_UNREACHABLE,
         ) from exc
     snap = Path(path)
     files, size = snapshot_size(snap)
@@ -138,36 +107,25 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python download.py job.json", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    settings = Path(args[0]).resolve()
-    job_dir = Path(os.environ.get("LLM_OPS_JOB_DIR") or settings.parent)
-    outputs = Path(os.environ.get("LLM_OPS_OUTPUTS") or job_dir / "outputs")
-    outputs.mkdir(parents=True, exist_ok=True)
-    metrics = Path(os.environ.get("LLM_OPS_METRICS") or job_dir / "metrics.jsonl")
-    t0 = time.time()
+        return jio.EXIT_BAD_INPUT
+    files = jio.job_files(Path(args[0]))
+    metrics = jio.Metrics(files.metrics)
     try:
-        cfg = load_settings(settings)
-        write_metric(metrics, t0, {"event": "start", "model": cfg["model"], "revision": cfg["revision"]})
+        cfg = jio.load_settings(files.settings, DEFAULTS, required=("model",))
+        metrics.write({"event": "start", "model": cfg["model"], "revision": cfg["revision"]})
         print(f"[download] {cfg['model']} (revision {cfg['revision'] or 'main'}) into the HF cache", flush=True)
         manifest = download(cfg)
-    except Failure as exc:
-        write_metric(metrics, t0, {"event": "error", "kind": exc.kind, "message": str(exc)})
-        print(f"DownloadError: {exc}", flush=True)
-        return exc.code
     except Exception as exc:
-        traceback.print_exc()
-        write_metric(metrics, t0, {"event": "error", "kind": "failed", "message": f"{type(exc).__name__}: {exc}"})
-        print(f"{type(exc).__name__}: {exc}", flush=True)
-        return EXIT_FAILED
-    manifest["elapsed_s"] = round(time.time() - t0, 2)
-    (outputs / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    write_metric(metrics, t0, {"event": "end", **{k: manifest[k] for k in ("commit", "files", "size_bytes")}})
+        return jio.report_failure(metrics, exc, label="DownloadError")
+    manifest["elapsed_s"] = round(time.time() - metrics.t0, 2)
+    (files.outputs / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    metrics.write({"event": "end", **{k: manifest[k] for k in ("commit", "files", "size_bytes")}})
     print(
         f"[download] done: {manifest['files']} files, {manifest['size_bytes'] / 2**20:.1f} MiB at "
         f"{manifest['snapshot_path']}",
         flush=True,
     )
-    return EXIT_OK
+    return jio.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 """Fine-tune payload: LoRA, QLoRA or full fine-tuning with Unsloth, or TRL + PEFT as the fallback.
 
 Runs on the GPU host in the host's own Python, so it is self-contained: stdlib plus torch,
-transformers, peft, trl, datasets, bitsandbytes and (optionally) unsloth, and one sibling
-file, ``dataset_formats.py``, which the controller also imports (without torch) to refuse a
-malformed dataset before submission; the engine copies both into the job directory.
+transformers, peft, trl, datasets, bitsandbytes and (optionally) unsloth, and two sibling
+files the engine copies beside it (runners/payloads/__init__.py ``shipped_files``):
+``job_io.py`` (job.json, metrics.jsonl, the failure record, the exit codes) and
+``dataset_formats.py``, which the controller also imports (without torch) to refuse a
+malformed dataset before submission.
 
     python finetune.py --config job_config.json --job-dir DIR
 
@@ -14,7 +16,7 @@ Reports only through files, because the controller may be gone while this runs:
   DIR/outputs/           adapter (or full model) + tokenizer, optional merged/, manifest.json,
                          checkpoints/checkpoint-N (resumable with resume_from)
   stdout                 human-readable progress (the launcher sends it to DIR/output.log)
-Exit codes: 0 done, 1 unexpected failure, 2 bad config or dataset, 3 CUDA out of memory.
+Exit codes (job_io's table): 0 done, 1 unexpected failure, 2 bad config or dataset, 3 CUDA out of memory.
 
 Distributed (launched by torchrun, one process per GPU; RANK / LOCAL_RANK / WORLD_SIZE set):
 rank 0 alone writes metrics, progress lines, outputs and the manifest; any rank that fails
@@ -39,10 +41,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import dataset_formats as dsf
+try:  # beside this file in the job directory; runners.payloads.* in the repository
+    from . import dataset_formats as dsf
+    from . import job_io as jio
+except ImportError:
+    import dataset_formats as dsf  # type: ignore[no-redef]
+    import job_io as jio  # type: ignore[no-redef]
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_OOM = 0, 1, 2, 3
 
 DEFAULTS: dict[str, Any] = {
     "model": None,
@@ -130,62 +135,24 @@ CHATML_TEMPLATE = (
 NAMED_TEMPLATES = {"simple": SIMPLE_TEMPLATE, "chatml": CHATML_TEMPLATE}
 
 
-class BadInput(Exception):
-    """Config or dataset the user must change; the message is one line for a person."""
-
-
-class Metrics:
-    """Appends JSON lines to metrics.jsonl, flushed at once so the controller can tail them."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.t0 = time.time()
-
-    def write(self, row: dict[str, Any], *, any_rank: bool = False) -> None:
-        """Rank 0 writes; other ranks only with ``any_rank`` (their errors), tagged with their rank."""
-        if not (IS_MAIN or any_rank):
-            return
-        row = {"time": round(time.time() - self.t0, 4), **row}
-        if WORLD_SIZE > 1:
-            row["rank"] = RANK
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, default=str) + "\n")
-
-
-def load_config(path: Path, key: str | None = None) -> dict[str, Any]:
-    """Merge the job config over DEFAULTS; unknown keys are errors, so typos never pass silently.
-
-    ``key`` picks a sub-object: the job engine's job.json holds the settings under ``payload_config``.
-    """
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BadInput(f"cannot read config {path}: {exc}") from exc
-    if key is not None:
-        raw = raw.get(key) if isinstance(raw, dict) else None
-        if not isinstance(raw, dict):
-            raise BadInput(f"{path} has no {key!r} object")
-    unknown = sorted(set(raw) - set(DEFAULTS) - CONTROLLER_KEYS)
-    if unknown:
-        raise BadInput(f"unknown config keys: {', '.join(unknown)}")
-    cfg = {**DEFAULTS, **{k: v for k, v in raw.items() if k in DEFAULTS and v is not None}}
-    for key in ("model", "dataset"):
-        if not cfg[key]:
-            raise BadInput(f"config needs {key!r}")
+def load_config(path: Path) -> dict[str, Any]:
+    """job.json's settings (or a bare config) over DEFAULTS (job_io.load_settings: unknown keys are
+    errors, so typos never pass silently), then this payload's own checks."""
+    cfg = jio.load_settings(path, DEFAULTS, ignored=CONTROLLER_KEYS, required=("model", "dataset"))
     if cfg["method"] not in METHODS:
-        raise BadInput(f"method must be one of {', '.join(METHODS)}, not {cfg['method']!r}")
+        raise jio.BadInput(f"method must be one of {', '.join(METHODS)}, not {cfg['method']!r}")
     if cfg["backend"] not in BACKENDS:
-        raise BadInput(f"backend must be one of {', '.join(BACKENDS)}, not {cfg['backend']!r}")
+        raise jio.BadInput(f"backend must be one of {', '.join(BACKENDS)}, not {cfg['backend']!r}")
     if cfg["dataset_format"] != "auto" and cfg["dataset_format"] not in dsf.FORMATS:
-        raise BadInput(f"dataset_format must be auto or one of {', '.join(dsf.FORMATS)}")
+        raise jio.BadInput(f"dataset_format must be auto or one of {', '.join(dsf.FORMATS)}")
     if cfg["per_device_batch_size"] == "auto":
         cfg["per_device_batch_size"] = DEFAULTS["per_device_batch_size"]
     if cfg["gradient_accumulation_steps"] == "auto":
         cfg["gradient_accumulation_steps"] = DEFAULTS["gradient_accumulation_steps"]
     if not 0 <= float(cfg["eval_fraction"]) < 0.5:
-        raise BadInput("eval_fraction must be in [0, 0.5)")
+        raise jio.BadInput("eval_fraction must be in [0, 0.5)")
     if cfg["strategy"] not in STRATEGIES:
-        raise BadInput(f"strategy must be one of {', '.join(STRATEGIES)}, not {cfg['strategy']!r}")
+        raise jio.BadInput(f"strategy must be one of {', '.join(STRATEGIES)}, not {cfg['strategy']!r}")
     return cfg
 
 
@@ -203,17 +170,17 @@ def choose_backend(requested: str) -> str:
         # Unsloth documents multi-GPU (DDP through accelerate) as not yet official; the controller
         # refuses backend=unsloth with several GPUs, and auto means TRL + accelerate here.
         if requested == "unsloth":
-            raise BadInput("backend=unsloth runs on one GPU here; use backend=auto or trl for multi-GPU jobs")
+            raise jio.BadInput("backend=unsloth runs on one GPU here; use backend=auto or trl for multi-GPU jobs")
         return "trl"
     if not torch.cuda.is_available():
         if requested == "unsloth":
-            raise BadInput("backend=unsloth needs a CUDA GPU; use backend=trl or auto on this host")
+            raise jio.BadInput("backend=unsloth needs a CUDA GPU; use backend=trl or auto on this host")
         return "trl"
     try:
         import unsloth  # noqa: F401
     except Exception as exc:
         if requested == "unsloth":
-            raise BadInput(f"backend=unsloth, but unsloth does not import here: {exc}") from exc
+            raise jio.BadInput(f"backend=unsloth, but unsloth does not import here: {exc}") from exc
         say(f"unsloth unavailable ({type(exc).__name__}: {exc}); using TRL + PEFT")
         return "trl"
     return "unsloth"
@@ -245,7 +212,7 @@ def load_dataset_rows(cfg: dict[str, Any]) -> Any:
             ".parquet": "parquet",
         }.get(path.suffix.lower())
         if kind is None:
-            raise BadInput(f"cannot read {path.name}: dataset files are .jsonl, .json, .csv or .parquet")
+            raise jio.BadInput(f"cannot read {path.name}: dataset files are .jsonl, .json, .csv or .parquet")
         if kind != "parquet":
             dsf.check_file(path, fmt)
         ds = datasets.load_dataset(kind, data_files=str(path), split="train")
@@ -264,7 +231,7 @@ def setup_chat_template(tokenizer: Any, choice: str | None) -> None:
     if choice:
         tokenizer.chat_template = NAMED_TEMPLATES.get(choice, choice)
         if "{%" not in tokenizer.chat_template and "{{" not in tokenizer.chat_template:
-            raise BadInput(f"chat_template {choice!r} is neither {'/'.join(NAMED_TEMPLATES)} nor a Jinja template")
+            raise jio.BadInput(f"chat_template {choice!r} is neither {'/'.join(NAMED_TEMPLATES)} nor a Jinja template")
     elif not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = SIMPLE_TEMPLATE
     if tokenizer.pad_token is None:
@@ -297,7 +264,7 @@ def format_dataset(ds: Any, fmt: str, tokenizer: Any, seed: int) -> Any:
 
     out = ds.map(render, remove_columns=ds.column_names)
     if "prompt" in out.column_names and "text" in out.column_names:
-        raise BadInput("the chat template does not render prompts as a prefix of the conversation")
+        raise jio.BadInput("the chat template does not render prompts as a prefix of the conversation")
     return out.shuffle(seed=seed)
 
 
@@ -396,7 +363,7 @@ def find_checkpoint(spec: str) -> str:
         found = [p for p in base.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()] if base.is_dir() else []
         if found:
             return str(max(found, key=lambda p: int(p.name.split("-")[-1])))
-    raise BadInput(f"resume_from {spec}: no checkpoint-N directory with trainer_state.json there")
+    raise jio.BadInput(f"resume_from {spec}: no checkpoint-N directory with trainer_state.json there")
 
 
 def gpu_memory() -> dict[str, float]:
@@ -414,7 +381,7 @@ def gpu_memory() -> dict[str, float]:
     }
 
 
-def make_callback(metrics: Metrics, tokens_per_sample: float, samples_per_step: int) -> Any:
+def make_callback(metrics: jio.Metrics, tokens_per_sample: float, samples_per_step: int) -> Any:
     """A TrainerCallback that turns the Trainer's log dicts into metrics.jsonl rows and progress lines.
 
     Rates come from wall time between logs and the dataset's mean tokens per sample, which
@@ -639,14 +606,14 @@ def trainer_args(cfg: dict[str, Any], backend: str, cuda: bool, out_dir: Path) -
     return args
 
 
-def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str, Any]) -> dict[str, Any]:
+def train(cfg: dict[str, Any], job_dir: Path, metrics: jio.Metrics, state: dict[str, Any]) -> dict[str, Any]:
     """The run itself; returns the manifest. ``state`` tells the error handlers how far it got."""
     backend = choose_backend(cfg["backend"])  # before transformers is imported (unsloth patches it)
     state["backend"] = backend
     import datasets
     import torch
     import transformers
-    from trl import SFTConfig, SFTTrainer
+    import trl  # noqa: F401  (before the model loads, as it was: a missing trl fails in the setup phase)
 
     datasets.disable_progress_bars()  # output.log is for people: no tqdm bars
     transformers.utils.logging.disable_progress_bar()
@@ -658,60 +625,11 @@ def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str,
     if cuda and WORLD_SIZE > 1:
         torch.cuda.set_device(LOCAL_RANK)  # before anything touches the GPU: rank r uses GPU LOCAL_RANK
     prepare_cpu_offload(cfg, cuda)
-    metrics.write(
-        {
-            "event": "start",
-            "backend": backend,
-            "method": cfg["method"],
-            "model": cfg["model"],
-            "device": torch.cuda.get_device_name() if cuda else "cpu",
-            "pid": os.getpid(),
-            "host": platform.node(),
-            "world_size": WORLD_SIZE,
-            "strategy": cfg["strategy"] if WORLD_SIZE > 1 else None,
-            "cpu_threads": torch.get_num_threads(),
-            "config": cfg,
-            "versions": versions(),
-        }
+    announce_start(cfg, backend, cuda, metrics)
+    model, tokenizer, ds, eval_ds, fmt = load_model_and_data(cfg, backend, metrics, state)
+    trainer, callback, tokens_per_sample = make_trainer(
+        cfg, backend, cuda, out_dir, model, tokenizer, ds, eval_ds, metrics
     )
-    say(
-        f"fine-tune {cfg['model']} ({cfg['method']}, backend {backend}) on "
-        f"{torch.cuda.get_device_name() if cuda else 'cpu'}"
-        + (f" x {WORLD_SIZE} ranks ({cfg['strategy']})" if WORLD_SIZE > 1 else "")
-    )
-
-    ds, fmt = load_dataset_rows(cfg)
-    state["phase"] = "model"
-    t_load = time.time()
-    model, tokenizer = load_model(cfg, backend)
-    load_s = time.time() - t_load
-    metrics.write({"event": "model_loaded", "load_s": round(load_s, 2)})
-    say(f"model loaded in {load_s:.1f} s")
-    setup_chat_template(tokenizer, cfg["chat_template"])
-    ds = format_dataset(ds, fmt, tokenizer, cfg["seed"])
-    eval_ds = None
-    if float(cfg["eval_fraction"]) > 0:
-        split = ds.train_test_split(test_size=float(cfg["eval_fraction"]), seed=cfg["seed"])
-        ds, eval_ds = split["train"], split["test"]
-    say(f"dataset: {len(ds)} train rows{f', {len(eval_ds)} eval' if eval_ds else ''} ({fmt})")
-
-    if cfg["wandb_project"]:
-        os.environ["WANDB_PROJECT"] = str(cfg["wandb_project"])
-        if cfg["wandb_mode"]:
-            os.environ["WANDB_MODE"] = str(cfg["wandb_mode"])
-    trainer = SFTTrainer(
-        model=model,
-        args=SFTConfig(**trainer_args(cfg, backend, cuda, out_dir)),
-        train_dataset=ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-    )
-    lengths = [len(x) for x in trainer.train_dataset.select(range(min(len(trainer.train_dataset), 4096)))["input_ids"]]
-    tokens_per_sample = sum(lengths) / max(len(lengths), 1)
-    samples_per_step = int(cfg["per_device_batch_size"]) * int(cfg["gradient_accumulation_steps"])
-    callback = make_callback(metrics, tokens_per_sample, samples_per_step * trainer.args.world_size)
-    trainer.add_callback(callback)
-    trainer.remove_callback(transformers.PrinterCallback)
     state.update(phase="train", callback=callback)
 
     resume = find_checkpoint(str(cfg["resume_from"])) if cfg["resume_from"] else None
@@ -764,6 +682,90 @@ def train(cfg: dict[str, Any], job_dir: Path, metrics: Metrics, state: dict[str,
     return manifest
 
 
+def announce_start(cfg: dict[str, Any], backend: str, cuda: bool, metrics: jio.Metrics) -> None:
+    """The ``start`` row (device, ranks, the whole config, library versions) and its progress line."""
+    import torch
+
+    device = torch.cuda.get_device_name() if cuda else "cpu"
+    metrics.write(
+        {
+            "event": "start",
+            "backend": backend,
+            "method": cfg["method"],
+            "model": cfg["model"],
+            "device": device,
+            "pid": os.getpid(),
+            "host": platform.node(),
+            "world_size": WORLD_SIZE,
+            "strategy": cfg["strategy"] if WORLD_SIZE > 1 else None,
+            "cpu_threads": torch.get_num_threads(),
+            "config": cfg,
+            "versions": versions(),
+        }
+    )
+    say(
+        f"fine-tune {cfg['model']} ({cfg['method']}, backend {backend}) on {device}"
+        + (f" x {WORLD_SIZE} ranks ({cfg['strategy']})" if WORLD_SIZE > 1 else "")
+    )
+
+
+def load_model_and_data(
+    cfg: dict[str, Any], backend: str, metrics: jio.Metrics, state: dict[str, Any]
+) -> tuple[Any, Any, Any, Any, str]:
+    """(model, tokenizer, train rows, eval rows or None, dataset format): the dataset is read and
+    checked before the model loads, then rendered through the tokenizer's chat template."""
+    ds, fmt = load_dataset_rows(cfg)
+    state["phase"] = "model"
+    t_load = time.time()
+    model, tokenizer = load_model(cfg, backend)
+    load_s = time.time() - t_load
+    metrics.write({"event": "model_loaded", "load_s": round(load_s, 2)})
+    say(f"model loaded in {load_s:.1f} s")
+    setup_chat_template(tokenizer, cfg["chat_template"])
+    ds = format_dataset(ds, fmt, tokenizer, cfg["seed"])
+    eval_ds = None
+    if float(cfg["eval_fraction"]) > 0:
+        split = ds.train_test_split(test_size=float(cfg["eval_fraction"]), seed=cfg["seed"])
+        ds, eval_ds = split["train"], split["test"]
+    say(f"dataset: {len(ds)} train rows{f', {len(eval_ds)} eval' if eval_ds else ''} ({fmt})")
+    return model, tokenizer, ds, eval_ds, fmt
+
+
+def make_trainer(
+    cfg: dict[str, Any],
+    backend: str,
+    cuda: bool,
+    out_dir: Path,
+    model: Any,
+    tokenizer: Any,
+    ds: Any,
+    eval_ds: Any,
+    metrics: jio.Metrics,
+) -> tuple[Any, Any, float]:
+    """(SFTTrainer, its metrics callback, mean tokens per sample) for the prepared model and rows."""
+    import transformers
+    from trl import SFTConfig, SFTTrainer
+
+    if cfg["wandb_project"]:
+        os.environ["WANDB_PROJECT"] = str(cfg["wandb_project"])
+        if cfg["wandb_mode"]:
+            os.environ["WANDB_MODE"] = str(cfg["wandb_mode"])
+    trainer = SFTTrainer(
+        model=model,
+        args=SFTConfig(**trainer_args(cfg, backend, cuda, out_dir)),
+        train_dataset=ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+    )
+    lengths = [len(x) for x in trainer.train_dataset.select(range(min(len(trainer.train_dataset), 4096)))["input_ids"]]
+    tokens_per_sample = sum(lengths) / max(len(lengths), 1)
+    samples_per_step = int(cfg["per_device_batch_size"]) * int(cfg["gradient_accumulation_steps"])
+    callback = make_callback(metrics, tokens_per_sample, samples_per_step * trainer.args.world_size)
+    trainer.add_callback(callback)
+    trainer.remove_callback(transformers.PrinterCallback)
+    return trainer, callback, tokens_per_sample
+
+
 def save_merged(cfg: dict[str, Any], backend: str, model: Any, tokenizer: Any, adapter: Path, dest: Path) -> Path:
     """The 16-bit merged model that a server loads without PEFT.
 
@@ -782,11 +784,6 @@ def save_merged(cfg: dict[str, Any], backend: str, model: Any, tokenizer: Any, a
     merged.save_pretrained(str(dest))
     tokenizer.save_pretrained(str(dest))
     return dest
-
-
-def is_oom(exc: BaseException) -> bool:
-    """torch's OutOfMemoryError, or the RuntimeError text some kernels (and bnb) raise instead."""
-    return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
 
 
 def other_rank_failed_first(path: Path) -> bool:
@@ -810,7 +807,7 @@ def other_rank_failed_first(path: Path) -> bool:
     return False
 
 
-def report_error(metrics: Metrics, row: dict[str, Any], exc: BaseException) -> None:
+def report_error(metrics: jio.Metrics, row: dict[str, Any], exc: BaseException) -> None:
     """An error row from whichever rank failed first, and the exception in torchrun's error file.
 
     Why the error file: torchrun orders failures by the time in each rank's error file and
@@ -866,8 +863,8 @@ def set_allocator_env(env: MutableMapping[str, str]) -> str | None:
     return key
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse args, run, and turn every failure into a metrics record plus a distinct exit code."""
+def parse_args(argv: list[str] | None) -> tuple[Path, Path]:
+    """(settings file, job directory): job.json (the engine's form), or --config and --job-dir."""
     parser = argparse.ArgumentParser(description="LoRA/QLoRA/full fine-tune payload (Unsloth or TRL + PEFT)")
     parser.add_argument(
         "job_json",
@@ -878,75 +875,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="job config JSON (submit_finetune arguments), standalone use")
     parser.add_argument("--job-dir", type=Path, help="job directory: metrics.jsonl, outputs/ (with --config)")
     ns = parser.parse_args(argv)
-    config_key = None
     if ns.job_json is not None:
-        ns.job_dir, ns.config, config_key = ns.job_json.resolve().parent, ns.job_json, "payload_config"
-    elif ns.config is None or ns.job_dir is None:
+        return ns.job_json, ns.job_json.resolve().parent
+    if ns.config is None or ns.job_dir is None:
         parser.error("give job.json, or --config and --job-dir")
-    job_dir: Path = ns.job_dir.resolve()
-    job_dir.mkdir(parents=True, exist_ok=True)
+    return ns.config, ns.job_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse args, run, and turn every failure into a metrics record plus a distinct exit code."""
+    settings, job_dir = parse_args(argv)
+    files = jio.job_files(settings, job_dir)
     set_allocator_env(os.environ)
-    metrics = Metrics(job_dir / "metrics.jsonl")
+    metrics = jio.Metrics(files.metrics, rank=RANK, world_size=WORLD_SIZE)
     state: dict[str, Any] = {"phase": "setup", "backend": None, "callback": None}
     cfg: dict[str, Any] = {}
     try:
-        cfg = load_config(ns.config, config_key)
-        manifest = train(cfg, job_dir, metrics, state)
-    except (BadInput, dsf.DatasetFormatError) as exc:  # the same on every rank: rank 0 reports it
-        metrics.write({"event": "error", "kind": "bad_input", "message": str(exc), "phase": state["phase"]})
+        cfg = load_config(files.settings)
+        manifest = train(cfg, files.job_dir, metrics, state)
+    except (jio.BadInput, dsf.DatasetFormatError) as exc:  # the same on every rank: rank 0 reports it
+        metrics.write(jio.error_row("bad_input", str(exc), phase=state["phase"]))
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
+        return jio.EXIT_BAD_INPUT
     except Exception as exc:
-        cb = state["callback"]
-        step = cb.step if cb is not None else 0
-        if is_oom(exc):
-            import torch
-
-            total = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
-            tip = oom_suggestion(cfg) if cfg else "reduce the batch size"
-            est = cfg.get("estimated_peak_gib")
-            msg = (
-                f"CUDA out of memory at step {step} ({state['phase']})"
-                + (f": estimate said {est} GiB" if est else "")
-                + (f" on a {total:.0f} GiB GPU" if total else "")
-                + f"; {tip}"
-            )
-            report_error(
-                metrics,
-                {
-                    "event": "error",
-                    "kind": "cuda_oom",
-                    "message": msg,
-                    "step": step,
-                    "suggestion": tip,
-                    "estimated_peak_gib": est,
-                    "gpu_total_gib": total,
-                    "phase": state["phase"],
-                    "backend": state["backend"],
-                    **gpu_memory(),
-                },
-                exc,
-            )
-            print(f"error: {msg}", file=sys.stderr, flush=True)
-            return EXIT_OOM
-        traceback.print_exc()
-        msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-        report_error(
-            metrics,
-            {
-                "event": "error",
-                "kind": "exception",
-                "message": msg,
-                "step": step,
-                "phase": state["phase"],
-                "backend": state["backend"],
-            },
-            exc,
-        )
-        return EXIT_FAILED
+        return report_train_failure(metrics, exc, cfg, state)
     finish_distributed()
     if not IS_MAIN:
-        return EXIT_OK
+        return jio.EXIT_OK
     metrics.write(
         {
             "event": "end",
@@ -964,9 +919,38 @@ def main(argv: list[str] | None = None) -> int:
     )
     say(
         f"done: {manifest['steps']} steps, final loss {manifest['final_loss']}, outputs in "
-        f"{job_dir / cfg['output_dir']}"
+        f"{files.job_dir / cfg['output_dir']}"
     )
-    return EXIT_OK
+    return jio.EXIT_OK
+
+
+def report_train_failure(metrics: jio.Metrics, exc: BaseException, cfg: dict[str, Any], state: dict[str, Any]) -> int:
+    """The failure record of an exception in training (an OOM with what to change) from the rank
+    that failed first; returns the exit code."""
+    cb = state["callback"]
+    step = cb.step if cb is not None else 0
+    where = {"step": step, "phase": state["phase"], "backend": state["backend"]}
+    if jio.is_oom(exc):
+        import torch
+
+        total = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
+        tip = oom_suggestion(cfg) if cfg else "reduce the batch size"
+        est = cfg.get("estimated_peak_gib")
+        msg = (
+            f"CUDA out of memory at step {step} ({state['phase']})"
+            + (f": estimate said {est} GiB" if est else "")
+            + (f" on a {total:.0f} GiB GPU" if total else "")
+            + f"; {tip}"
+        )
+        row = jio.error_row(
+            "cuda_oom", msg, **where, suggestion=tip, estimated_peak_gib=est, gpu_total_gib=total, **gpu_memory()
+        )
+        report_error(metrics, row, exc)
+        print(f"error: {msg}", file=sys.stderr, flush=True)
+        return jio.EXIT_OOM
+    traceback.print_exc()
+    report_error(metrics, jio.error_row("exception", jio.describe(exc).splitlines()[0][:500], **where), exc)
+    return jio.EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ Reports only through files, because the controller may be gone while this runs:
   DIR/metrics.jsonl          {"event": "start"}, {"event": "phase", ...}, then "end" or "error"
   DIR/outputs/<output_name>/ the quantized checkpoint + tokenizer
   DIR/outputs/manifest.json  sizes, perplexities, the forward check, versions
-Exit codes: 0 done, 1 unexpected failure, 2 bad config or input, 3 out of memory,
-4 a library this method needs is not installed on the host.
+Exit codes (job_io's table): 0 done, 1 unexpected failure, 2 bad config or input, 3 out of
+memory, 4 a library this method needs is not installed on the host.
 """
 
 from __future__ import annotations
@@ -35,12 +35,14 @@ import os
 import platform
 import sys
 import time
-import traceback
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_OOM, EXIT_MISSING_DEP = 0, 1, 2, 3, 4
+try:  # beside this file in the job directory; runners.payloads.job_io in the repository
+    from . import job_io as jio
+except ImportError:
+    import job_io as jio  # type: ignore[no-redef]
 
 METHODS = ("bnb-nf4", "bnb-int8", "awq", "gptq", "fp8", "fp8-dynamic")
 BNB_METHODS = ("bnb-nf4", "bnb-int8")
@@ -98,53 +100,20 @@ HELD_OUT_TEXT = (
 )
 
 
-class BadInput(Exception):
-    """Config or input the user must change; the message is one line for a person."""
-
-
-class MissingDependency(Exception):
-    """The host's interpreter lacks a library this method needs."""
-
-
-class Metrics:
-    """Appends JSON lines to metrics.jsonl, flushed at once so the controller can tail them."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.t0 = time.time()
-
-    def write(self, row: dict[str, Any]) -> None:
-        row = {"time": round(time.time() - self.t0, 4), **row}
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, default=str) + "\n")
-
-
 def say(msg: str) -> None:
     print(f"[quantize] {msg}", flush=True)
 
 
 def load_settings(path: Path) -> dict[str, Any]:
-    """Merge job.json's ``payload_config`` (or a bare settings object) over DEFAULTS; unknown keys are errors."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BadInput(f"cannot read {path}: {exc}") from exc
-    raw = doc.get("payload_config", doc) if isinstance(doc, dict) else None
-    if not isinstance(raw, dict):
-        raise BadInput(f"{path} holds no settings object")
-    unknown = sorted(set(raw) - set(DEFAULTS))
-    if unknown:
-        raise BadInput(f"unknown settings: {', '.join(unknown)}")
-    cfg = {**DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
-    if not cfg["model"]:
-        raise BadInput("settings need 'model'")
+    """job.json's settings over DEFAULTS (job_io.load_settings), then this payload's own checks."""
+    cfg = jio.load_settings(path, DEFAULTS, required=("model",))
     if cfg["method"] not in METHODS:
-        raise BadInput(f"method must be one of {', '.join(METHODS)}, not {cfg['method']!r}")
+        raise jio.BadInput(f"method must be one of {', '.join(METHODS)}, not {cfg['method']!r}")
     if cfg["method"] in CALIBRATED_METHODS and not cfg["calibration_dataset"]:
-        raise BadInput(f"method {cfg['method']} needs a calibration_dataset (a JSONL file or a Hub dataset id)")
+        raise jio.BadInput(f"method {cfg['method']} needs a calibration_dataset (a JSONL file or a Hub dataset id)")
     name = str(cfg["output_name"])
     if not name or "/" in name or name.startswith(".") or name == "manifest.json":
-        raise BadInput(f"output_name {name!r} must be a plain directory name")
+        raise jio.BadInput(f"output_name {name!r} must be a plain directory name")
     return cfg
 
 
@@ -157,19 +126,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def require(module: str, why: str) -> Any:
-    """Import ``module`` or raise MissingDependency naming what to install."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependency(
-            f"{why} needs the Python package {module!r}, which the host's interpreter lacks ({exc}); "
-            "install it there (setup_host can build an environment with it) or point the host's python at one"
-        ) from exc
-
-
 def resolve_model_dir(model: str, revision: str | None) -> Path:
     """A local directory for ``model``: itself if it is a path, else its snapshot in the HF cache.
 
@@ -180,13 +136,13 @@ def resolve_model_dir(model: str, revision: str | None) -> Path:
     if p.is_dir():
         return p.resolve()
     if p.is_absolute() or model.startswith((".", "~")):
-        raise BadInput(f"model directory {model} does not exist on this host")
+        raise jio.BadInput(f"model directory {model} does not exist on this host")
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(repo_id=model, revision=revision))
     except Exception as exc:
-        raise BadInput(
+        raise jio.BadInput(
             f"model {model!r} is not available on this host ({type(exc).__name__}: {exc}); "
             "download it first with download_model"
         ) from exc
@@ -207,7 +163,7 @@ def pick_device(choice: str) -> str:
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda" and not torch.cuda.is_available():
-        raise BadInput("device 'cuda' was asked for but torch sees no CUDA GPU on this host")
+        raise jio.BadInput("device 'cuda' was asked for but torch sees no CUDA GPU on this host")
     return choice
 
 
@@ -239,16 +195,18 @@ def load_texts(spec: str, split: str, limit: int) -> list[str]:
         else:
             rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
     elif p.is_absolute() or spec.startswith((".", "~")):
-        raise BadInput(f"calibration dataset {spec} does not exist on this host")
+        raise jio.BadInput(f"calibration dataset {spec} does not exist on this host")
     else:
-        datasets = require("datasets", "a Hub calibration dataset")
+        datasets = jio.require("datasets", "a Hub calibration dataset")
         try:
             rows = list(datasets.load_dataset(spec, split=f"{split}[:{limit}]"))
         except Exception as exc:
-            raise BadInput(f"calibration dataset {spec!r} could not be loaded ({type(exc).__name__}: {exc})") from exc
+            raise jio.BadInput(
+                f"calibration dataset {spec!r} could not be loaded ({type(exc).__name__}: {exc})"
+            ) from exc
     texts = [t for t in (row_text(r) for r in rows[:limit]) if t.strip()]
     if not texts:
-        raise BadInput(f"calibration dataset {spec} has no usable text rows")
+        raise jio.BadInput(f"calibration dataset {spec} has no usable text rows")
     return texts
 
 
@@ -287,7 +245,7 @@ def perplexity(model: Any, tokenizer: Any, text: str, max_tokens: int, window: i
             nll += float(loss) * n
             count += n
     if count == 0:
-        raise BadInput("the held-out text is too short to measure perplexity")
+        raise jio.BadInput("the held-out text is too short to measure perplexity")
     return {"perplexity": round(math.exp(nll / count), 4), "tokens": count}
 
 
@@ -318,7 +276,7 @@ def quantize_bnb(cfg: dict[str, Any], src: Path, out: Path, device: str, kept: d
 
     ``kept``: layers to leave unquantized besides ``ignore`` (from ``plan_cpu_4bit``).
     """
-    require("bitsandbytes", f"method {cfg['method']}")
+    jio.require("bitsandbytes", f"method {cfg['method']}")
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     dtype = work_dtype(device)
@@ -359,7 +317,7 @@ def plan_cpu_4bit(cfg: dict[str, Any], src: Path, device: str) -> dict[str, str]
     """
     if cfg["method"] != "bnb-nf4" or device != "cpu":
         return {}
-    require("bitsandbytes", f"method {cfg['method']}")
+    jio.require("bitsandbytes", f"method {cfg['method']}")
     ignore = cfg["ignore"]
     skeleton = model_skeleton(src, cfg["trust_remote_code"])
     linears = linear_shapes(skeleton)
@@ -370,7 +328,7 @@ def plan_cpu_4bit(cfg: dict[str, Any], src: Path, device: str) -> dict[str, str]
         if not any(n.endswith(i) for i in ignore) and (why := cpu_4bit_misfit(ins, outs, blocksize))
     }
     if linears and all(n in kept or any(n.endswith(i) for i in ignore) for n in linears):
-        raise BadInput(no_4bit_layer_message(blocksize))
+        raise jio.BadInput(no_4bit_layer_message(blocksize))
     if kept:
         say(
             f"keeping {len(kept)} layer(s) unquantized, which bitsandbytes' 4-bit CPU kernel cannot run: "
@@ -450,10 +408,10 @@ def check_cpu_4bit(model: Any) -> None:
 
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
     if not layers:
-        raise BadInput(no_4bit_layer_message(bnb_blocksize()))
+        raise jio.BadInput(no_4bit_layer_message(bnb_blocksize()))
     left = {n: why for n, m in layers if (why := cpu_4bit_misfit(m.in_features, m.out_features, m.weight.blocksize))}
     if left:
-        raise BadInput(
+        raise jio.BadInput(
             f"bitsandbytes' 4-bit CPU kernel cannot run {len(left)} quantized layer(s): "
             + "; ".join(f"{n} ({why})" for n, why in list(left.items())[:3])
             + "; quantize on a GPU host or use bnb-int8"
@@ -462,7 +420,7 @@ def check_cpu_4bit(model: Any) -> None:
 
 def quantize_llmc(cfg: dict[str, Any], src: Path, out: Path, device: str, tokenizer: Any) -> str:
     """llm-compressor ``oneshot`` with the method's preset scheme; saves compressed-tensors."""
-    require("llmcompressor", f"method {cfg['method']}")
+    jio.require("llmcompressor", f"method {cfg['method']}")
     from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from transformers import AutoModelForCausalLM
@@ -488,7 +446,7 @@ def quantize_llmc(cfg: dict[str, Any], src: Path, out: Path, device: str, tokeni
         check_group_size(model, ignore)
     kwargs: dict[str, Any] = {}
     if method in CALIBRATED_METHODS:
-        datasets = require("datasets", "calibration")
+        datasets = jio.require("datasets", "calibration")
         texts = load_texts(cfg["calibration_dataset"], cfg["calibration_split"], cfg["num_calibration_samples"])
         enc = tokenizer(texts, truncation=True, max_length=cfg["max_seq_length"], padding=False)
         ds = datasets.Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
@@ -507,7 +465,7 @@ def check_group_size(model: Any, ignore: list[str]) -> None:
     for name, mod in model.named_modules():
         skipped = any(name.endswith(i) for i in ignore)
         if isinstance(mod, torch.nn.Linear) and not skipped and mod.in_features % GROUP_SIZE:
-            raise BadInput(
+            raise jio.BadInput(
                 f"layer {name} has {mod.in_features} input features, not a multiple of the group size "
                 f"{GROUP_SIZE} that W4A16 uses; use fp8-dynamic or bnb-nf4 for this model"
             )
@@ -525,70 +483,135 @@ def load_quantized(cfg: dict[str, Any], out: Path, device: str) -> Any:
     return AutoModelForCausalLM.from_pretrained(str(out), **kwargs)
 
 
-def run(cfg: dict[str, Any], job_dir: Path, outputs: Path, metrics: Metrics, state: dict[str, Any]) -> dict[str, Any]:
-    """The quantization itself; returns the manifest. ``state`` tells the error handlers how far it got."""
+def run(cfg: dict[str, Any], outputs: Path, metrics: jio.Metrics, state: dict[str, Any]) -> dict[str, Any]:
+    """The quantization itself, phase by phase; returns the manifest. ``state`` tells the error handlers
+    how far it got."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     torch.manual_seed(0)
-    method = cfg["method"]
     device = pick_device(cfg["device"])
     out = outputs / cfg["output_name"]
     out.mkdir(parents=True, exist_ok=True)
     eval_text = cfg["eval_text"] or HELD_OUT_TEXT
-    metrics.write({"event": "start", "method": method, "model": cfg["model"], "device": device, "total_steps": 4})
+    metrics.write(
+        {"event": "start", "method": cfg["method"], "model": cfg["model"], "device": device, "total_steps": 4}
+    )
 
     state["phase"] = "resolve"
     src = resolve_model_dir(cfg["model"], cfg["revision"])
     size_before = weights_size(src)
-    say(f"model {cfg['model']} at {src} ({size_before / 2**20:.1f} MiB of weights), method {method}, on {device}")
+    say(
+        f"model {cfg['model']} at {src} ({size_before / 2**20:.1f} MiB of weights), method {cfg['method']}, on {device}"
+    )
     tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=cfg["trust_remote_code"])
     kept = plan_cpu_4bit(cfg, src, device)
-
-    ppl_before = None
-    if not cfg["skip_eval"]:
-        state["phase"] = "eval_before"
-        metrics.write({"event": "phase", "phase": "eval_before", "step": 1, "total_steps": 4})
-        base = AutoModelForCausalLM.from_pretrained(
-            str(src),
-            dtype=work_dtype(device),
-            device_map=device_map(device),
-            trust_remote_code=cfg["trust_remote_code"],
+    ppl_before = None if cfg["skip_eval"] else eval_before(cfg, src, device, tokenizer, eval_text, metrics, state)
+    fmt, quantize_s = quantize_and_save(cfg, src, out, device, tokenizer, kept, metrics, state)
+    check, ppl_after = reload_and_check(cfg, out, device, tokenizer, eval_text, metrics, state)
+    manifest = {
+        **manifest_head(cfg, src, out, device, fmt, size_before, weights_size(out)),
+        **perplexity_fields(ppl_before, ppl_after),
+        "eval_text": "built-in held-out paragraph" if not cfg["eval_text"] else "from settings",
+        "forward_check": check,
+        "kept_unquantized": kept,
+        "calibration": calibration_of(cfg),
+        "quantize_s": quantize_s,
+        "wall_time_s": round(time.time() - metrics.t0, 2),
+        "versions": versions(),
+        "serve_hint": (f"vllm serve {out}" + (" --quantization bitsandbytes" if cfg["method"] in BNB_METHODS else "")),
+    }
+    (outputs / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+    if not check["ok"]:
+        raise jio.BadInput(
+            "the quantized checkpoint produced non-finite logits; try another method or keep more layers"
         )
-        ppl_before = perplexity(base, tokenizer, eval_text, cfg["eval_max_tokens"], cfg["eval_window"])
-        say(f"perplexity before: {ppl_before['perplexity']} over {ppl_before['tokens']} tokens")
-        free(base)
+    return manifest
 
-    state["phase"] = "quantize"
-    metrics.write({"event": "phase", "phase": "quantize", "step": 2, "total_steps": 4})
+
+def enter_phase(phase: str, step: int, metrics: jio.Metrics, state: dict[str, Any]) -> None:
+    """Record that ``phase`` (step ``step`` of 4) starts: for the error handlers and for progress."""
+    state["phase"] = phase
+    metrics.write({"event": "phase", "phase": phase, "step": step, "total_steps": 4})
+
+
+def eval_before(
+    cfg: dict[str, Any],
+    src: Path,
+    device: str,
+    tokenizer: Any,
+    eval_text: str,
+    metrics: jio.Metrics,
+    state: dict[str, Any],
+) -> dict[str, float]:
+    """Step 1: the original model's perplexity on the held-out text."""
+    from transformers import AutoModelForCausalLM
+
+    enter_phase("eval_before", 1, metrics, state)
+    base = AutoModelForCausalLM.from_pretrained(
+        str(src),
+        dtype=work_dtype(device),
+        device_map=device_map(device),
+        trust_remote_code=cfg["trust_remote_code"],
+    )
+    ppl = perplexity(base, tokenizer, eval_text, cfg["eval_max_tokens"], cfg["eval_window"])
+    say(f"perplexity before: {ppl['perplexity']} over {ppl['tokens']} tokens")
+    free(base)
+    return ppl
+
+
+def quantize_and_save(
+    cfg: dict[str, Any],
+    src: Path,
+    out: Path,
+    device: str,
+    tokenizer: Any,
+    kept: dict[str, str],
+    metrics: jio.Metrics,
+    state: dict[str, Any],
+) -> tuple[str, float]:
+    """Step 2: quantize with the method's back-end and save the checkpoint and tokenizer; (format, seconds)."""
+    enter_phase("quantize", 2, metrics, state)
     t0 = time.time()
-    if method in BNB_METHODS:
+    if cfg["method"] in BNB_METHODS:
         fmt = quantize_bnb(cfg, src, out, device, kept)
     else:
         fmt = quantize_llmc(cfg, src, out, device, tokenizer)
     quantize_s = round(time.time() - t0, 2)
     tokenizer.save_pretrained(str(out))
-    size_after = weights_size(out)
-    say(f"saved {fmt} checkpoint to {out} ({size_after / 2**20:.1f} MiB) in {quantize_s} s")
+    say(f"saved {fmt} checkpoint to {out} ({weights_size(out) / 2**20:.1f} MiB) in {quantize_s} s")
+    return fmt, quantize_s
 
-    state["phase"] = "reload"
-    metrics.write({"event": "phase", "phase": "reload", "step": 3, "total_steps": 4})
+
+def reload_and_check(
+    cfg: dict[str, Any],
+    out: Path,
+    device: str,
+    tokenizer: Any,
+    eval_text: str,
+    metrics: jio.Metrics,
+    state: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, float] | None]:
+    """Steps 3 and 4: reload the saved checkpoint, run a forward pass, measure its perplexity."""
+    enter_phase("reload", 3, metrics, state)
     reloaded = load_quantized(cfg, out, device)
     check = forward_check(reloaded, tokenizer)
     say(f"reloaded and ran a forward pass: logits {check['logits_shape']}, finite={check['finite']}")
     ppl_after = None
     if not cfg["skip_eval"]:
-        state["phase"] = "eval_after"
-        metrics.write({"event": "phase", "phase": "eval_after", "step": 4, "total_steps": 4})
+        enter_phase("eval_after", 4, metrics, state)
         ppl_after = perplexity(reloaded, tokenizer, eval_text, cfg["eval_max_tokens"], cfg["eval_window"])
         say(f"perplexity after: {ppl_after['perplexity']}")
     free(reloaded)
+    return check, ppl_after
 
-    delta = None
-    if ppl_before and ppl_after:
-        delta = round(100.0 * (ppl_after["perplexity"] / ppl_before["perplexity"] - 1.0), 3)
-    manifest = {
-        "method": method,
+
+def manifest_head(
+    cfg: dict[str, Any], src: Path, out: Path, device: str, fmt: str, size_before: int, size_after: int
+) -> dict[str, Any]:
+    """The manifest's what and where: method, format, directories, sizes."""
+    return {
+        "method": cfg["method"],
         "format": fmt,
         "model": cfg["model"],
         "source_dir": str(src),
@@ -597,35 +620,41 @@ def run(cfg: dict[str, Any], job_dir: Path, outputs: Path, metrics: Metrics, sta
         "size_before_bytes": size_before,
         "size_after_bytes": size_after,
         "compression_ratio": round(size_before / size_after, 3) if size_after else None,
-        "perplexity_before": ppl_before["perplexity"] if ppl_before else None,
-        "perplexity_after": ppl_after["perplexity"] if ppl_after else None,
-        "perplexity_change_pct": delta,
-        "eval_tokens": ppl_after["tokens"] if ppl_after else None,
-        "eval_text": "built-in held-out paragraph" if not cfg["eval_text"] else "from settings",
-        "forward_check": check,
-        "kept_unquantized": kept,
-        "calibration": (
-            {
-                "dataset": cfg["calibration_dataset"],
-                "max_samples": cfg["num_calibration_samples"],
-                "max_seq_length": cfg["max_seq_length"],
-            }
-            if method in CALIBRATED_METHODS
-            else None
-        ),
-        "quantize_s": quantize_s,
-        "wall_time_s": round(time.time() - metrics.t0, 2),
-        "versions": versions(),
-        "serve_hint": (f"vllm serve {out}" + (" --quantization bitsandbytes" if method in BNB_METHODS else "")),
     }
-    (outputs / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-    if not check["ok"]:
-        raise BadInput("the quantized checkpoint produced non-finite logits; try another method or keep more layers")
-    return manifest
 
 
-def is_oom(exc: BaseException) -> bool:
-    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+def perplexity_fields(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, Any]:
+    """The manifest's perplexities before and after, and the change in percent."""
+    delta = None
+    if before and after:
+        delta = round(100.0 * (after["perplexity"] / before["perplexity"] - 1.0), 3)
+    return {
+        "perplexity_before": before["perplexity"] if before else None,
+        "perplexity_after": after["perplexity"] if after else None,
+        "perplexity_change_pct": delta,
+        "eval_tokens": after["tokens"] if after else None,
+    }
+
+
+def calibration_of(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    if cfg["method"] not in CALIBRATED_METHODS:
+        return None
+    return {
+        "dataset": cfg["calibration_dataset"],
+        "max_samples": cfg["num_calibration_samples"],
+        "max_seq_length": cfg["max_seq_length"],
+    }
+
+
+END_FIELDS = (
+    "method",
+    "format",
+    "size_before_bytes",
+    "size_after_bytes",
+    "perplexity_before",
+    "perplexity_after",
+    "output_dir",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -636,56 +665,21 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if len(args) != 1:
         print("usage: python quantize.py job.json", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    settings = Path(args[0]).resolve()
-    job_dir = Path(os.environ.get("LLM_OPS_JOB_DIR") or settings.parent)
-    outputs = Path(os.environ.get("LLM_OPS_OUTPUTS") or job_dir / "outputs")
-    outputs.mkdir(parents=True, exist_ok=True)
-    metrics = Metrics(Path(os.environ.get("LLM_OPS_METRICS") or job_dir / "metrics.jsonl"))
+        return jio.EXIT_BAD_INPUT
+    files = jio.job_files(Path(args[0]))
+    metrics = jio.Metrics(files.metrics)
     state: dict[str, Any] = {"phase": "config"}
     try:
-        cfg = load_settings(settings)
-        manifest = run(cfg, job_dir, outputs, metrics, state)
-    except BadInput as exc:
-        metrics.write({"event": "error", "kind": "bad_input", "message": str(exc), "phase": state["phase"]})
-        print(f"BadInput: {exc}", flush=True)
-        return EXIT_BAD_INPUT
-    except MissingDependency as exc:
-        metrics.write({"event": "error", "kind": "missing_dependency", "message": str(exc), "phase": state["phase"]})
-        print(f"MissingDependency: {exc}", flush=True)
-        return EXIT_MISSING_DEP
+        cfg = load_settings(files.settings)
+        manifest = run(cfg, files.outputs, metrics, state)
     except Exception as exc:
-        traceback.print_exc()
-        kind = "oom" if is_oom(exc) else "failed"
-        metrics.write(
-            {"event": "error", "kind": kind, "message": f"{type(exc).__name__}: {exc}"[:2000], "phase": state["phase"]}
-        )
-        print(f"{type(exc).__name__}: {exc}"[:2000], flush=True)
-        return EXIT_OOM if kind == "oom" else EXIT_FAILED
-    metrics.write(
-        {
-            "event": "end",
-            "step": 4,
-            "total_steps": 4,
-            **{
-                k: manifest[k]
-                for k in (
-                    "method",
-                    "format",
-                    "size_before_bytes",
-                    "size_after_bytes",
-                    "perplexity_before",
-                    "perplexity_after",
-                    "output_dir",
-                )
-            },
-        }
-    )
+        return jio.report_failure(metrics, exc, phase=state["phase"])
+    metrics.write({"event": "end", "step": 4, "total_steps": 4, **{k: manifest[k] for k in END_FIELDS}})
     say(
         f"done: {manifest['format']}, {manifest['size_before_bytes']} -> {manifest['size_after_bytes']} bytes, "
         f"perplexity {manifest['perplexity_before']} -> {manifest['perplexity_after']}, in {manifest['output_dir']}"
     )
-    return EXIT_OK
+    return jio.EXIT_OK
 
 
 if __name__ == "__main__":

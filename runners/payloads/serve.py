@@ -19,7 +19,8 @@ this script, run by the job engine like any payload (``python serve.py job.json`
    reports (the job becomes ``ready``). Afterwards ``/health`` is checked now and
    then; the marker goes away while it fails and comes back when it answers;
 5. exits with vLLM's exit code, or with its own code after a diagnosed failure,
-   writing ``{"event": "error", "kind", "message", "hint"}`` to metrics.jsonl.
+   writing the failure record ``{"event": "error", "kind", "message", "hint"}`` to
+   metrics.jsonl (job_io, shipped beside this file).
 
 Several nodes (``payload_config["tasks"]`` > 1): ``srun`` runs this script once per SLURM
 task. Every task adds ``--node-rank $SLURM_PROCID --master-addr <first node of the
@@ -28,10 +29,11 @@ described above, every other task adds ``--headless`` (vLLM's workers for its sh
 the GPUs, no API), prefixes its output with ``[node N]``, writes no endpoint or marker,
 and exits with vLLM's code (srun's ``--kill-on-bad-exit`` then stops the rest).
 
-Stdlib only: it runs in the host's Python, next to vllm. ``classify_line`` is also
-used by the controller (tools/serve.py) to read logs of servers that never got here.
-Exit codes: vLLM's own; 3 CUDA out of memory; 4 port in use; 5 start-up time-out;
-6 a known start-up failure while vLLM did not exit by itself; 7 a flag this vLLM lacks.
+Stdlib only: it runs in the host's Python, next to vllm.
+Exit codes (job_io's table): vLLM's own when it exits by itself with no known cause; 2 bad
+settings (a missing API-key secret, a multi-node task outside srun); 3 CUDA out of memory;
+4 vLLM is not installed; 7 a flag this vLLM lacks; 8 port in use; 9 start-up time-out;
+10 a known start-up failure while vLLM did not exit by itself; 143 stopped (SIGTERM).
 
 Flags (``payload_config["check_flags"]``): on a host whose vLLM the controller has not
 seen yet, it cannot check the command's flags without ``vllm serve --help=all``, which
@@ -57,13 +59,18 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+try:  # beside this file in the job directory; runners.payloads.job_io in the repository
+    from . import job_io as jio
+except ImportError:
+    import job_io as jio  # type: ignore[no-redef]
+
 __all__ = ["FAILURES", "check_flags", "classify_line", "help_flags", "main"]
 
-EXIT_OOM, EXIT_PORT, EXIT_TIMEOUT, EXIT_DIAGNOSED, EXIT_FLAGS = 3, 4, 5, 6, 7
-HELP_FILE = "vllm-help.json"  # the controller reads it to learn this host's flags (tools/serve_host.py)
+HELP_FILE = "vllm-help.json"  # the controller reads it to learn this host's flags (tools/serve/host.py)
 HELP_TIMEOUT_S = 300.0
 FATAL_GRACE_S = 20.0  # after a fatal line, how long vLLM may take to exit by itself ($LLM_OPS_SERVE_FATAL_GRACE_S)
 UNHEALTHY_AFTER = 3  # failed health checks in a row before the ready marker goes
@@ -191,7 +198,7 @@ def _split_invocation(inv: str) -> list[str]:
 def help_flags(text: str) -> dict[str, list[str] | None]:
     """Every long option of an argparse ``--help`` text: name -> its choices (None: free value or switch).
 
-    A stdlib twin of tools/vllm_args.py ``parse_help`` (this script runs in the host's Python).
+    A stdlib twin of tools/serve/flags.py ``parse_help`` (this script runs in the host's Python).
     """
     flags: dict[str, list[str] | None] = {}
     for raw in text.splitlines():
@@ -260,17 +267,6 @@ def check_flags(cmd: list[str], job_dir: Path, version: str | None) -> tuple[str
                 f"Use one of: {', '.join(choices)}.",
             )
     return None
-
-
-class _Metrics:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lock = threading.Lock()
-
-    def write(self, **event: Any) -> None:
-        event.setdefault("time", round(time.time(), 3))
-        with self.lock, open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(event) + "\n")
 
 
 def _touch_atomic(path: Path, text: str) -> None:
@@ -390,7 +386,7 @@ def multinode_args(tasks: int, env: dict[str, str]) -> tuple[int, list[str]]:
     return int(rank), flags
 
 
-def run_headless(cmd: list[str], env: dict[str, str], job_dir: Path, rank: int, metrics: _Metrics) -> int:
+def run_headless(cmd: list[str], env: dict[str, str], job_dir: Path, rank: int, metrics: jio.Metrics) -> int:
     """A non-head task: vLLM's workers for this node's GPUs, output prefixed, vLLM's exit code returned."""
     print(f"[node {rank}] [llm-ops] starting headless on {socket.gethostname()}: {shlex.join(cmd)}", flush=True)
     try:
@@ -398,13 +394,9 @@ def run_headless(cmd: list[str], env: dict[str, str], job_dir: Path, rank: int, 
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=str(job_dir)
         )
     except OSError as e:
-        metrics.write(
-            event="error",
-            kind="missing_vllm",
-            message=f"node {rank}: cannot start {cmd[0]}: {e.strerror}",
-            hint=FAILURES[-1][2],
-        )
-        return 127
+        message = f"node {rank}: cannot start {cmd[0]}: {e.strerror}"
+        metrics.write(jio.error_row("missing_vllm", message, hint=FAILURES[-1][2]))
+        return jio.EXIT_MISSING_DEPENDENCY
 
     def on_term(signum: int, _frame: Any) -> None:
         if child.poll() is None:
@@ -421,220 +413,286 @@ def run_headless(cmd: list[str], env: dict[str, str], job_dir: Path, rank: int, 
         hit = None if reported else classify_line(line)
         if hit and hit[0] in _FATAL_KINDS:
             reported = True
-            metrics.write(event="error", kind=hit[0], message=f"node {rank}: {line.strip()[:480]}", hint=hit[1])
+            metrics.write(jio.error_row(hit[0], f"node {rank}: {line.strip()[:480]}", hint=hit[1]))
     rc = child.wait()
     if rc not in (0, -signal.SIGTERM, 143):
         print(f"[node {rank}] [llm-ops] vLLM exited with code {rc}", flush=True)
     return rc if rc >= 0 else 128 - rc
 
 
-def main(argv: list[str]) -> int:
-    job_path = Path(argv[1] if len(argv) > 1 else "job.json").resolve()
-    job = json.loads(job_path.read_text(encoding="utf-8"))
-    cfg: dict[str, Any] = job["payload_config"]
-    job_dir = Path(job.get("job_dir") or job_path.parent)
-    metrics = _Metrics(job_dir / "metrics.jsonl")
-    ready_mark = job_dir / "ready"
-    t0 = time.monotonic()
+@dataclass
+class ServeJob:
+    """What every part of a serve run reports through: the job directory, its metrics, the ready
+    marker, and the clock the start-up time-out counts from (the payload's start)."""
 
-    def fail(kind: str, message: str, hint: str, code: int) -> int:
-        ready_mark.unlink(missing_ok=True)
-        metrics.write(event="error", kind=kind, message=message[:500], hint=hint)
+    job_dir: Path
+    metrics: jio.Metrics
+    t0: float = field(default_factory=time.monotonic)
+
+    @property
+    def ready_mark(self) -> Path:
+        return self.job_dir / "ready"
+
+    def fail(self, kind: str, message: str, hint: str, code: int) -> int:
+        """Drop the ready marker, write the failure record and say why in the log; returns ``code``."""
+        self.ready_mark.unlink(missing_ok=True)
+        self.metrics.write(jio.error_row(kind, message[:500], hint=hint))
         print(f"[llm-ops] serve failed ({kind}): {message[:300]}\n[llm-ops] hint: {hint}", flush=True)
         return code
 
+    def fail_with(self, exc: jio.Failure) -> int:
+        return self.fail(exc.kind, str(exc), exc.hint or "", exc.code)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the server answers and what readiness asks of it."""
+
+    base: str
+    port: int
+    key: str | None
+    names: list[str]
+    probe_model: str
+
+
+def main(argv: list[str]) -> int:
+    """Read job.json, then run this task's part: the server (task 0, or the only one) or a headless node."""
+    files = jio.job_files(Path(argv[1] if len(argv) > 1 else "job.json"))
+    cfg: dict[str, Any] = jio.read_json(files.settings)["payload_config"]
+    job = ServeJob(files.job_dir, jio.Metrics(files.metrics, epoch=True))
     tasks = int(cfg.get("tasks") or 1)
     extra: list[str] = []
     if tasks > 1:
         try:
             rank, extra = multinode_args(tasks, dict(os.environ))
         except RuntimeError as e:
-            return fail("multinode", str(e), "Start the server through start_vllm_server on a SLURM host.", 2)
+            hint = "Start the server through start_vllm_server on a SLURM host."
+            return job.fail("multinode", str(e), hint, jio.EXIT_BAD_INPUT)
         if rank > 0:
-            env = dict(os.environ)
-            if str(cfg.get("api_key", "auto")) == "auto":
-                env.pop("VLLM_API_KEY", None)  # the API (and its key) live on the head only
-            raw = [str(a) for a in cfg["argv"]]
-            if "--port" in raw:  # a headless node serves no API: drop the port pair
-                i = raw.index("--port")
-                del raw[i : i + 2]
-            headless = [*_resolve_program(raw), *extra]
-            if cfg.get("check_flags"):
-                bad = check_flags(headless, job_dir, cfg.get("vllm_version"))
-                if bad:
-                    return fail("unknown_flag", f"node {rank}: {bad[0]}", bad[1], EXIT_FLAGS)
-            return run_headless(headless, env, job_dir, rank, metrics)
-    ready_mark.unlink(missing_ok=True)  # the head's: a headless node never touches it
-    bind = str(cfg.get("bind_host") or "127.0.0.1")
-    port_cfg = cfg.get("port", "auto")
-    if port_cfg == "auto":
-        port = _free_port(bind)
-    else:
-        port = int(port_cfg)
-        if _port_busy(bind, port):
-            return fail(
-                "port_in_use",
-                f"port {port} on {bind} is already in use on {socket.gethostname()}",
-                "Use port='auto', or stop what listens there.",
-                EXIT_PORT,
-            )
-    cmd = _resolve_program([str(port) if a == "{port}" else str(a) for a in cfg["argv"]]) + extra
-    if cfg.get("check_flags"):
-        bad = check_flags(cmd, job_dir, cfg.get("vllm_version"))
-        if bad:
-            return fail("unknown_flag", bad[0], bad[1], EXIT_FLAGS)
+            return serve_headless(cfg, job, rank, extra)
+    return serve_head(cfg, job, extra)
 
+
+def serve_headless(cfg: dict[str, Any], job: ServeJob, rank: int, extra: list[str]) -> int:
+    """A non-head task: no API, no port, no key, no marker; vLLM's workers for this node's GPUs."""
     env = dict(os.environ)
-    mode = str(cfg.get("api_key", "auto"))
-    key: str | None = None
+    if str(cfg.get("api_key", "auto")) == "auto":
+        env.pop("VLLM_API_KEY", None)  # the API (and its key) live on the head only
+    raw = [str(a) for a in cfg["argv"]]
+    if "--port" in raw:  # a headless node serves no API: drop the port pair
+        i = raw.index("--port")
+        del raw[i : i + 2]
+    headless = [*_resolve_program(raw), *extra]
+    if cfg.get("check_flags"):
+        bad = check_flags(headless, job.job_dir, cfg.get("vllm_version"))
+        if bad:
+            return job.fail("unknown_flag", f"node {rank}: {bad[0]}", bad[1], jio.EXIT_UNKNOWN_FLAG)
+    return run_headless(headless, env, job.job_dir, rank, job.metrics)
+
+
+def serve_head(cfg: dict[str, Any], job: ServeJob, extra: list[str]) -> int:
+    """The server: port, flags, API key and endpoint.json, then vLLM started and watched until it exits."""
+    job.ready_mark.unlink(missing_ok=True)  # the head's: a headless node never touches it
+    bind = str(cfg.get("bind_host") or "127.0.0.1")
+    env = dict(os.environ)
+    try:
+        port = pick_port(bind, cfg.get("port", "auto"))
+        cmd = _resolve_program([str(port) if a == "{port}" else str(a) for a in cfg["argv"]]) + extra
+        if cfg.get("check_flags"):
+            bad = check_flags(cmd, job.job_dir, cfg.get("vllm_version"))
+            if bad:
+                raise jio.Failure(bad[0], kind="unknown_flag", code=jio.EXIT_UNKNOWN_FLAG, hint=bad[1])
+        key = set_api_key(str(cfg.get("api_key", "auto")), env, job.job_dir)
+    except jio.Failure as exc:
+        return job.fail_with(exc)
+    names = [str(n) for n in cfg.get("served_names") or []]
+    probe_host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
+    probe_model = str(cfg.get("probe_model") or (names[0] if names else ""))
+    target = Target(f"http://{probe_host}:{port}", port, key, names, probe_model)
+    endpoint = {"host": socket.gethostname(), "bind": bind, "port": port, "pid": os.getpid()}
+    _touch_atomic(
+        job.job_dir / "endpoint.json",
+        json.dumps({**endpoint, "api_key": key is not None, "served_names": names}) + "\n",
+    )
+    job.metrics.write({"event": "starting", "port": port, "host": socket.gethostname()})
+    print(f"[llm-ops] starting on {socket.gethostname()}:{port}: {shlex.join(cmd)}", flush=True)
+    try:
+        child = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=str(job.job_dir),
+        )
+    except OSError as e:
+        message = f"cannot start {cmd[0]}: {e.strerror}"
+        if isinstance(e, FileNotFoundError):
+            return job.fail("missing_vllm", message, FAILURES[-1][2], jio.EXIT_MISSING_DEPENDENCY)
+        return job.fail("start", message, str(e), jio.EXIT_FAILED)
+    return Watch(child, job, cfg, target).run()
+
+
+def pick_port(bind: str, port_cfg: Any) -> int:
+    """A free port for ``auto``; else the one asked for, refused at once when it is taken."""
+    if port_cfg == "auto":
+        return _free_port(bind)
+    port = int(port_cfg)
+    if _port_busy(bind, port):
+        raise jio.Failure(
+            f"port {port} on {bind} is already in use on {socket.gethostname()}",
+            kind="port_in_use",
+            code=jio.EXIT_PORT_IN_USE,
+            hint="Use port='auto', or stop what listens there.",
+        )
+    return port
+
+
+def set_api_key(mode: str, env: dict[str, str], job_dir: Path) -> str | None:
+    """Put the API key into vLLM's environment ``env`` only; returns it (None: no key).
+
+    ``auto`` makes one and appends it to the job's 0600 env file (where the controller reads it),
+    ``env:NAME`` takes the secret the engine passed; any other mode serves without a key.
+    """
     if mode == "auto":
         key = env.get("VLLM_API_KEY") or secrets.token_urlsafe(32)
         if env.get("VLLM_API_KEY") != key:
             _append_secret(job_dir / "env", "VLLM_API_KEY", key)
         env["VLLM_API_KEY"] = key
-    elif mode.startswith("env:"):
-        key = env.get(mode[4:])
-        if not key:
-            return fail(
-                "api_key_missing",
+        return key
+    if mode.startswith("env:"):
+        found = env.get(mode[4:])
+        if not found:
+            raise jio.BadInput(
                 f"the secret {mode[4:]} is not in the job's environment",
-                "Set it where the MCP server runs, or use api_key='auto'.",
-                2,
+                kind="api_key_missing",
+                hint="Set it where the MCP server runs, or use api_key='auto'.",
             )
-        env["VLLM_API_KEY"] = key
-    else:
-        env.pop("VLLM_API_KEY", None)
-    names = [str(n) for n in cfg.get("served_names") or []]
-    probe_model = str(cfg.get("probe_model") or (names[0] if names else ""))
-    probe_host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
-    base = f"http://{probe_host}:{port}"
-    _touch_atomic(
-        job_dir / "endpoint.json",
-        json.dumps(
-            {
-                "host": socket.gethostname(),
-                "bind": bind,
-                "port": port,
-                "pid": os.getpid(),
-                "api_key": key is not None,
-                "served_names": names,
-            }
-        )
-        + "\n",
-    )
-    metrics.write(event="starting", port=port, host=socket.gethostname())
-    print(f"[llm-ops] starting on {socket.gethostname()}:{port}: {shlex.join(cmd)}", flush=True)
+        env["VLLM_API_KEY"] = found
+        return found
+    env.pop("VLLM_API_KEY", None)
+    return None
 
-    try:
-        child = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=str(job_dir)
-        )
-    except OSError as e:
-        kind, hint = ("missing_vllm", FAILURES[-1][2]) if isinstance(e, FileNotFoundError) else ("start", str(e))
-        return fail(kind, f"cannot start {cmd[0]}: {e.strerror}", hint, 127)
 
-    fatal: list[tuple[str, str, str, float]] = []  # (kind, line, hint, when)
+class Watch:
+    """A started vLLM until it exits: its output piped through and scanned for fatal lines,
+    readiness probed, then health checked now and then, SIGTERM / SIGINT passed on."""
 
-    def pump() -> None:
-        assert child.stdout is not None
-        for raw in iter(child.stdout.readline, b""):
+    def __init__(self, child: subprocess.Popen[bytes], job: ServeJob, cfg: dict[str, Any], target: Target) -> None:
+        self.child, self.job, self.target = child, job, target
+        self.timeout_s = float(cfg.get("startup_timeout_s") or 3600)
+        self.fatal_grace = float(os.environ.get("LLM_OPS_SERVE_FATAL_GRACE_S") or FATAL_GRACE_S)
+        self.interval = float(cfg.get("health_interval_s") or 5.0)
+        self.fatal: list[tuple[str, str, str, float]] = []  # (kind, line, hint, when)
+        self.stopping = threading.Event()
+        self.ready, self.fails, self.last_probe, self.why = False, 0, 0.0, ""
+        self.reader = threading.Thread(target=self.pump, daemon=True)
+
+    def run(self) -> int:
+        """Watch until vLLM exits (or the payload stops it); the payload's exit code."""
+        self.reader.start()
+        signal.signal(signal.SIGTERM, self.on_term)
+        signal.signal(signal.SIGINT, self.on_term)
+        while self.child.poll() is None:
+            code = self.tick(time.monotonic())
+            if code is not None:
+                return code
+            time.sleep(0.1)
+        return self.exited()
+
+    def pump(self) -> None:
+        """The reader thread: vLLM's output to ours, remembering the first fatal line."""
+        assert self.child.stdout is not None
+        for raw in iter(self.child.stdout.readline, b""):
             line = raw.decode("utf-8", errors="replace")
             sys.stdout.write(line)
             sys.stdout.flush()
-            if not fatal:
+            if not self.fatal:
                 hit = classify_line(line)
                 if hit and hit[0] in _FATAL_KINDS:
-                    fatal.append((hit[0], line.strip(), hit[1], time.monotonic()))
+                    self.fatal.append((hit[0], line.strip(), hit[1], time.monotonic()))
 
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    stopping = threading.Event()
+    def on_term(self, signum: int, _frame: Any) -> None:
+        self.stopping.set()
+        if self.child.poll() is None:
+            self.child.send_signal(signum)
 
-    def on_term(signum: int, _frame: Any) -> None:
-        stopping.set()
-        if child.poll() is None:
-            child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-
-    timeout_s = float(cfg.get("startup_timeout_s") or 3600)
-    fatal_grace = float(os.environ.get("LLM_OPS_SERVE_FATAL_GRACE_S") or FATAL_GRACE_S)
-    interval = float(cfg.get("health_interval_s") or 5.0)
-    ready = False
-    fails = 0
-    last_probe = 0.0
-    why = ""
-    while child.poll() is None:
-        now = time.monotonic()
-        if stopping.is_set():
-            time.sleep(0.2)
-            continue
-        if fatal and now - fatal[0][3] > fatal_grace:
-            kind, line, hint, _ = fatal[0]
-            child.terminate()
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-            reader.join(5)
-            return fail(kind, line, hint, EXIT_OOM if kind == "cuda_oom" else EXIT_DIAGNOSED)
-        if not ready and now - t0 > timeout_s:
-            child.terminate()
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-            return fail(
+    def tick(self, now: float) -> int | None:
+        """One look while vLLM runs; an exit code when the payload stops it."""
+        if self.stopping.is_set():
+            time.sleep(0.1)  # with run's 0.1 s: wait for vLLM to exit after the signal
+            return None
+        if self.fatal and now - self.fatal[0][3] > self.fatal_grace:
+            kind, line, hint, _ = self.fatal[0]
+            self.stop_child()
+            self.reader.join(5)
+            return self.job.fail(kind, line, hint, jio.EXIT_OOM if kind == "cuda_oom" else jio.EXIT_DIAGNOSED)
+        if not self.ready and now - self.job.t0 > self.timeout_s:
+            self.stop_child()
+            return self.job.fail(
                 "startup_timeout",
-                f"not ready after {timeout_s:.0f} s (waiting for {why or 'health'})",
+                f"not ready after {self.timeout_s:.0f} s (waiting for {self.why or 'health'})",
                 "Read the log (get_job_logs); large models take long to download and load.",
-                EXIT_TIMEOUT,
+                jio.EXIT_STARTUP_TIMEOUT,
             )
         # before ready, probe every READY_PROBE_S: a refused connection costs nothing, and each
         # interval is added to the time to ready (bench/workflow_gpu.py ready-time measures it)
-        if now - last_probe >= (READY_PROBE_S if not ready else interval):
-            last_probe = now
-            if not ready:
-                ok, why = probe(base, key, names, probe_model)
-                if ok:
-                    ready = True
-                    _touch_atomic(ready_mark, f"{time.time():.3f}\n")
-                    took = round(time.monotonic() - t0, 2)
-                    metrics.write(event="ready", time_to_ready_s=took, port=port)
-                    print(f"[llm-ops] ready after {took} s: {', '.join(names)} on port {port}", flush=True)
+        if now - self.last_probe >= (READY_PROBE_S if not self.ready else self.interval):
+            self.last_probe = now
+            if not self.ready:
+                self.probe_ready()
             else:
-                code, _ = _http(f"{base}/health", None)
-                if code == 200:
-                    if fails >= UNHEALTHY_AFTER:
-                        _touch_atomic(ready_mark, f"{time.time():.3f}\n")
-                        metrics.write(event="healthy")
-                    fails = 0
-                else:
-                    fails += 1
-                    if fails == UNHEALTHY_AFTER:
-                        ready_mark.unlink(missing_ok=True)
-                        metrics.write(event="unhealthy", http_status=code)
-        time.sleep(0.1)
-    reader.join(10)
-    ready_mark.unlink(missing_ok=True)
-    rc = child.returncode
-    if stopping.is_set():
-        metrics.write(event="stopped", exit_code=rc)
-        return 143
-    if fatal:
-        kind, line, hint, _ = fatal[0]
-        return fail(kind, line, hint, EXIT_OOM if kind == "cuda_oom" else (rc or EXIT_DIAGNOSED))
-    if rc != 0:
-        metrics.write(
-            event="error",
-            kind="exit_code",
-            message=f"vLLM exited with code {rc}",
-            hint="Read the end of the log (get_job_logs) for the cause.",
-        )
-        return rc if rc > 0 else 128 - rc
-    metrics.write(event="stopped", exit_code=0)
-    return 0
+                self.check_health()
+        return None
+
+    def stop_child(self) -> None:
+        self.child.terminate()
+        try:
+            self.child.wait(15)
+        except subprocess.TimeoutExpired:
+            self.child.kill()
+
+    def probe_ready(self) -> None:
+        t = self.target
+        ok, self.why = probe(t.base, t.key, t.names, t.probe_model)
+        if ok:
+            self.ready = True
+            _touch_atomic(self.job.ready_mark, f"{time.time():.3f}\n")
+            took = round(time.monotonic() - self.job.t0, 2)
+            self.job.metrics.write({"event": "ready", "time_to_ready_s": took, "port": t.port})
+            print(f"[llm-ops] ready after {took} s: {', '.join(t.names)} on port {t.port}", flush=True)
+
+    def check_health(self) -> None:
+        """The marker goes after UNHEALTHY_AFTER failed checks in a row and comes back at the next answer."""
+        code, _ = _http(f"{self.target.base}/health", None)
+        if code == 200:
+            if self.fails >= UNHEALTHY_AFTER:
+                _touch_atomic(self.job.ready_mark, f"{time.time():.3f}\n")
+                self.job.metrics.write({"event": "healthy"})
+            self.fails = 0
+        else:
+            self.fails += 1
+            if self.fails == UNHEALTHY_AFTER:
+                self.job.ready_mark.unlink(missing_ok=True)
+                self.job.metrics.write({"event": "unhealthy", "http_status": code})
+
+    def exited(self) -> int:
+        """vLLM is gone: stopped, a diagnosed failure, its own error, or a clean stop."""
+        self.reader.join(10)
+        self.job.ready_mark.unlink(missing_ok=True)
+        rc = self.child.returncode
+        if self.stopping.is_set():
+            self.job.metrics.write({"event": "stopped", "exit_code": rc})
+            return jio.EXIT_TERMINATED
+        if self.fatal:
+            kind, line, hint, _ = self.fatal[0]
+            return self.job.fail(kind, line, hint, jio.EXIT_OOM if kind == "cuda_oom" else (rc or jio.EXIT_DIAGNOSED))
+        if rc != 0:
+            hint = "Read the end of the log (get_job_logs) for the cause."
+            self.job.metrics.write(jio.error_row("exit_code", f"vLLM exited with code {rc}", hint=hint))
+            return rc if rc > 0 else 128 - rc
+        self.job.metrics.write({"event": "stopped", "exit_code": 0})
+        return 0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ pinned version and the interpreter runs, nothing is installed again.
 
 Reports: metrics.jsonl, and outputs/manifest.json with the interpreter path, whether
 anything was installed, the installed versions and ``nvidia-smi`` output.
-Exit codes: 0 done, 2 bad settings, 6 uv unavailable, 7 install failed, 1 anything else.
+Exit codes (job_io's table): 0 done, 2 bad settings, 4 uv unavailable, 6 install failed,
+1 anything else.
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ import shutil
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NO_UV, EXIT_INSTALL = 0, 1, 2, 6, 7
+try:  # beside this file in the job directory; runners.payloads.job_io in the repository
+    from . import job_io as jio
+except ImportError:
+    import job_io as jio  # type: ignore[no-redef]
+
 MARKER = "llm-ops-env.json"
 DEFAULTS: dict[str, Any] = {"env_dir": None, "python": "3.12", "requirements": [], "index_url": None}
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[A-Za-z0-9,._-]+\])?==([A-Za-z0-9.+!_-]+)$")
@@ -40,12 +44,6 @@ VERSIONS_SNIPPET = (
     "print(json.dumps({'python': sys.version.split()[0], 'packages': "
     "{d.metadata['Name'].lower(): d.version for d in m.distributions() if d.metadata['Name']}}))"
 )
-
-
-class Failure(Exception):
-    def __init__(self, kind: str, code: int, message: str) -> None:
-        super().__init__(message)
-        self.kind, self.code = kind, code
 
 
 def say(msg: str) -> None:
@@ -62,17 +60,7 @@ def norm(name: str) -> str:
 
 
 def load_settings(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise Failure("bad_input", EXIT_BAD_INPUT, f"cannot read {path}: {exc}") from exc
-    raw = doc.get("payload_config", doc)
-    unknown = sorted(set(raw) - set(DEFAULTS))
-    if unknown:
-        raise Failure("bad_input", EXIT_BAD_INPUT, f"unknown settings: {', '.join(unknown)}")
-    cfg = {**DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
-    if not cfg["env_dir"] or not cfg["requirements"]:
-        raise Failure("bad_input", EXIT_BAD_INPUT, "settings need 'env_dir' and 'requirements'")
+    cfg = jio.load_settings(path, DEFAULTS, required=("env_dir", "requirements"))
     cfg["env_dir"] = str(Path(os.path.expanduser(cfg["env_dir"])).absolute())
     cfg["requirements"] = sorted(cfg["requirements"])
     return cfg
@@ -144,11 +132,10 @@ def find_uv(envs_root: Path) -> str:
         res = run([str(boot / "bin" / "python"), "-m", "pip", "install", "--quiet", "uv"], timeout=900)
     uv = boot / "bin" / "uv"
     if res.returncode != 0 or not uv.exists():
-        raise Failure(
-            "no_uv",
-            EXIT_NO_UV,
+        raise jio.MissingDependency(
             "uv is not installed and could not be bootstrapped with pip "
             f"({(res.stderr or res.stdout).strip()[-300:]}); install uv on the host (https://docs.astral.sh/uv/)",
+            kind="no_uv",
         )
     return str(uv)
 
@@ -164,6 +151,10 @@ def nvidia_smi() -> str:
     return (res.stdout or res.stderr)[-8000:]
 
 
+def install_failed(kind: str, message: str) -> jio.Failure:
+    return jio.Failure(message, kind=kind, code=jio.EXIT_INSTALL_FAILED)
+
+
 def build(cfg: dict[str, Any]) -> dict[str, Any]:
     env_dir = Path(cfg["env_dir"])
     info = satisfied(cfg)
@@ -177,20 +168,20 @@ def build(cfg: dict[str, Any]) -> dict[str, Any]:
         venv.append("--allow-existing")
     res = run([*venv, str(env_dir)], timeout=1800)
     if res.returncode != 0:
-        raise Failure("venv", EXIT_INSTALL, f"uv venv failed: {(res.stderr or res.stdout).strip()[-600:]}")
+        raise install_failed("venv", f"uv venv failed: {(res.stderr or res.stdout).strip()[-600:]}")
     install = [uv, "pip", "install", "--python", str(env_python(str(env_dir)))]
     if cfg["index_url"]:
         install += ["--index-url", cfg["index_url"]]
     res = run([*install, *cfg["requirements"]], timeout=3600)
     print(res.stdout[-4000:], res.stderr[-4000:], sep="\n", flush=True)
     if res.returncode != 0:
-        raise Failure("install", EXIT_INSTALL, f"uv pip install failed: {(res.stderr or res.stdout).strip()[-800:]}")
+        raise install_failed("install", f"uv pip install failed: {(res.stderr or res.stdout).strip()[-800:]}")
     info = installed(env_python(str(env_dir)))
     if info is None:
-        raise Failure("install", EXIT_INSTALL, f"the new interpreter {env_python(str(env_dir))} does not run")
+        raise install_failed("install", f"the new interpreter {env_python(str(env_dir))} does not run")
     missing = unmet(cfg["requirements"], info["packages"])
     if missing:
-        raise Failure("install", EXIT_INSTALL, f"after install, still not satisfied: {', '.join(missing)}")
+        raise install_failed("install", f"after install, still not satisfied: {', '.join(missing)}")
     marker = {"requirements": cfg["requirements"], "python": cfg["python"], "built_at": time.time()}
     (env_dir / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     return {"installed_now": True, "info": info}
@@ -200,34 +191,30 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python setup_host.py job.json", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    settings = Path(args[0]).resolve()
-    job_dir = Path(os.environ.get("LLM_OPS_JOB_DIR") or settings.parent)
-    outputs = Path(os.environ.get("LLM_OPS_OUTPUTS") or job_dir / "outputs")
-    outputs.mkdir(parents=True, exist_ok=True)
-    metrics = Path(os.environ.get("LLM_OPS_METRICS") or job_dir / "metrics.jsonl")
-    t0 = time.time()
-
-    def metric(row: dict[str, Any]) -> None:
-        with metrics.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"time": round(time.time() - t0, 3), **row}) + "\n")
-
+        return jio.EXIT_BAD_INPUT
+    files = jio.job_files(Path(args[0]))
+    metrics = jio.Metrics(files.metrics)
     try:
-        cfg = load_settings(settings)
-        metric({"event": "start", "env_dir": cfg["env_dir"], "requirements": cfg["requirements"]})
+        cfg = load_settings(files.settings)
+        metrics.write({"event": "start", "env_dir": cfg["env_dir"], "requirements": cfg["requirements"]})
         result = build(cfg)
-    except Failure as exc:
-        metric({"event": "error", "kind": exc.kind, "message": str(exc)})
-        print(f"SetupError: {exc}", flush=True)
-        return exc.code
     except Exception as exc:
-        traceback.print_exc()
-        metric({"event": "error", "kind": "failed", "message": f"{type(exc).__name__}: {exc}"})
-        print(f"{type(exc).__name__}: {exc}", flush=True)
-        return EXIT_FAILED
+        return jio.report_failure(metrics, exc, label="SetupError")
+    manifest = manifest_of(cfg, result, round(time.time() - metrics.t0, 2))
+    (files.outputs / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    metrics.write({"event": "end", "installed_now": result["installed_now"], "python": manifest["python"]})
+    say(
+        f"done: {manifest['python']} (Python {manifest['python_version']}), "
+        + ", ".join(f"{k} {v}" for k, v in manifest["requested_versions"].items())
+    )
+    return jio.EXIT_OK
+
+
+def manifest_of(cfg: dict[str, Any], result: dict[str, Any], elapsed_s: float) -> dict[str, Any]:
+    """outputs/manifest.json: the interpreter, whether anything was installed, the versions, the GPUs."""
     info = result["info"]
     wanted = {pin_of(r)[0] for r in cfg["requirements"]}
-    manifest = {
+    return {
         "python": str(env_python(cfg["env_dir"])),
         "python_version": info["python"],
         "env_dir": cfg["env_dir"],
@@ -236,15 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         "requested_versions": {k: v for k, v in sorted(info["packages"].items()) if norm(k) in wanted},
         "packages": dict(sorted(info["packages"].items())),
         "nvidia_smi": nvidia_smi(),
-        "elapsed_s": round(time.time() - t0, 2),
+        "elapsed_s": elapsed_s,
     }
-    (outputs / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    metric({"event": "end", "installed_now": result["installed_now"], "python": manifest["python"]})
-    say(
-        f"done: {manifest['python']} (Python {info['python']}), "
-        + ", ".join(f"{k} {v}" for k, v in manifest["requested_versions"].items())
-    )
-    return EXIT_OK
 
 
 if __name__ == "__main__":

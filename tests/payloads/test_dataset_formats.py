@@ -76,12 +76,13 @@ def test_checker_imports_without_torch() -> None:
 def test_oom_advice_is_pure_and_specific() -> None:
     sys.path.insert(0, str(Path(dsf.__file__).parent))
     try:
-        import finetune  # the payload's top level imports only the stdlib and its sibling
+        import finetune  # the payload's top level imports only the stdlib and its siblings
+        import job_io
     finally:
         sys.path.pop(0)
     cfg = {**finetune.DEFAULTS, "method": "lora", "per_device_batch_size": 4, "max_seq_length": 4096}
     assert finetune.oom_suggestion(cfg) == (
         "try method=qlora, or per_device_batch_size=2 with gradient_accumulation_steps=8, or max_seq_length=2048"
     )
-    assert finetune.is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert not finetune.is_oom(ValueError("shapes"))
+    assert job_io.is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not job_io.is_oom(ValueError("shapes"))
