@@ -140,3 +140,11 @@ async def test_bad_input_is_refused_before_submission(app, tiny, args, words):
         r = await c.call_tool("evaluate_model", {"model": str(tiny["model"]), **args})
         assert r.is_error and words in r.content[0].text, r.content[0].text
         assert (await call(c, "list_jobs", {}))["jobs"] == []
+
+
+async def test_the_workflow_prompt_ends_with_evaluate_and_compare(app):
+    async with Client(app, mode="auto") as c:
+        p = await c.get_prompt("finetune_serve_evaluate", {"model": "m", "dataset": "d.jsonl"})
+        text = p.messages[0].content.text
+        assert "evaluate_model(finetune_job_id=" in text and "use_adapter=false" in text
+        assert text.index("evaluate_model") < text.index("compare_runs(job_ids=")
