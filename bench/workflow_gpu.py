@@ -20,6 +20,8 @@ OUT/workflow_gpu.jsonl and the jobs' logs to OUT/logs/:
   quantize        fp8 of the merged model (llm-compressor), served, queried, stopped
   ready-time      start_vllm_server vs bare `vllm serve` with the job's own argv, alternating
                   (tool, bare, tool, bare, ...); the first run only warms the caches
+  evaluate        evaluate_model of the fine-tune's base and adapter (loss + a local lm-eval task on
+                  its vllm back-end, and through local-completions against the served adapter), compare_runs
   bench-agreement benchmark_server vs `vllm bench serve` on one server of the base model:
                   --rounds rounds of both, the order flipping each round; the ratio of medians
 
@@ -345,6 +347,7 @@ def host_config(ctx: Ctx) -> Path:
         + toml_table("hosts.gpu.kind_env.serve", serve)
         + (toml_table("hosts.gpu.kind_env.finetune", finetune) if finetune else "")
         + toml_table("hosts.gpu.kind_env.quantize", quantize)
+        + (toml_table("hosts.gpu.kind_env.evaluate", evaluate_env(a, a.lmeval_site)) if not a.standin else "")
     )
     path = ctx.work / "config.toml"
     path.write_text(text)
@@ -833,8 +836,21 @@ def first_leaf(e: BaseException) -> BaseException:
     return e
 
 
+async def part_evaluate(ctx: Ctx) -> None:
+    """evaluate_model of base and adapter, compare_runs (bench/workflow_gpu_evaluate.py; after finetune-serve)."""
+    from bench.workflow_gpu_evaluate import part_evaluate as run
+
+    await run(ctx)
+
+
+def evaluate_env(args: argparse.Namespace, site: str) -> dict[str, str]:
+    from bench.workflow_gpu_evaluate import evaluate_env as env
+
+    return env(args, site)
+
+
 PARTS = {"finetune-serve": part_finetune_serve, "quantize": part_quantize, "ready-time": part_ready_time,
-         "bench-agreement": part_bench_agreement}  # fmt: skip
+         "bench-agreement": part_bench_agreement, "evaluate": part_evaluate}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -848,6 +864,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host-python", default=GPU_PYTHON, help="the host's interpreter for jobs (GPU mode)")
     ap.add_argument("--vllm-site", default="/tmp/vsite", help="vLLM's tree (.gpu/vllm/INSTALL.sh)")
     ap.add_argument("--ft-site", default="/tmp/site", help="the fine-tune tree (.gpu/site.tgz)")
+    ap.add_argument("--lmeval-site", default="/tmp/lmeval", help="lm-eval's tree (bench/gpu_lmeval_bundle.sh)")
     ap.add_argument("--llmc-site", default="/tmp/llmc", help="llm-compressor's tree (bench/gpu_llmc_bundle.sh)")
     ap.add_argument("--ready-runs", type=int, default=5, help="alternating tool/bare starts (the first warms up)")
     ap.add_argument("--rounds", type=int, default=4, help="bench-agreement: rounds (the order flips each round)")

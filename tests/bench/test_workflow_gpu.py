@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _ctx(tmp_path: Path, standin: bool) -> wf.Ctx:
     args = argparse.Namespace(standin=standin, host_python="/opt/torch/.venv/bin/python", vllm_site="/tmp/vsite",
-                              ft_site="/tmp/site", llmc_site="/tmp/llmc", budget_s=540.0)  # fmt: skip
+                              ft_site="/tmp/site", llmc_site="/tmp/llmc", lmeval_site="/tmp/lmeval",
+                              budget_s=540.0)  # fmt: skip
     return wf.Ctx(args=args, sizes=wf.STANDIN if standin else wf.GPU, work=tmp_path, out=tmp_path / "out")
 
 
@@ -42,6 +43,15 @@ def test_gpu_host_config_gives_each_kind_of_job_its_own_tree(tmp_path: Path):
     assert ft["PYTHONPATH"] == "/tmp/site"
     assert quant["PYTHONPATH"] == "/tmp/llmc:/tmp/site"
     assert all(e["HF_HUB_OFFLINE"] == "1" for e in (serve, ft, quant))
+
+
+def test_gpu_evaluate_jobs_see_lm_eval_vllm_and_the_fine_tune_tree(tmp_path: Path):
+    host = load_config(wf.host_config(_ctx(tmp_path, standin=False)), environ={}).host("gpu")
+    # lm-eval's own tree first, vLLM for its vllm back-end, the fine-tune tree (TRL, datasets) for the loss
+    assert host.env_for("evaluate")["PYTHONPATH"] == "/tmp/lmeval:/tmp/vsite:/tmp/site"
+    assert "evaluate" in wf.PARTS
+    standin = load_config(wf.host_config(_ctx(tmp_path / "s", standin=True)), environ={}).host("gpu")
+    assert "PYTHONPATH" not in standin.env_for("evaluate")  # the CPU venv has lm-eval itself
 
 
 def test_table_and_nested_errors():
