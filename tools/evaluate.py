@@ -235,8 +235,8 @@ def build_evaluate_spec(p: EvaluateInput, cfg: dict[str, Any], gpus: int, target
 async def evaluate_model(ctx: ToolContext, p: EvaluateInput) -> EvaluateOutput:
     """Resolve the target, check the dataset and task files, and submit the evaluation job.
 
-    Why this is long: three kinds of target each bring their own defaults (a fine-tune its data
-    and settings, a server its endpoint); the order of the checks is the order of the errors.
+    Long because three kinds of target each bring their own defaults (a fine-tune its data and
+    settings, a server its endpoint), and the order of the checks is the order of the errors.
     """
     host = ctx.host(p.host) if p.host else None
     notes: list[str] = []
