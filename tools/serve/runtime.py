@@ -32,7 +32,7 @@ class _Endpoint:
 
 
 class ServeRuntime:
-    """Per-server-process state of serving: tunnels and API keys, keyed by job (lives in state.services)."""
+    """Per-server-process state of serving: tunnels and API keys, keyed by job (one per server: ``ToolContext.serve_runtime``)."""
 
     def __init__(self, engine: JobEngine) -> None:
         self.engine = engine
