@@ -48,12 +48,16 @@ def ok(proc: subprocess.CompletedProcess[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("eval")
-    model = build_tiny_model(d / "model")
-    data = make_dataset(d / "alpaca.jsonl", "alpaca")
-    ok(run("finetune", d / "ft", model=str(model), dataset=str(data), **FINETUNE))
-    return {"dir": d, "model": model, "data": data, "adapter": d / "ft" / "outputs" / "adapter", "ft": d / "ft"}
+    return {"dir": d, "model": build_tiny_model(d / "model"), "data": make_dataset(d / "alpaca.jsonl", "alpaca")}
+
+
+@pytest.fixture(scope="module")
+def world(tiny: dict[str, Path]) -> dict[str, Path]:
+    d = tiny["dir"]
+    ok(run("finetune", d / "ft", model=str(tiny["model"]), dataset=str(tiny["data"]), **FINETUNE))
+    return {**tiny, "adapter": d / "ft" / "outputs" / "adapter", "ft": d / "ft"}
 
 
 def evaluate(world: dict[str, Path], name: str, **config: Any) -> tuple[subprocess.CompletedProcess[str], Path]:
@@ -102,7 +106,7 @@ def test_lm_eval_local_task_scores_higher_after_finetuning(evaluated: dict[str, 
 @pytest.mark.parametrize(
     ("config", "words"),
     [
-        ({"tasks": ["tiny_colorus"]}, "unknown task 'tiny_colorus'; did you mean tiny_colours"),
+        ({"tasks": ["tiny_colorus"]}, "unknown task 'tiny_colorus' (lm-eval 0.4.13); did you mean tiny_colours?"),
         ({"dataset": "/nonexistent/rows.jsonl"}, "dataset /nonexistent/rows.jsonl does not exist on this host"),
         ({"tasks": ["hellaswag"], "limit": 2}, "not in this host's HF cache and the host is offline"),
         ({"adapter": "/nonexistent/adapter", "dataset": "x.jsonl"}, "has no adapter_config.json"),
@@ -110,8 +114,8 @@ def test_lm_eval_local_task_scores_higher_after_finetuning(evaluated: dict[str, 
     ],
     ids=["unknown-task", "missing-dataset", "task-data-offline", "missing-adapter", "typo"],
 )
-def test_bad_input_exits_2_with_one_clear_line(world: dict[str, Path], config: dict[str, Any], words: str) -> None:
-    proc, job = evaluate(world, f"bad-{abs(hash(words))}", model=str(world["model"]), **config)
+def test_bad_input_exits_2_with_one_clear_line(tiny: dict[str, Path], config: dict[str, Any], words: str) -> None:
+    proc, job = evaluate(tiny, f"bad-{abs(hash(words))}", model=str(tiny["model"]), **config)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     last = rows(job)[-1]
     assert last["event"] == "error" and last["kind"] == "bad_input" and words in last["message"], last

@@ -111,7 +111,9 @@ async def test_unknown_task_fails_the_job_with_the_reason(app, tiny):
                                                 "task_files": tiny["task_files"]}))["job_id"]  # fmt: skip
         view = await finish(c, job, rounds=6)
         assert view["state"] == "failed" and view["exit_code"] == 2
-        assert "unknown task 'tiny_colorus'; did you mean tiny_colours" in view["summary"], view["summary"]
+        assert "unknown task 'tiny_colorus' (lm-eval 0.4.13); did you mean tiny_colours?" in view["summary"], view[
+            "summary"
+        ]
 
 
 async def test_adapter_of_a_failed_finetune_is_refused(app, tiny):
