@@ -1,6 +1,6 @@
 """Run vLLM's own ``vllm bench serve`` against a server and read its result in benchmark_server's names.
 
-Why: benchmark_server (tools/serve_bench.py) must measure what the field's tool measures.
+Why: benchmark_server (tools/serve/bench.py) must measure what the field's tool measures.
 The GPU workflow bench (bench/workflow_gpu.py) runs both on the same server with the same
 lengths, concurrency and number of prompts and prints them side by side with a ratio.
 This runs on the GPU host next to vLLM (it is vLLM's CLI), never in the controller.

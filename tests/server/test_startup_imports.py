@@ -34,5 +34,5 @@ def test_ssh_hosts_are_known_by_name_without_importing_asyncssh(tmp_path):
     env["LLM_OPS_MCP_STATE_DIR"] = str(tmp_path / "state")
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    # neither asyncssh nor aiohttp (benchmark_server's client) is loaded to build the tools
-    assert out.stdout.split() == ["20", "['login',", "'node']", "False", "False"], out.stdout
+    # the 22 tools (20 + evaluate_model and compare_runs); neither asyncssh nor aiohttp (benchmark_server's client) is loaded
+    assert out.stdout.split() == ["22", "['login',", "'node']", "False", "False"], out.stdout
