@@ -20,13 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from runners.accelerators import Accelerator, parse_accelerator
 from runners.errors import ConfigError
-from runners.spec import JobKind
+from runners.spec import JobKind, check_env_name
 
 __all__ = ["APP_NAME", "Config", "HostConfig", "SlurmConfig", "default_config_path", "load_config"]
 
 APP_NAME = "llm-ops-mcp"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class _Strict(BaseModel):
@@ -109,8 +108,7 @@ class HostConfig(_Strict):
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         for k in v:
-            if not _ENV_NAME_RE.match(k):
-                raise ValueError(f"{k!r} is not a valid environment variable name")
+            check_env_name(k)
         return v
 
     @field_validator("kind_env")
@@ -118,16 +116,14 @@ class HostConfig(_Strict):
     def _kind_env(cls, v: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
         for table in v.values():
             for k in table:
-                if not _ENV_NAME_RE.match(k):
-                    raise ValueError(f"{k!r} is not a valid environment variable name")
+                check_env_name(k)
         return v
 
     @field_validator("secrets")
     @classmethod
     def _secrets(cls, v: list[str]) -> list[str]:
         for k in v:
-            if not _ENV_NAME_RE.match(k):
-                raise ValueError(f"{k!r} is not a valid environment variable name")
+            check_env_name(k)
         return v
 
     @model_validator(mode="after")

@@ -28,6 +28,7 @@ __all__ = [
     "JobKind",
     "JobSpec",
     "Resources",
+    "check_env_name",
     "format_slurm_time",
     "parse_time_limit",
     "validate_argv",
@@ -42,6 +43,12 @@ _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d{1,3})(?::(\d{2}))?(?::(\d{2}))?$")
 RESERVED_ENV = ("LLM_OPS_JOB_ID", "LLM_OPS_JOB_DIR", "LLM_OPS_JOB_TOKEN", "LLM_OPS_OUTPUTS", "LLM_OPS_METRICS")
 MAX_ARGV = 512
 MAX_ARG_LEN = 32_768
+
+
+def check_env_name(name: str) -> None:
+    """The one rule for an environment variable's name (job env, secrets, a host's env and kind_env)."""
+    if not ENV_NAME_RE.match(name):
+        raise ValueError(f"{name!r} is not a valid environment variable name")
 
 
 def parse_time_limit(value: str | int | None) -> int | None:
@@ -152,8 +159,7 @@ class JobSpec(BaseModel):
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         for k, val in v.items():
-            if not ENV_NAME_RE.match(k):
-                raise ValueError(f"{k!r} is not a valid environment variable name")
+            check_env_name(k)
             if k in RESERVED_ENV:
                 raise ValueError(f"{k} is set by the job engine itself")
             if "\x00" in val:
@@ -164,8 +170,7 @@ class JobSpec(BaseModel):
     @classmethod
     def _secrets(cls, v: list[str]) -> list[str]:
         for k in v:
-            if not ENV_NAME_RE.match(k):
-                raise ValueError(f"{k!r} is not a valid environment variable name")
+            check_env_name(k)
         return v
 
     @model_validator(mode="after")

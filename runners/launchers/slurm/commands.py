@@ -57,7 +57,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _GRES_RE = re.compile(r"^[A-Za-z0-9_]+(:[A-Za-z0-9_.-]+)?$")
 _MEM_RE = re.compile(r"^\d+[KMGT]?$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _JOB_ID_RE = re.compile(r"^\d+(_\d+)?$")
 
 # squeue: %i job id, %j name, %T long state, %r reason, %N nodes, %k comment,
