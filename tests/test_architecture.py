@@ -265,7 +265,7 @@ def test_the_walk_sees_the_controller() -> None:
     pairs = {(e.src, e.dst) for e in edges}
     assert {"server.app", "tools.finetune", "runners.engine"} <= set(files)
     assert ("runners.engine", "runners.store") in pairs
-    assert ("runners.factories", "runners.launchers.slurm") in pairs  # import_module("...") is seen
+    assert ("runners.factories", "runners.launchers.slurm") in pairs  # a function-level import is seen
     assert ("tools.memory", "tools.plan") in pairs  # a function-level import is seen
     assert not any(m.startswith("runners.payloads.") and is_controller(m) for m in files)
 

@@ -7,7 +7,7 @@
 * the kernel's OOM killer (a memory-limited cgroup; ``ulimit -v`` → MemoryError where
   no cgroup can be made).
 
-Each ends in the right state with a hint from runners/logs.py ``diagnose`` that names the
+Each ends in the right state with a hint from runners/diagnosis.py ``diagnose`` that names the
 cause, and the server answers the next call.
 """
 
