@@ -37,7 +37,7 @@ async def _first_start(config: Config, state_dir: Path) -> list[dict]:
 async def test_second_start_lists_from_the_store_and_builds_on_first_call(local_config, tmp_path):
     state_dir = tmp_path / "state"
     first = await _first_start(local_config, state_dir)
-    assert len(first) == 20
+    assert len(first) == 22
 
     app = build_server(state=ToolContext(config=local_config, state_dir=state_dir))
     assert app.input_models == {}, "with a stored listing nothing is built before tools/list"
@@ -46,7 +46,7 @@ async def test_second_start_lists_from_the_store_and_builds_on_first_call(local_
         assert app.input_models == {}
         res = await c.call_tool("list_gpu_tiers", {"min_memory_gib": 100})
         assert not res.is_error and "B200" in res.structured_content["summary"]
-        assert len(app.input_models) == 20
+        assert len(app.input_models) == 22
         assert _dump((await c.list_tools()).tools) == first  # the built tools list the same
         bad = await c.call_tool("list_gpu_tiers", {"min_memory": 100})  # the unknown-argument check is live
         assert bad.is_error and "did you mean 'min_memory_gib'" in bad.content[0].text
@@ -67,7 +67,7 @@ async def test_resources_and_prompts_build_the_tools_first(local_config, tmp_pat
             assert "jobs://{job_id}/log" in {t.uri_template for t in templates}
         else:
             assert json.loads((await c.read_resource("hosts://")).contents[0].text)["hosts"][0]["name"] == "local"
-    assert len(app.input_models) == 20
+    assert len(app.input_models) == 22
 
 
 async def test_a_listing_of_another_config_or_a_broken_file_is_not_used(local_config, tmp_path):
@@ -115,8 +115,8 @@ def test_over_stdio_the_stored_listing_answers_without_importing_a_surface(tmp_p
         return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
 
     first = start()
-    assert first.startswith("20 [") and "'server.surface_serve'" in first, first  # the first start builds all
+    assert first.startswith("22 [") and "'server.surface_serve'" in first, first  # the first start builds all
     second = start()
-    if second.strip() != "20 []":  # a source file edited between the two starts (a live checkout) changes the key
+    if second.strip() != "22 []":  # a source file edited between the two starts (a live checkout) changes the key
         second = start()
-    assert second.strip() == "20 []", second
+    assert second.strip() == "22 []", second
