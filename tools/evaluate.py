@@ -26,6 +26,7 @@ from runners.spec import JobSpec, Resources
 from runners.states import JobState
 from tools.finetune.inputs import UPLOAD_NAME, classify_dataset
 from tools.hosts import host_gpus
+from tools.model_ref import check_ref
 from tools.submit import SubmitOutput, TimedSubmitOptions, next_action, submit
 
 if TYPE_CHECKING:
@@ -35,16 +36,9 @@ if TYPE_CHECKING:
 __all__ = ["EvaluateInput", "EvaluateOutput", "build_evaluate_spec", "evaluate_model"]
 
 _TASK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-*]{0,127}$")
-_PATH_BAD = re.compile(r"[\x00-\x1f]")
 TASK_FILE_SUFFIXES = (".yaml", ".yml", ".jsonl", ".json", ".csv", ".txt")
 MAX_TASK_FILE_BYTES = 64 * 1024 * 1024
 JOB_ID = r"^[a-z][a-z0-9-]{2,79}$"
-
-
-def _host_path(v: str | None, what: str) -> str | None:
-    if v is not None and (not v.strip() or v.startswith("-") or _PATH_BAD.search(v)):
-        raise ValueError(f"{what} {v!r} is not a path or a Hub id")
-    return v
 
 
 class EvaluateInput(TimedSubmitOptions):
@@ -91,10 +85,17 @@ class EvaluateInput(TimedSubmitOptions):
     gpus: int | None = Field(None, ge=0, le=8, description="Default 1 on a GPU host, 0 on a CPU host.")
     output_name: str | None = Field(None, max_length=64, description="A label for list_jobs and compare_runs.")
 
-    @field_validator("model", "adapter", "dataset", "include_path")
+    @field_validator("model", "adapter", "dataset")
     @classmethod
-    def _paths(cls, v: str | None, info: Any) -> str | None:
-        return _host_path(v, info.field_name)
+    def _refs(cls, v: str | None, info: Any) -> str | None:
+        return None if v is None else check_ref(v, info.field_name, paths="relative")
+
+    @field_validator("include_path")
+    @classmethod
+    def _include(cls, v: str | None) -> str | None:
+        if v is not None and not check_ref(v, "include_path", paths="relative").startswith(("/", "~")):
+            raise ValueError(f"include_path {v!r}: give a directory on the host as an absolute path")
+        return v
 
     @field_validator("tasks")
     @classmethod
