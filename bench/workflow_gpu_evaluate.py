@@ -103,7 +103,10 @@ async def part_evaluate(ctx: Ctx) -> None:
             r = await _evaluate(ctx, c, f"evaluate {name} ({backend})", {"finetune_job_id": ft, **tasks,
                                 "backend": backend, "max_rows": 256, "output_name": f"eval-{name}", **extra})  # fmt: skip
             jobs.append(r["job_id"])
-        if ctx.left() > 240:  # the served adapter through lm-eval's OpenAI-compatible back-end
+        if ctx.args.standin:  # the stand-in serves no model: no log-likelihoods to score
+            ctx.row("evaluate", "evaluate served adapter (local-completions)", True,
+                    skipped="the stand-in vLLM has no model behind it")  # fmt: skip
+        elif ctx.left() > 240:  # the served adapter through lm-eval's OpenAI-compatible back-end
             baseline = gpu_used_mib()
             request = {"model": str(ctx.model), "max_num_seqs": ctx.sizes.max_num_seqs,
                        "lora_adapters": [{"name": ADAPTER, "job_id": ft}]}  # fmt: skip
