@@ -27,6 +27,20 @@ Endpoints: GET /health, GET /v1/models, POST /v1/completions, POST
 /detokenize (vLLM's schema: vllm/entrypoints/serve/tokenize/protocol.py). ``VLLM_API_KEY``
 is enforced on /v1/* only, like vLLM (server_utils.py ``GUARDED_PREFIX``).
 
+Log-likelihoods (what lm-eval's ``local-completions`` back-end asks for: ``echo: true``,
+``max_tokens`` 0 or 1, ``logprobs: N``; lm_eval/models/openai_completions.py
+``LocalCompletionsAPI._create_payload`` / ``parse_logprobs``): a non-streamed completion with
+``echo`` or ``logprobs`` answers every prompt of a batch, one choice each, in vLLM 0.26.0's shape
+(vllm/entrypoints/openai/completion/serving.py ``request_output_to_completion_response`` and
+``_create_completion_logprobs``; protocol.py ``CompletionLogProbs``): ``echo`` puts the prompt's
+tokens (and text) first, the first prompt token's logprob is None, each other step's
+``top_logprobs`` holds the token itself and the ``logprobs`` most likely ones, ``text_offset`` is the
+running length of the token strings, ``max_tokens: 0`` with ``echo`` returns the prompt alone.
+There is no model, so the numbers come from a fixed rule (:func:`_step_logprob`): at each position
+the vocabulary is ranked by an affine permutation seeded from a BLAKE2 hash of all preceding token
+ids, and rank r has probability (1-q) q^r / (1-q^V) (q = 0.9, V the vocabulary size) — a proper
+distribution, deterministic and prompt-dependent, exact top-k, nothing about language.
+
 Tokens are real ones (tests/standin_tokenizer.py: a byte-level BPE, or the model directory's
 ``tokenizer.json``): a prompt is as long as that tokenizer counts it, a completion prompt may
 be token ids (checked against the vocabulary), and the "model" generates the tokens of
@@ -54,7 +68,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
+import math
 import os
 import socket
 import sys
@@ -160,6 +176,68 @@ def _output_ids(st: StandinState, req: dict[str, Any], chat: bool) -> list[int]:
     return out
 
 
+_Q = 0.9  # the stand-in "model"'s rank decay: rank r has probability (1-q) q^r / (1-q^V)
+
+
+def _ranking(prefix: list[int], vocab: int) -> tuple[int, int]:
+    """(a, b) of the permutation rank(x) = (a*x + b) mod V for the position after ``prefix``:
+    both from a BLAKE2 hash of the token ids, a coprime with V so every token has one rank."""
+    h = hashlib.blake2b(",".join(map(str, prefix)).encode(), digest_size=16).digest()
+    a, b = int.from_bytes(h[:8], "big") % vocab or 1, int.from_bytes(h[8:], "big") % vocab
+    while math.gcd(a, vocab) != 1:
+        a = a % (vocab - 1) + 1
+    return a, b
+
+
+def _rank_logprob(r: int, vocab: int) -> float:
+    """log of (1-q) q^r / (1-q^V), floored at -9999 as vLLM floors -inf (serving.py)."""
+    return max(math.log1p(-_Q) + r * math.log(_Q) - math.log1p(-(_Q**vocab)), -9999.0)
+
+
+def _step_logprob(prefix: list[int], token: int, k: int, vocab: int) -> tuple[float, list[int]]:
+    """The logprob of ``token`` after ``prefix`` and the ``k`` most likely tokens there (ranks 0..k-1)."""
+    a, b = _ranking(prefix, vocab)
+    inv = pow(a, -1, vocab)
+    return _rank_logprob((a * token + b) % vocab, vocab), [((r - b) * inv) % vocab for r in range(k)]
+
+
+def _completion_logprobs(
+    st: StandinState, ids: list[int], start: int, first_none: bool, k: int, offset: int = 0
+) -> dict[str, Any]:
+    """vLLM's ``CompletionLogProbs`` of ``ids[start:]`` (serving.py ``_create_completion_logprobs``):
+    tokens, token_logprobs (None for a first prompt token), top_logprobs (the token itself, then
+    the top ``k``: at most k+1 entries, keyed by decoded text), text_offset."""
+    tok = st.tokenizer.tok
+    vocab = st.tokenizer.vocab_size
+    out: dict[str, list[Any]] = {"text_offset": [], "token_logprobs": [], "tokens": [], "top_logprobs": []}
+    pos = offset
+    for i in range(start, len(ids)):
+        text = tok.decode([ids[i]], skip_special_tokens=False)
+        if i == 0 and first_none:  # vLLM's prompt_logprobs[0] is None: nothing precedes it
+            lp, top = None, None
+        else:
+            lp, best = _step_logprob(ids[:i], ids[i], k, vocab)
+            top = {text: lp}
+            for t in best:
+                if len(top) > k:
+                    break
+                top.setdefault(tok.decode([t], skip_special_tokens=False), _step_logprob(ids[:i], t, 0, vocab)[0])
+        out["tokens"].append(text)
+        out["token_logprobs"].append(lp)
+        out["top_logprobs"].append(top)
+        out["text_offset"].append(pos)
+        pos += len(text)
+    return out
+
+
+def _batch_prompts(st: StandinState, req: dict[str, Any]) -> list[list[int]]:
+    """Every prompt of a completion request as token ids (a string, a list of strings, token ids,
+    or a list of token-id lists), checked against the vocabulary."""
+    prompt = req.get("prompt")
+    items = prompt if isinstance(prompt, list) and prompt and isinstance(prompt[0], (list, str)) else [prompt]
+    return [_prompt_ids(st, {**req, "prompt": p}, chat=False) for p in items]
+
+
 def make_handler(st: StandinState) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -257,6 +335,9 @@ def make_handler(st: StandinState) -> type[BaseHTTPRequestHandler]:
             if not self._check_model(req, required=True):
                 return
             chat = self.path.endswith("chat/completions")
+            if not chat and not req.get("stream") and (req.get("echo") or req.get("logprobs") is not None):
+                self._scored(req)
+                return
             try:
                 prompt_ids = _prompt_ids(st, req, chat)
             except _Refused as e:
@@ -276,6 +357,50 @@ def make_handler(st: StandinState) -> type[BaseHTTPRequestHandler]:
             with st.lock:
                 st.requests += 1
             self._generate(req, chat, prompt_ids, out_ids)
+
+        def _scored(self, req: dict[str, Any]) -> None:
+            """A completion with ``echo`` / ``logprobs``: one choice per prompt, vLLM's response shape."""
+            k = req.get("logprobs")
+            if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 0):
+                self._error(400, "`logprobs` must be a positive value.")  # protocol.py check_logprobs
+                return
+            echo = bool(req.get("echo"))
+            try:
+                prompts = _batch_prompts(st, req)
+            except _Refused as e:
+                self._error(e.code, e.msg, e.typ)
+                return
+            n_max = int(req.get("max_tokens") if req.get("max_tokens") is not None else 16)
+            tk = st.tokenizer
+            choices, n_in, n_out = [], 0, 0
+            for ids in prompts:
+                if len(ids) + max(n_max, 1) > st.max_model_len:  # vllm/renderers/params.py _token_len_check
+                    self._error(400, f"This model's maximum context length is {st.max_model_len} tokens.")
+                    return
+                out_ids = [] if n_max == 0 else _output_ids(st, {**req, "max_tokens": n_max}, chat=False)
+                every = [*ids, *out_ids]
+                start = 0 if echo else len(ids)
+                text = (tk.decode(ids) if echo else "") + tk.decode(out_ids)
+                lps = None if k is None else _completion_logprobs(st, every, start, True, int(k))
+                finish = "stop" if tk.eos_id is not None and out_ids and out_ids[-1] == tk.eos_id else "length"
+                choices.append({"index": len(choices), "text": text, "logprobs": lps, "finish_reason": finish})
+                n_in, n_out = n_in + len(ids), n_out + len(out_ids)
+            with st.lock:
+                st.requests += 1
+            rid = "cmpl-" + uuid.uuid4().hex
+            print(f"(APIServer) INFO: {rid}: prompt_tokens={n_in} completion_tokens={n_out} "
+                  f"prompts={len(prompts)} echo={echo} logprobs={k}", flush=True)  # fmt: skip
+            self._json(
+                200,
+                {
+                    "id": rid,
+                    "object": "text_completion",
+                    "created": int(time.time()),
+                    "model": req.get("model"),
+                    "choices": choices,
+                    "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
+                },
+            )
 
         def _tokenization(self, req: dict[str, Any]) -> None:
             if self._lagging() or not self._check_model(req, required=False):
