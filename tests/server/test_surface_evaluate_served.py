@@ -14,7 +14,10 @@ returned log or job.json.
 from __future__ import annotations
 
 import json
+import threading
+import urllib.request
 from collections.abc import AsyncIterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,8 @@ from runners.engine import JobEngine
 from server.app import build_server
 from tests.helpers.tiny_eval import TASK_NAME, write_colour_task
 from tests.helpers.tiny_model import build_tiny_model
-from tests.standin_vllm_server import install_standin
+from tests.standin_tokenizer import StandinTokenizer
+from tests.standin_vllm_server import StandinState, _step_logprob, install_standin, make_handler
 from tools.context import ToolContext
 
 # One lm-eval job (torch + lm-eval imports on a shared 2-core box) past the suite's 300 s default.
@@ -131,3 +135,55 @@ async def test_a_server_job_that_is_not_ready_or_not_a_server_is_refused(state: 
         assert f"Server job {srv} is cancelled, not ready." in text and "wait_for_job" in text, text
         jobs = (await s.call("list_jobs", {}))["jobs"]
         assert {j["kind"] for j in jobs} <= {"command", "serve"}, jobs  # nothing was submitted
+
+
+def test_standin_scores_like_vllm_and_lm_eval_reads_it(tmp_path: Path) -> None:
+    """The stand-in's echo + logprobs answer has vLLM 0.26.0's shape, and lm-eval's own
+    parse_logprobs turns it into the sum of the stand-in's rule over the continuation."""
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    model = build_tiny_model(tmp_path / "model")
+    tk = StandinTokenizer(str(model))
+    st = StandinState(["m"], 4096, 0.0, "k3y", 0.0, {}, str(model), tk)
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(st))
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def post(doc: dict[str, Any]) -> dict[str, Any]:
+        req = urllib.request.Request(f"http://127.0.0.1:{srv.server_address[1]}/v1/completions",
+                                     data=json.dumps(doc).encode(), method="POST",
+                                     headers={"Authorization": "Bearer k3y", "Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    try:
+        ctx, cont = tk.encode("What colour is the sky?", False), tk.encode("The sky is blue.", False)
+        ids = ctx + cont
+        payload = LocalCompletionsAPI._create_payload(type("M", (), {"model": "m"})(), [ids], generate=False)
+        assert payload["echo"] is True and payload["logprobs"] == 1 and payload["max_tokens"] == 1
+        out = post(payload)
+        ch = out["choices"][0]
+        lp = ch["logprobs"]
+        assert len(lp["tokens"]) == len(ids) + 1 and lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+        assert all(len(t) <= 2 and tok in t for t, tok in zip(lp["top_logprobs"][1:], lp["tokens"][1:], strict=True))
+        assert lp["text_offset"][0] == 0 and all(
+            b - a == len(t) for a, b, t in zip(lp["text_offset"], lp["text_offset"][1:], lp["tokens"], strict=False)
+        )
+        assert ch["text"].startswith(tk.decode(ids)) and out["usage"]["prompt_tokens"] == len(ids)
+        want = sum(_step_logprob(ids[:i], ids[i], 0, tk.vocab_size)[0] for i in range(len(ctx), len(ids)))
+        ((got, greedy),) = LocalCompletionsAPI.parse_logprobs([out], ctxlens=[len(ctx)])
+        assert got == pytest.approx(want) and got < 0 and isinstance(greedy, bool)
+        # prompt-dependent: another context scores the same continuation differently
+        other = tk.encode("What colour is the sea?", False)
+        (got2, _), = LocalCompletionsAPI.parse_logprobs([post({**payload, "prompt": [other + cont]})],
+                                                       ctxlens=[len(other)])  # fmt: skip
+        assert got2 != pytest.approx(got)
+        # echo with max_tokens 0: the prompt alone; a batch: one choice per prompt, in order
+        zero = post({**payload, "max_tokens": 0, "prompt": [ids, other]})
+        assert [c["index"] for c in zero["choices"]] == [0, 1]
+        assert len(zero["choices"][0]["logprobs"]["tokens"]) == len(ids) and zero["usage"]["completion_tokens"] == 0
+        # a plain completion is as before: no logprobs
+        plain = post({"model": "m", "prompt": "hi", "max_tokens": 3})
+        assert plain["choices"][0]["logprobs"] is None and plain["usage"]["completion_tokens"] == 3
+    finally:
+        srv.shutdown()
+        srv.server_close()
