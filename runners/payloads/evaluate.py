@@ -306,6 +306,9 @@ def make_lm(cfg: dict[str, Any], tokenizer: Any) -> tuple[Any, str]:
         key = server_api_key(server)
         if key:
             args["header"] = {"Authorization": f"Bearer {key}"}
+        limit = served_max_model_len(args["base_url"], server["model"], args.get("header"))
+        if limit:  # lm-eval's own default is 2048 whatever the server holds (api_models.py TemplateAPI)
+            args["max_length"] = limit
         return LocalCompletionsAPI(**args), "local-completions"
     backend = cfg["backend"]
     if backend == "auto":
@@ -334,6 +337,25 @@ def make_lm(cfg: dict[str, Any], tokenizer: Any) -> tuple[Any, str]:
     if cfg["adapter"]:
         kw["peft"] = str(cfg["adapter"])
     return HFLM(**kw), "hf"
+
+
+def served_max_model_len(base_url: str, model: str, header: dict[str, str] | None) -> int | None:
+    """The served model's context length from the server's GET /v1/models (vLLM lists
+    ``max_model_len`` per model: vllm/entrypoints/openai/engine/protocol.py ``ModelCard``), so
+    lm-eval truncates a long context as the server can take it instead of its fixed 2048 (a
+    server with less refuses the request; one with more would see the context cut short)."""
+    import urllib.request
+
+    url = base_url.rsplit("/v1/", 1)[0] + "/v1/models"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=header or {}), timeout=30) as r:
+            cards = json.loads(r.read()).get("data") or []
+    except (OSError, ValueError):
+        return None
+    for card in cards:
+        if isinstance(card, dict) and card.get("id") == model and isinstance(card.get("max_model_len"), int):
+            return int(card["max_model_len"])
+    return None
 
 
 def server_api_key(server: dict[str, Any]) -> str | None:

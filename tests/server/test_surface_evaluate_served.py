@@ -36,6 +36,7 @@ from tools.context import ToolContext
 # One lm-eval job (torch + lm-eval imports on a shared 2-core box) past the suite's 300 s default.
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(600)]
 LIMIT = 3  # questions; each has four choices: 12 log-likelihood requests
+MAX_MODEL_LEN = 16  # start_vllm_server's smallest
 
 
 @pytest.fixture
@@ -74,12 +75,15 @@ async def test_served_model_is_evaluated_through_local_completions(state: ToolCo
     work = tmp_path / "work"
     async with Client(build_server(state=state), mode="auto") as c:
         s = Seen(c)
-        srv = (await s.call("start_vllm_server", {"model": str(model), "api_key": "auto"}))["job_id"]
+        # A context shorter than the task's two-shot prompts (about 30 tokens): the job must ask the server
+        # for its max_model_len and let lm-eval cut the context to fit, or every request is refused (400).
+        args = {"model": str(model), "api_key": "auto", "max_model_len": MAX_MODEL_LEN}
+        srv = (await s.call("start_vllm_server", args))["job_id"]
         w = await s.call("wait_for_job", {"job_id": srv, "until": "ready", "timeout_s": 60})
         assert w["reached"], w["summary"]
 
         sub = await s.call("evaluate_model", {"server_job_id": srv, "tasks": [TASK_NAME], "task_files": task_files,
-                                              "limit": LIMIT, "output_name": "served"})  # fmt: skip
+                                              "limit": LIMIT, "num_fewshot": 2, "output_name": "served"})  # fmt: skip
         assert sub["target"] == f"{model} served by {srv}" and sub["tasks"] == [TASK_NAME]
         job = sub["job_id"]
         for _ in range(8):
@@ -104,6 +108,7 @@ async def test_served_model_is_evaluated_through_local_completions(state: ToolCo
         # (counted, not split into lines: the stand-in's handler threads print concurrently)
         assert server_log.count("prompts=1 echo=True logprobs=1") == LIMIT * 4, server_log[-3000:]
         assert '"POST /v1/completions HTTP/1.1" 200' in server_log and '" 401 ' not in server_log
+        assert '" 400 ' not in server_log and f"prompt_tokens={MAX_MODEL_LEN - 1} " in server_log
 
         await s.call("get_job_logs", {"job_id": srv, "offset": 0, "max_bytes": 1 << 20})
         await s.call("stop_vllm_server", {"job_id": srv, "grace_s": 5})
