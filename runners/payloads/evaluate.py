@@ -352,10 +352,11 @@ def served_max_model_len(base_url: str, model: str, header: dict[str, str] | Non
             cards = json.loads(r.read()).get("data") or []
     except (OSError, ValueError):
         return None
-    for card in cards:
-        if isinstance(card, dict) and card.get("id") == model and isinstance(card.get("max_model_len"), int):
-            return int(card["max_model_len"])
-    return None
+    by_id = {c.get("id"): c for c in cards if isinstance(c, dict)}
+    card = by_id.get(model) or {}
+    if not isinstance(card.get("max_model_len"), int):  # a LoRA's card has none: its base model's
+        card = by_id.get(card.get("parent")) or {}  # (vllm/entrypoints/openai/models/serving.py)
+    return int(card["max_model_len"]) if isinstance(card.get("max_model_len"), int) else None
 
 
 def server_api_key(server: dict[str, Any]) -> str | None:
