@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from runners.accelerators import Accelerator, parse_accelerator
 from runners.errors import ConfigError
-from runners.spec import JobKind, check_env_name
+from runners.spec import EnvName, JobKind
 
 __all__ = ["APP_NAME", "Config", "HostConfig", "SlurmConfig", "default_config_path", "load_config"]
 
@@ -81,12 +81,12 @@ class HostConfig(_Strict):
         None,
         description="The host's interpreter for payloads (default: this server's own on a local host, python3 over SSH).",
     )
-    env: dict[str, str] = Field(default_factory=dict)
-    kind_env: dict[JobKind, dict[str, str]] = Field(
+    env: dict[EnvName, str] = Field(default_factory=dict)
+    kind_env: dict[JobKind, dict[EnvName, str]] = Field(
         default_factory=dict,
         description="More env for one kind of job (serve, finetune, quantize, ...), laid over `env`.",
     )
-    secrets: list[str] = Field(default_factory=list, description="Names of controller env vars to pass.")
+    secrets: list[EnvName] = Field(default_factory=list, description="Names of controller env vars to pass.")
     allow_scripts: bool = False
     slurm: SlurmConfig | None = None
 
@@ -102,28 +102,6 @@ class HostConfig(_Strict):
     def _gpus(cls, v: str | None) -> str | None:
         if v is not None:
             parse_accelerator(v)  # raises InvalidInput with the known ids
-        return v
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        for k in v:
-            check_env_name(k)
-        return v
-
-    @field_validator("kind_env")
-    @classmethod
-    def _kind_env(cls, v: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-        for table in v.values():
-            for k in table:
-                check_env_name(k)
-        return v
-
-    @field_validator("secrets")
-    @classmethod
-    def _secrets(cls, v: list[str]) -> list[str]:
-        for k in v:
-            check_env_name(k)
         return v
 
     @model_validator(mode="after")

@@ -16,15 +16,16 @@ settings from ``job.json["payload_config"]``. A payload job may also carry an
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runners.errors import InvalidInput
 
 __all__ = [
     "ENV_NAME_RE",
     "JOB_ID_RE",
+    "EnvName",
     "JobKind",
     "JobSpec",
     "Resources",
@@ -45,10 +46,15 @@ MAX_ARGV = 512
 MAX_ARG_LEN = 32_768
 
 
-def check_env_name(name: str) -> None:
+def check_env_name(name: str) -> str:
     """The one rule for an environment variable's name (job env, secrets, a host's env and kind_env)."""
     if not ENV_NAME_RE.match(name):
         raise ValueError(f"{name!r} is not a valid environment variable name")
+    return name
+
+
+# A field type that carries the rule, so no model writes its own validator loop for it.
+EnvName = Annotated[str, AfterValidator(check_env_name)]
 
 
 def parse_time_limit(value: str | int | None) -> int | None:
@@ -134,7 +140,7 @@ class JobSpec(BaseModel):
     payload: str | None = Field(None, description="Name of runners/payloads/<payload>.py to run instead of argv.")
     payload_config: dict[str, Any] = Field(default_factory=dict, description="Settings the payload reads.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra, non-secret environment variables.")
-    secrets: list[str] = Field(default_factory=list, description="Names of controller env vars passed as secrets.")
+    secrets: list[EnvName] = Field(default_factory=list, description="Names of controller env vars passed as secrets.")
     resources: Resources = Field(default_factory=Resources)
     endpoint_port: int | None = Field(None, ge=1, le=65535, description="Port a 'serve' job listens on.")
     launcher: Literal["direct"] | None = Field(
@@ -164,13 +170,6 @@ class JobSpec(BaseModel):
                 raise ValueError(f"{k} is set by the job engine itself")
             if "\x00" in val:
                 raise ValueError(f"env {k} contains a NUL byte")
-        return v
-
-    @field_validator("secrets")
-    @classmethod
-    def _secrets(cls, v: list[str]) -> list[str]:
-        for k in v:
-            check_env_name(k)
         return v
 
     @model_validator(mode="after")

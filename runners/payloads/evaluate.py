@@ -29,7 +29,6 @@ not cached on an offline host), 3 CUDA out of memory.
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import gc
 import json
@@ -497,23 +496,9 @@ def evaluate(cfg: dict[str, Any], job_dir: Path, metrics: jio.Metrics, state: di
     return manifest
 
 
-def parse_args(argv: list[str] | None) -> tuple[Path, Path | None]:
-    """(settings file, job dir or None): job.json as the engine runs it, or --config/--job-dir by hand."""
-    parser = argparse.ArgumentParser(description="evaluate a model: loss / perplexity and lm-eval tasks")
-    parser.add_argument("job_json", nargs="?", type=Path, help="the job engine's job.json")
-    parser.add_argument("--config", type=Path, help="settings JSON, standalone use")
-    parser.add_argument("--job-dir", type=Path, help="job directory (with --config)")
-    ns = parser.parse_args(argv)
-    if ns.job_json is not None:
-        return ns.job_json, None
-    if ns.config is None or ns.job_dir is None:
-        parser.error("give job.json, or --config and --job-dir")
-    return ns.config, ns.job_dir
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse args, run, and turn every failure into the failure record and job_io's exit code."""
-    settings, job_dir = parse_args(argv)
+    settings, job_dir = jio.job_args(argv, "evaluate a model: loss / perplexity and lm-eval tasks")
     files = jio.job_files(settings, job_dir)
     os.chdir(files.job_dir)  # a local task's relative data_files are the job's uploaded files
     metrics = jio.Metrics(files.metrics)

@@ -29,7 +29,6 @@ step 2, to prove that a failure on any rank fails the job with that rank's error
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -863,28 +862,9 @@ def set_allocator_env(env: MutableMapping[str, str]) -> str | None:
     return key
 
 
-def parse_args(argv: list[str] | None) -> tuple[Path, Path]:
-    """(settings file, job directory): job.json (the engine's form), or --config and --job-dir."""
-    parser = argparse.ArgumentParser(description="LoRA/QLoRA/full fine-tune payload (Unsloth or TRL + PEFT)")
-    parser.add_argument(
-        "job_json",
-        nargs="?",
-        type=Path,
-        help="the job engine's job.json (settings under payload_config; the job dir is its folder)",
-    )
-    parser.add_argument("--config", type=Path, help="job config JSON (submit_finetune arguments), standalone use")
-    parser.add_argument("--job-dir", type=Path, help="job directory: metrics.jsonl, outputs/ (with --config)")
-    ns = parser.parse_args(argv)
-    if ns.job_json is not None:
-        return ns.job_json, ns.job_json.resolve().parent
-    if ns.config is None or ns.job_dir is None:
-        parser.error("give job.json, or --config and --job-dir")
-    return ns.config, ns.job_dir
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse args, run, and turn every failure into a metrics record plus a distinct exit code."""
-    settings, job_dir = parse_args(argv)
+    settings, job_dir = jio.job_args(argv, "LoRA/QLoRA/full fine-tune payload (Unsloth or TRL + PEFT)")
     files = jio.job_files(settings, job_dir)
     set_allocator_env(os.environ)
     metrics = jio.Metrics(files.metrics, rank=RANK, world_size=WORLD_SIZE)

@@ -22,6 +22,7 @@ never load torch & co (tests/test_architecture.py).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import threading
@@ -55,6 +56,7 @@ __all__ = [
     "describe",
     "error_row",
     "is_oom",
+    "job_args",
     "job_files",
     "load_settings",
     "read_json",
@@ -205,6 +207,23 @@ class JobFiles:
     job_dir: Path
     outputs: Path
     metrics: Path
+
+
+def job_args(argv: list[str] | None, description: str) -> tuple[Path, Path]:
+    """(settings file, job dir) from a payload's command line: the engine's job.json (its folder is the
+    job dir), or ``--config`` + ``--job-dir`` by hand."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "job_json", nargs="?", type=Path, help="the job engine's job.json (settings under payload_config)"
+    )
+    parser.add_argument("--config", type=Path, help="settings JSON, standalone use")
+    parser.add_argument("--job-dir", type=Path, help="job directory: metrics.jsonl, outputs/ (with --config)")
+    ns = parser.parse_args(argv)
+    if ns.job_json is not None:
+        return ns.job_json, ns.job_json.resolve().parent
+    if ns.config is None or ns.job_dir is None:
+        parser.error("give job.json, or --config and --job-dir")
+    return ns.config, ns.job_dir
 
 
 def job_files(settings: Path, job_dir: Path | None = None) -> JobFiles:
