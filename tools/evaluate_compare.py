@@ -10,7 +10,6 @@ adapter pair reads at a glance.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from runners.errors import Conflict, InvalidInput, NotFound
 from runners.spec import JOB_ID_RE
-from tools.plots import read_metrics_points
+from tools.plots import loss_png, read_metrics_points
 
 if TYPE_CHECKING:
     from tools.context import ToolContext
@@ -172,13 +171,8 @@ def comparison_png(
     """Every fine-tune's loss and eval loss against step, and each evaluation's loss as a level line."""
     if not any(tr or ev for tr, ev in curves.values()) and not any(r.eval_loss is not None for r in rows):
         raise Conflict("None of these jobs has a loss to draw.", "Call compare_runs with plot=false for the table.")
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    try:
+    def draw(ax: Any) -> None:
         for r in rows:
             train, evals = curves.get(r.job_id, ([], []))
             label = r.name or r.job_id
@@ -192,17 +186,8 @@ def comparison_png(
                     ax.plot([s for s, _ in evals], [v for _, v in evals], "o--", color=color, label=f"{label} eval")
             elif r.eval_loss is not None:
                 ax.axhline(r.eval_loss, linestyle=":", linewidth=1.5, label=f"{label} eval_loss {r.eval_loss:.3g}")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.set_title("compare_runs: loss")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        buf = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
+
+    return loss_png("compare_runs: loss", draw, legend_size=7)
 
 
 def _best(rows: list[RunRow]) -> dict[str, str]:

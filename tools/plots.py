@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from typing import Any
 
 from runners.errors import Conflict, OpsError
 from runners.transports.base import Transport
 
-__all__ = ["MAX_BYTES", "loss_curve_png", "loss_points", "read_metrics_points"]
+__all__ = ["MAX_BYTES", "loss_curve_png", "loss_png", "loss_points", "read_metrics_points"]
 
 MAX_BYTES = 8 * 1024 * 1024
 
@@ -51,10 +52,8 @@ async def read_metrics_points(
     return loss_points(lines)
 
 
-def loss_curve_png(title: str, train: list[tuple[float, float]], evals: list[tuple[float, float]]) -> bytes:
-    """A small PNG (about 800x450) of training and eval loss against step."""
-    if not train and not evals:
-        raise Conflict("This job has no loss values yet.", "Plot again once it has logged a training step.")
+def loss_png(title: str, draw: Callable[[Any], None], legend_size: float | None = None) -> bytes:
+    """The loss-against-step figure every plot of ours is (about 800x450 PNG): ``draw(ax)`` adds the lines."""
     try:
         import matplotlib
 
@@ -64,18 +63,29 @@ def loss_curve_png(title: str, train: list[tuple[float, float]], evals: list[tup
         raise OpsError("matplotlib is not installed on the server.", "pip install matplotlib") from e
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     try:
-        if train:
-            ax.plot([p[0] for p in train], [p[1] for p in train], label="train loss", linewidth=1.5)
-        if evals:
-            ax.plot([p[0] for p in evals], [p[1] for p in evals], "o-", label="eval loss", linewidth=1.5)
+        draw(ax)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=legend_size)
         buf = io.BytesIO()
         fig.tight_layout()
         fig.savefig(buf, format="png")
         return buf.getvalue()
     finally:
         plt.close(fig)
+
+
+def loss_curve_png(title: str, train: list[tuple[float, float]], evals: list[tuple[float, float]]) -> bytes:
+    """A small PNG of one job's training and eval loss against step."""
+    if not train and not evals:
+        raise Conflict("This job has no loss values yet.", "Plot again once it has logged a training step.")
+
+    def draw(ax: Any) -> None:
+        if train:
+            ax.plot([p[0] for p in train], [p[1] for p in train], label="train loss", linewidth=1.5)
+        if evals:
+            ax.plot([p[0] for p in evals], [p[1] for p in evals], "o-", label="eval loss", linewidth=1.5)
+
+    return loss_png(title, draw)
