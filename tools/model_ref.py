@@ -21,7 +21,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Literal
 
-__all__ = ["HUB_ID", "MAX_REF_LEN", "PathForms", "check_ref", "is_hub_id"]
+__all__ = ["HUB_ID", "MAX_REF_LEN", "PathForms", "check_arg", "check_ref", "is_hub_id"]
 
 _PART = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}"
 HUB_ID = re.compile(rf"^(?:{_PART}/)?{_PART}$")
@@ -35,11 +35,18 @@ def is_hub_id(v: str) -> bool:
     return bool(HUB_ID.match(v)) and "--" not in v and ".." not in v and not v.endswith(".git")
 
 
-def check_ref(v: str, what: str = "model", *, paths: PathForms = "absolute") -> str:
-    """``v`` stripped, or ValueError naming ``what`` and the forms it takes (a pydantic validator's message)."""
-    v = v.strip()
+def check_arg(v: str, what: str = "model") -> str:
+    """The part of the rule every model reference obeys, whatever forms a tool accepts: it becomes one
+    argv element of a host command, so not empty, no leading '-', no control characters, at most
+    MAX_REF_LEN. Serving stops here (``vllm serve`` takes any Hub id or host path, and says so itself)."""
     if not v or v.startswith("-") or _CTRL.search(v) or len(v) > MAX_REF_LEN:
         raise ValueError(f"{what} {v!r} is not a Hub id or a path")
+    return v
+
+
+def check_ref(v: str, what: str = "model", *, paths: PathForms = "absolute") -> str:
+    """``v`` stripped, or ValueError naming ``what`` and the forms it takes (a pydantic validator's message)."""
+    v = check_arg(v.strip(), what)
     if is_hub_id(v):
         return v
     if paths == "none":

@@ -34,6 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from runners.errors import InvalidInput
+from tools.model_ref import check_arg
 
 __all__ = [
     "MANAGED_FLAGS",
@@ -133,9 +134,7 @@ class VllmServeArgs(BaseModel):
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        if not v or v.startswith("-") or _CTRL_RE.search(v) or len(v) > 1024:
-            raise ValueError(f"{v!r} is not a model id or path")
-        return v
+        return check_arg(v, "model")
 
     @field_validator("served_model_name")
     @classmethod

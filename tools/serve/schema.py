@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runners.states import JobState
+from tools.model_ref import check_arg
 from tools.serve.flags import SERVED_NAME_RE, ExtraValue
 from tools.submit import TimedSubmitOptions
 
@@ -99,9 +100,7 @@ class StartServerInput(TimedSubmitOptions):
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        if not v or v.startswith("-") or re.search(r"[\x00-\x1f]", v) or len(v) > 1024:
-            raise ValueError(f"{v!r} is not a model id or path")
-        return v
+        return check_arg(v, "model")
 
     @field_validator("served_model_name")
     @classmethod
