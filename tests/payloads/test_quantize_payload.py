@@ -200,7 +200,7 @@ def test_llmcompressor_missing_is_reported_as_such(tmp_path: Path, tiny_model: P
     try:
         import llmcompressor  # noqa: F401
 
-        pytest.skip("llmcompressor is installed in this interpreter")
+        unavailable("llmcompressor is installed in this interpreter (the lock keeps it out of .venv)")
     except ImportError:
         pass
     job = tmp_path / "job"
