@@ -29,9 +29,9 @@ import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from runners.errors import InvalidInput
 from tools.model_ref import check_arg
@@ -57,6 +57,16 @@ __all__ = [
 MaxLoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
 MAX_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 SERVED_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,199}$")  # a name clients pass as `model`
+
+
+def check_served_name(v: str) -> str:
+    """The one rule for a served name (an adapter's, a server's): what clients pass as `model`."""
+    if not SERVED_NAME_RE.match(v):
+        raise ValueError(f"{v!r} is not a valid served name (letters, digits, _.:/@+-, not starting with '-')")
+    return v
+
+
+ServedName = Annotated[str, AfterValidator(check_served_name)]
 _FLAG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*(?:\.[a-z0-9_-]+)*$")
 _CTRL_RE = re.compile(r"[\x00-\x1f\x7f]")
 # Flags that are ours to set (typed parameters) or must never appear on a command line.
@@ -73,16 +83,9 @@ class LoraModule(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(description="Name clients use as `model` to get this adapter.")
+    name: ServedName = Field(description="Name clients use as `model` to get this adapter.")
     path: str = Field(description="Adapter directory on the host (adapter_config.json + weights).")
     base_model_name: str | None = Field(None, description="The base model's served name, if not the first.")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not SERVED_NAME_RE.match(v):
-            raise ValueError(f"{v!r} is not a valid served name (letters, digits, _.:/@+-, not starting with '-')")
-        return v
 
     @field_validator("path")
     @classmethod

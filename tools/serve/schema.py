@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from runners.states import JobState
 from tools.model_ref import check_arg
-from tools.serve.flags import SERVED_NAME_RE, ExtraValue
+from tools.serve.flags import SERVED_NAME_RE, ExtraValue, ServedName
 from tools.submit import TimedSubmitOptions
 
 __all__ = ["LoraAdapterRef", "ServePlan", "StartServerInput", "StartServerOutput"]
@@ -24,16 +24,9 @@ class LoraAdapterRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Name clients pass as `model` to use this adapter.")
+    name: ServedName = Field(description="Name clients pass as `model` to use this adapter.")
     path: str | None = Field(None, description="Adapter directory on the host.")
     job_id: str | None = Field(None, description="A succeeded finetune job; its outputs/ is the adapter.")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not SERVED_NAME_RE.match(v):
-            raise ValueError(f"{v!r} is not a valid served name (letters, digits, _.:/@+-)")
-        return v
 
     @model_validator(mode="after")
     def _one(self) -> LoraAdapterRef:
